@@ -1,0 +1,294 @@
+"""Tokenizer, chat templates and the SSP continuous-text trajectory format (SSP.md section 1).
+
+Runtime code depends only on the `tokenizers` library; chat templates are rendered in plain Python
+(tests check them against the published Jinja templates through `transformers`).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import tokenizers
+
+TOKENIZER_FILE = "tokenizer.json"
+# Read in this order; a later file overrides an earlier one, as Hugging Face does.
+SPECIAL_TOKEN_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+INFORMATION_OPEN = "\n<information>\n"
+INFORMATION_CLOSE = "</information>\n\n"
+
+Message = Mapping[str, str]  # {"role": ..., "content": ...}
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    """Parse JSON, naming the file on failure so a broken checkpoint directory is easy to find."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: malformed JSON ({e})") from e
+
+
+def _token_string(value: Any) -> str | None:
+    """HF configs store a special token as a string, as an AddedToken dict with "content", or null."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _special_tokens_from_configs(directory: Path) -> dict[str, str]:
+    """Collect eos/pad/bos token strings from the HF config files present in `directory`."""
+    found: dict[str, str] = {}
+    for name in SPECIAL_TOKEN_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        config = _parse_json(path, path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        for key in ("eos_token", "pad_token", "bos_token"):
+            token = _token_string(config.get(key))
+            if token is not None:
+                found[key] = token
+    return found
+
+
+class Tokenizer:
+    """A `tokenizers.Tokenizer` plus the special-token ids the rollout and the loss need."""
+
+    def __init__(
+        self,
+        tokenizer: tokenizers.Tokenizer,
+        eos_token: str,
+        pad_token: str | None = None,
+        bos_token: str | None = None,
+    ) -> None:
+        """Build from an in-memory tokenizer; each given special token must be in its vocabulary."""
+        self._tokenizer = tokenizer
+        self.eos_token: str = eos_token
+        self.pad_token: str = eos_token if pad_token is None else pad_token
+        self.bos_token: str | None = bos_token
+        self.eos_id: int = self._require_id(self.eos_token, "eos")
+        self.pad_id: int = self._require_id(self.pad_token, "pad")
+        self.bos_id: int | None = None if bos_token is None else self._require_id(bos_token, "bos")
+
+    def _require_id(self, token: str, role: str) -> int:
+        token_id = self._tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"{role} token {token!r} is not in the tokenizer vocabulary")
+        return token_id
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+        bos_token: str | None = None,
+    ) -> Tokenizer:
+        """Load `tokenizer.json` (a file, or a directory holding one) as HF checkpoints ship it.
+
+        Special tokens come from `tokenizer_config.json` / `special_tokens_map.json` next to the file;
+        explicit arguments override them. pad falls back to eos; bos may stay unset (Qwen has none).
+        """
+        path = Path(path)
+        file = path / TOKENIZER_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"{path}: expected a {TOKENIZER_FILE} file or a directory containing {TOKENIZER_FILE}"
+            )
+        text = file.read_text(encoding="utf-8")
+        _parse_json(file, text)
+        try:
+            tokenizer = tokenizers.Tokenizer.from_str(text)
+        except Exception as e:  # the Rust side raises a bare Exception
+            raise ValueError(f"{file}: not a valid {TOKENIZER_FILE} ({e})") from e
+        found = _special_tokens_from_configs(file.parent)
+        eos = eos_token or found.get("eos_token")
+        if eos is None:
+            raise ValueError(
+                f"{file.parent}: no eos_token in {' or '.join(SPECIAL_TOKEN_FILES)}; pass eos_token="
+            )
+        return cls(
+            tokenizer,
+            eos_token=eos,
+            pad_token=pad_token or found.get("pad_token"),
+            bos_token=bos_token or found.get("bos_token"),
+        )
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`; special-token strings in it (e.g. `<|im_end|>`) map to their ids.
+
+        `add_special_tokens` defaults to False because rendered chat text already holds any BOS.
+        """
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tokenizer.token_to_id(token)
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokenizer vocabulary incl. added tokens; a model's embedding table may be padded larger."""
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+
+class ChatTemplate(ABC):
+    """A chat format rendered in Python, byte-identical to the model's published HF template.
+
+    `default_system`: a system message inserted when the conversation does not start with one.
+    None (the default) inserts nothing; pass `QWEN25_DEFAULT_SYSTEM` to reproduce Qwen2.5's template.
+    """
+
+    name: ClassVar[str]
+    end_of_turn: ClassVar[str]  # the token string that closes an assistant turn
+    roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "assistant"})
+
+    def __init__(self, default_system: str | None = None) -> None:
+        self.default_system = default_system
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+        """The prompt text; with `add_generation_prompt` it ends with the open assistant header."""
+        if not messages:
+            raise ValueError("cannot render an empty conversation")
+        for message in messages:
+            if message["role"] not in self.roles:
+                raise ValueError(f"{self.name}: unsupported role {message['role']!r}")
+        if self.default_system is not None and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.default_system}, *messages]
+        return self._render(messages, add_generation_prompt)
+
+    def render_ids(
+        self, tokenizer: Tokenizer, messages: Sequence[Message], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Token ids of `render(...)`; no extra special tokens are added on top of the text."""
+        return tokenizer.encode(self.render(messages, add_generation_prompt))
+
+    @abstractmethod
+    def _render(self, messages: Sequence[Message], add_generation_prompt: bool) -> str: ...
+
+
+class ChatMLTemplate(ChatTemplate):
+    """Qwen2.5's ChatML; content is kept verbatim (the Qwen template does not trim it)."""
+
+    name = "chatml"
+    end_of_turn = "<|im_end|>"
+
+    def _render(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+class Llama3Template(ChatTemplate):
+    """Plain Llama-3 Instruct format (content trimmed, as its template's `| trim` does).
+
+    Llama-3.1's HF template also writes "Cutting Knowledge Date..." system lines; we deliberately
+    do not, so prompts stay the same across 3.0 and 3.1 checkpoints.
+    """
+
+    name = "llama3"
+    end_of_turn = "<|eot_id|>"
+
+    def _render(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+        turns = "".join(
+            f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content'].strip()}<|eot_id|>"
+            for m in messages
+        )
+        header = "<|start_header_id|>assistant<|end_header_id|>\n\n" if add_generation_prompt else ""
+        return "<|begin_of_text|>" + turns + header
+
+
+CHAT_TEMPLATES: dict[str, type[ChatTemplate]] = {t.name: t for t in (ChatMLTemplate, Llama3Template)}
+
+
+def get_chat_template(name: str, default_system: str | None = None) -> ChatTemplate:
+    """Select a template by config name ("chatml" for Qwen, "llama3" for Llama-3)."""
+    if name not in CHAT_TEMPLATES:
+        raise ValueError(f"unknown chat template {name!r}; known: {sorted(CHAT_TEMPLATES)}")
+    return CHAT_TEMPLATES[name](default_system=default_system)
+
+
+def format_passages(passages: Sequence[tuple[str, str]]) -> str:
+    """`Doc i (Title: <title>)\\n<text>` per (title, text) passage, numbered from 1, joined by blank lines."""
+    return "\n\n".join(
+        f"Doc {i} (Title: {title})\n{text}" for i, (title, text) in enumerate(passages, start=1)
+    )
+
+
+def information_block(passages: Sequence[tuple[str, str]]) -> str:
+    """The retrieval result appended after `</search>`, exactly as SSP.md section 1 specifies."""
+    return INFORMATION_OPEN + format_passages(passages) + INFORMATION_CLOSE
+
+
+def split_search_r1_contents(contents: str) -> tuple[str, str]:
+    """Split a Search-R1 corpus `contents` (`"Title"\\ntext`) into (title, text); never raises.
+
+    Without a newline there is no title line: the result is ("", contents). A title without the
+    surrounding quotes is returned as it is.
+    """
+    title, newline, text = contents.partition("\n")
+    if not newline:
+        return "", contents
+    title = title.strip()
+    if len(title) >= 2 and title[0] == title[-1] == '"':
+        title = title[1:-1]
+    return title, text
+
+
+class TrajectoryTokens:
+    """Token ids and loss mask of one SSP trajectory (a single assistant turn), built by appending ids.
+
+    Text is never decoded and re-tokenized: that can merge or split tokens at boundaries such as
+    `</search>` + `\\n<information>`, so trained ids would differ from sampled ones (PITFALLS: token
+    drift). Generated ids are kept verbatim (mask 1); prompt and tool ids have mask 0, so retrieved
+    passages stay out of the loss and the KL.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int]) -> None:
+        self._tokenizer = tokenizer
+        self._ids: list[int] = list(prompt_ids)
+        self._loss_mask: list[int] = [0] * len(self._ids)
+        self._prompt_length = len(self._ids)
+
+    @classmethod
+    def from_messages(
+        cls, tokenizer: Tokenizer, template: ChatTemplate, messages: Sequence[Message]
+    ) -> TrajectoryTokens:
+        """Start from the rendered prompt with its generation prompt (the open assistant turn)."""
+        return cls(tokenizer, template.render_ids(tokenizer, messages, add_generation_prompt=True))
+
+    def append_generated(self, ids: Sequence[int]) -> None:
+        """Append sampled ids exactly as the policy produced them; they are trained."""
+        self._ids.extend(ids)
+        self._loss_mask.extend([1] * len(ids))
+
+    def append_tool(self, text: str) -> list[int]:
+        """Tokenize a tool observation once and append it untrained; returns the appended ids.
+
+        No end-of-turn or role header is added: the model continues in the same assistant turn.
+        """
+        ids = self._tokenizer.encode(text)
+        self._ids.extend(ids)
+        self._loss_mask.extend([0] * len(ids))
+        return ids
+
+    @property
+    def ids(self) -> list[int]:
+        return list(self._ids)
+
+    @property
+    def loss_mask(self) -> list[int]:
+        return list(self._loss_mask)
+
+    @property
+    def prompt_length(self) -> int:
+        """Number of leading prompt tokens; the rest is the response (generated + tool tokens)."""
+        return self._prompt_length

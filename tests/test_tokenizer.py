@@ -1,0 +1,329 @@
+"""Tests for ssp_jax.tokenizer: loading, chat-template parity with HF Jinja, SSP trajectory format."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import tokenizers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from ssp_jax.tokenizer import (
+    CHAT_TEMPLATES,
+    QWEN25_DEFAULT_SYSTEM,
+    ChatMLTemplate,
+    ChatTemplate,
+    Llama3Template,
+    Tokenizer,
+    TrajectoryTokens,
+    format_passages,
+    get_chat_template,
+    information_block,
+    split_search_r1_contents,
+)
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
+CORPUS = [
+    "Hello world! The search engine returns documents about the world.",
+    "<think>I need to find who wrote the novel.</think><search>author of the novel</search>",
+    "<answer>Paris</answer> is the capital of France, a country in Europe.",
+    "Doc 1 (Title: France)\nFrance is a country. Doc 2 (Title: Paris)\nParis is a city.",
+    "You are a helpful assistant. Answer the question using the information given.",
+]
+
+# Qwen2.5-Instruct's published chat template, with only the tool-calling branches removed.
+QWEN25_JINJA = """{%- if messages[0]['role'] == 'system' %}
+    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
+{%- else %}
+    {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant") %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+# Meta-Llama-3-8B-Instruct's published chat template, verbatim (it has no tool-calling branches).
+LLAMA3_JINJA = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+CONVERSATIONS = {
+    "user_only": [{"role": "user", "content": "Who wrote Hamlet?"}],
+    "multi_turn": [
+        {"role": "user", "content": "Who wrote Hamlet?"},
+        {"role": "assistant", "content": "<answer>Shakespeare</answer>"},
+        {"role": "user", "content": "  And when?\n"},
+    ],
+    "with_system": [
+        {"role": "system", "content": "Answer briefly.\n"},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": " Paris "},
+        {"role": "user", "content": "And of Italy?"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def raw_tokenizer() -> tokenizers.Tokenizer:
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=500,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 3, trainer)
+    return tok
+
+
+def _copy(raw: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+    return tokenizers.Tokenizer.from_str(raw.to_str())
+
+
+@pytest.fixture
+def tok(raw_tokenizer: tokenizers.Tokenizer) -> Tokenizer:
+    return Tokenizer(_copy(raw_tokenizer), eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def _save(raw: tokenizers.Tokenizer, directory: Path, **configs: dict[str, object]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    raw.save(str(directory / "tokenizer.json"))
+    for stem, content in configs.items():
+        (directory / f"{stem}.json").write_text(json.dumps(content))
+    return directory
+
+
+# --- Tokenizer ------------------------------------------------------------------------------------
+
+
+def test_load_directory_round_trip(raw_tokenizer: tokenizers.Tokenizer, tmp_path: Path) -> None:
+    eos = {"content": "<|im_end|>", "lstrip": False, "rstrip": False, "special": True}
+    config = {"eos_token": eos, "pad_token": "<|endoftext|>", "bos_token": None}
+    _save(raw_tokenizer, tmp_path, tokenizer_config=config)
+    tok = Tokenizer.load(tmp_path)
+
+    assert tok.eos_id == raw_tokenizer.token_to_id("<|im_end|>") is not None
+    assert tok.pad_id == raw_tokenizer.token_to_id("<|endoftext|>") != tok.eos_id
+    assert tok.bos_id is None
+    assert tok.vocab_size == raw_tokenizer.get_vocab_size(with_added_tokens=True) > len(SPECIAL_TOKENS)
+    assert tok.token_to_id("<|eot_id|>") == raw_tokenizer.token_to_id("<|eot_id|>")
+    assert tok.token_to_id("<|not_a_token|>") is None
+
+    text = "Hello world! <search>capital of France</search>\n  naïve café 東京\t"
+    assert tok.decode(tok.encode(text)) == text
+    chat = "<|im_start|>user\nHello<|im_end|>\n"
+    ids = tok.encode(chat)
+    assert ids[0] == tok.token_to_id("<|im_start|>") and tok.eos_id in ids
+    assert tok.decode(ids) == chat
+    assert tok.decode(ids, skip_special_tokens=True) == "user\nHello\n"
+
+
+def test_load_file_path_special_tokens_map_overrides(raw_tokenizer: tokenizers.Tokenizer, tmp_path: Path) -> None:
+    _save(
+        raw_tokenizer,
+        tmp_path,
+        tokenizer_config={"eos_token": "<|endoftext|>"},
+        special_tokens_map={"eos_token": {"content": "<|eot_id|>"}, "bos_token": "<|begin_of_text|>"},
+    )
+    tok = Tokenizer.load(tmp_path / "tokenizer.json")
+    assert tok.eos_id == raw_tokenizer.token_to_id("<|eot_id|>")
+    assert tok.pad_id == tok.eos_id  # no pad token anywhere: falls back to eos
+    assert tok.bos_id == raw_tokenizer.token_to_id("<|begin_of_text|>")
+
+    explicit = Tokenizer.load(tmp_path, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    assert explicit.eos_id == raw_tokenizer.token_to_id("<|im_end|>")
+    assert explicit.pad_id == raw_tokenizer.token_to_id("<|endoftext|>")
+
+
+def test_in_memory_construction_validates_tokens(raw_tokenizer: tokenizers.Tokenizer) -> None:
+    tok = Tokenizer(_copy(raw_tokenizer), eos_token="<|eot_id|>", bos_token="<|begin_of_text|>")
+    assert (tok.eos_id, tok.pad_id, tok.bos_id) == (
+        raw_tokenizer.token_to_id("<|eot_id|>"),
+        raw_tokenizer.token_to_id("<|eot_id|>"),
+        raw_tokenizer.token_to_id("<|begin_of_text|>"),
+    )
+    with pytest.raises(ValueError, match=re.escape("'<|missing|>' is not in the tokenizer vocabulary")):
+        Tokenizer(_copy(raw_tokenizer), eos_token="<|missing|>")
+
+
+def test_load_errors_name_the_path(raw_tokenizer: tokenizers.Tokenizer, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*tokenizer\.json"):
+        Tokenizer.load(missing)
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty.*tokenizer\.json"):
+        Tokenizer.load(empty_dir)
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text('{"model": ')
+    with pytest.raises(ValueError, match=r"broken/tokenizer\.json: malformed JSON"):
+        Tokenizer.load(broken)
+    (broken / "tokenizer.json").write_text('{"model": 3}')
+    with pytest.raises(ValueError, match=r"broken/tokenizer\.json: not a valid"):
+        Tokenizer.load(broken)
+
+    bad_config = _save(raw_tokenizer, tmp_path / "bad_config")
+    (bad_config / "tokenizer_config.json").write_text("{eos_token: nope}")
+    with pytest.raises(ValueError, match=r"bad_config/tokenizer_config\.json: malformed JSON"):
+        Tokenizer.load(bad_config)
+
+    no_eos = _save(raw_tokenizer, tmp_path / "no_eos", tokenizer_config={"pad_token": "<|endoftext|>"})
+    with pytest.raises(ValueError, match="no eos_token"):
+        Tokenizer.load(no_eos)
+
+
+# --- Chat templates -------------------------------------------------------------------------------
+
+
+def _hf(raw: tokenizers.Tokenizer, jinja: str) -> PreTrainedTokenizerFast:
+    hf = PreTrainedTokenizerFast(tokenizer_object=_copy(raw), bos_token="<|begin_of_text|>")
+    hf.chat_template = jinja
+    return hf
+
+
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+@pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
+@pytest.mark.parametrize(
+    ("template", "jinja"),
+    [(ChatMLTemplate(default_system=QWEN25_DEFAULT_SYSTEM), QWEN25_JINJA), (Llama3Template(), LLAMA3_JINJA)],
+    ids=["chatml", "llama3"],
+)
+def test_template_matches_hf_jinja(
+    raw_tokenizer: tokenizers.Tokenizer,
+    tok: Tokenizer,
+    template: ChatTemplate,
+    jinja: str,
+    conversation: str,
+    add_generation_prompt: bool,
+) -> None:
+    messages = CONVERSATIONS[conversation]
+    hf = _hf(raw_tokenizer, jinja)
+    kwargs = {"add_generation_prompt": add_generation_prompt}
+    expected = hf.apply_chat_template(messages, tokenize=False, **kwargs)
+    assert template.render(messages, add_generation_prompt) == expected
+    expected_ids = hf.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
+    assert template.render_ids(tok, messages, add_generation_prompt) == expected_ids
+
+
+def test_chatml_without_default_system_inserts_none() -> None:
+    messages = [{"role": "user", "content": "Hi"}]
+    assert get_chat_template("chatml").render(messages, add_generation_prompt=True) == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    llama3 = get_chat_template("llama3", default_system="Be brief.")
+    assert llama3.render(messages, add_generation_prompt=False) == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+    )
+
+
+def test_template_registry_and_validation(tok: Tokenizer) -> None:
+    assert set(CHAT_TEMPLATES) == {"chatml", "llama3"}
+    assert get_chat_template("chatml").end_of_turn == "<|im_end|>"
+    assert get_chat_template("llama3").end_of_turn == "<|eot_id|>"
+    for name in CHAT_TEMPLATES:
+        assert tok.token_to_id(get_chat_template(name).end_of_turn) is not None
+    with pytest.raises(ValueError, match="unknown chat template"):
+        get_chat_template("vicuna")
+    with pytest.raises(ValueError, match="unsupported role"):
+        get_chat_template("chatml").render([{"role": "tool", "content": "x"}], add_generation_prompt=True)
+    with pytest.raises(ValueError, match="empty"):
+        get_chat_template("llama3").render([], add_generation_prompt=True)
+
+
+# --- SSP continuous-text format -------------------------------------------------------------------
+
+
+def test_information_block_two_passages() -> None:
+    passages = [("France", "France is a country in Europe."), ("Paris", "Paris is its capital.\nIt is large.")]
+    assert information_block(passages) == (
+        "\n<information>\n"
+        "Doc 1 (Title: France)\nFrance is a country in Europe.\n\n"
+        "Doc 2 (Title: Paris)\nParis is its capital.\nIt is large."
+        "</information>\n\n"
+    )
+    assert format_passages(passages[:1]) == "Doc 1 (Title: France)\nFrance is a country in Europe."
+    assert format_passages([]) == ""
+
+
+def test_split_search_r1_contents() -> None:
+    assert split_search_r1_contents('"Paris"\nParis is the capital.\nSecond line.') == (
+        "Paris",
+        "Paris is the capital.\nSecond line.",
+    )
+    assert split_search_r1_contents('"Paris" is the capital.') == ("", '"Paris" is the capital.')
+    assert split_search_r1_contents("Paris\nParis is the capital.") == ("Paris", "Paris is the capital.")
+    assert split_search_r1_contents('"A "quoted" title"\ntext') == ('A "quoted" title', "text")
+    assert split_search_r1_contents('"\ntext') == ('"', "text")
+    assert split_search_r1_contents("") == ("", "")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    title=st.text().filter(lambda t: "\n" not in t and t == t.strip()),
+    text=st.text(),
+)
+def test_split_search_r1_contents_inverts_corpus_format(title: str, text: str) -> None:
+    assert split_search_r1_contents(f'"{title}"\n{text}') == (title, text)
+
+
+def test_trajectory_tokens_masks_and_no_retokenization(tok: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    template = get_chat_template("chatml")
+    messages = [{"role": "user", "content": "Who is the author of the novel?"}]
+    prompt = template.render_ids(tok, messages, add_generation_prompt=True)
+    traj = TrajectoryTokens.from_messages(tok, template, messages)
+    assert traj.ids == prompt and traj.loss_mask == [0] * len(prompt) and traj.prompt_length == len(prompt)
+
+    # A non-canonical split of "<search>author</search>": one token per character. Re-tokenizing
+    # its decoded text would merge them, so keeping them proves the ids are stored verbatim.
+    first = [tok.token_to_id(c) for c in "<search>author</search>"]
+    assert None not in first and tok.encode(tok.decode(first)) != first
+    traj.append_generated(first)
+
+    calls: list[str] = []
+    encode = tok.encode
+    monkeypatch.setattr(tok, "encode", lambda text, add_special_tokens=False: calls.append(text) or encode(text))
+    tool_text = information_block([("Novel", "The novel was written by Jane Doe."), ("Doe", "Jane Doe, writer.")])
+    tool = traj.append_tool(tool_text)
+    assert calls == [tool_text]  # tokenized exactly once
+    monkeypatch.undo()
+    assert tool == tok.encode(tool_text) and tok.decode(tool) == tool_text
+    assert template.end_of_turn not in tok.decode(tool) and tok.eos_id not in tool
+
+    second = tok.encode("<answer>Jane Doe</answer>") + [tok.eos_id]
+    traj.append_generated(second)
+
+    assert traj.ids == prompt + first + tool + second
+    assert traj.loss_mask == [0] * len(prompt) + [1] * len(first) + [0] * len(tool) + [1] * len(second)
+    assert traj.prompt_length == len(prompt)
+    response = traj.ids[traj.prompt_length :]
+    assert tok.decode(response) == "<search>author</search>" + tool_text + "<answer>Jane Doe</answer><|im_end|>"
+    traj.ids.append(0)  # the exposed lists are copies
+    assert len(traj.ids) == len(traj.loss_mask)
