@@ -122,6 +122,30 @@ class Tokenizer:
             bos_token=bos_token or found.get("bos_token"),
         )
 
+    @classmethod
+    def byte_level(cls, special_tokens: Sequence[str] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+                   ) -> Tokenizer:
+        """A merge-free byte-level BPE (256 byte tokens + `special_tokens`; eos = the first one).
+
+        It needs no training data, so a randomly initialised checkpoint can ship a real tokenizer.
+        """
+        alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
+        model = tokenizers.models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[])
+        tokenizer = tokenizers.Tokenizer(model)
+        tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = tokenizers.decoders.ByteLevel()
+        tokenizer.add_special_tokens(list(special_tokens))
+        return cls(tokenizer, eos_token=special_tokens[0])
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `tokenizer.json` and a `tokenizer_config.json` naming the special tokens, as HF does."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._tokenizer.save(str(directory / TOKENIZER_FILE))
+        config = {"eos_token": self.eos_token, "pad_token": self.pad_token, "bos_token": self.bos_token}
+        (directory / SPECIAL_TOKEN_FILES[0]).write_text(json.dumps(config, indent=2), encoding="utf-8")
+        return directory
+
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`; special-token strings in it (e.g. `<|im_end|>`) map to their ids.
 

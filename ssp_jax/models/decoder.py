@@ -263,7 +263,9 @@ class Decoder(nnx.Module):
 
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed = _param(rngs, cfg, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+        # std 1/sqrt(hidden): unit-scale logits at init when the embedding doubles as the output layer.
+        self.embed = _param(rngs, cfg, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
+                            fan_in=cfg.hidden_size)
         self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg, cfg.hidden_size, "norm", rngs=rngs)
         if not cfg.tie_embeddings:
