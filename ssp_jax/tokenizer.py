@@ -252,21 +252,6 @@ def information_block(passages: Sequence[tuple[str, str]]) -> str:
     return INFORMATION_OPEN + format_passages(passages) + INFORMATION_CLOSE
 
 
-def split_search_r1_contents(contents: str) -> tuple[str, str]:
-    """Split a Search-R1 corpus `contents` (`"Title"\\ntext`) into (title, text); never raises.
-
-    Without a newline there is no title line: the result is ("", contents). A title without the
-    surrounding quotes is returned as it is.
-    """
-    title, newline, text = contents.partition("\n")
-    if not newline:
-        return "", contents
-    title = title.strip()
-    if len(title) >= 2 and title[0] == title[-1] == '"':
-        title = title[1:-1]
-    return title, text
-
-
 class TrajectoryTokens:
     """Token ids and loss mask of one SSP trajectory (a single assistant turn), built by appending ids.
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 import tokenizers
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from tokenizers import decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -24,7 +22,6 @@ from ssp_jax.tokenizer import (
     format_passages,
     get_chat_template,
     information_block,
-    split_search_r1_contents,
 )
 
 SPECIAL_TOKENS = [
@@ -271,27 +268,6 @@ def test_information_block_two_passages() -> None:
     )
     assert format_passages(passages[:1]) == "Doc 1 (Title: France)\nFrance is a country in Europe."
     assert format_passages([]) == ""
-
-
-def test_split_search_r1_contents() -> None:
-    assert split_search_r1_contents('"Paris"\nParis is the capital.\nSecond line.') == (
-        "Paris",
-        "Paris is the capital.\nSecond line.",
-    )
-    assert split_search_r1_contents('"Paris" is the capital.') == ("", '"Paris" is the capital.')
-    assert split_search_r1_contents("Paris\nParis is the capital.") == ("Paris", "Paris is the capital.")
-    assert split_search_r1_contents('"A "quoted" title"\ntext') == ('A "quoted" title', "text")
-    assert split_search_r1_contents('"\ntext') == ('"', "text")
-    assert split_search_r1_contents("") == ("", "")
-
-
-@settings(max_examples=50, deadline=None)
-@given(
-    title=st.text().filter(lambda t: "\n" not in t and t == t.strip()),
-    text=st.text(),
-)
-def test_split_search_r1_contents_inverts_corpus_format(title: str, text: str) -> None:
-    assert split_search_r1_contents(f'"{title}"\n{text}') == (title, text)
 
 
 def test_trajectory_tokens_masks_and_no_retokenization(tok: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
