@@ -18,7 +18,6 @@ from ssp_jax.tokenizer import (
     ChatTemplate,
     Llama3Template,
     Tokenizer,
-    TrajectoryTokens,
     format_passages,
     get_chat_template,
     information_block,
@@ -268,38 +267,3 @@ def test_information_block_two_passages() -> None:
     )
     assert format_passages(passages[:1]) == "Doc 1 (Title: France)\nFrance is a country in Europe."
     assert format_passages([]) == ""
-
-
-def test_trajectory_tokens_masks_and_no_retokenization(tok: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
-    template = get_chat_template("chatml")
-    messages = [{"role": "user", "content": "Who is the author of the novel?"}]
-    prompt = template.render_ids(tok, messages, add_generation_prompt=True)
-    traj = TrajectoryTokens.from_messages(tok, template, messages)
-    assert traj.ids == prompt and traj.loss_mask == [0] * len(prompt) and traj.prompt_length == len(prompt)
-
-    # A non-canonical split of "<search>author</search>": one token per character. Re-tokenizing
-    # its decoded text would merge them, so keeping them proves the ids are stored verbatim.
-    first = [tok.token_to_id(c) for c in "<search>author</search>"]
-    assert None not in first and tok.encode(tok.decode(first)) != first
-    traj.append_generated(first)
-
-    calls: list[str] = []
-    encode = tok.encode
-    monkeypatch.setattr(tok, "encode", lambda text, add_special_tokens=False: calls.append(text) or encode(text))
-    tool_text = information_block([("Novel", "The novel was written by Jane Doe."), ("Doe", "Jane Doe, writer.")])
-    tool = traj.append_tool(tool_text)
-    assert calls == [tool_text]  # tokenized exactly once
-    monkeypatch.undo()
-    assert tool == tok.encode(tool_text) and tok.decode(tool) == tool_text
-    assert template.end_of_turn not in tok.decode(tool) and tok.eos_id not in tool
-
-    second = tok.encode("<answer>Jane Doe</answer>") + [tok.eos_id]
-    traj.append_generated(second)
-
-    assert traj.ids == prompt + first + tool + second
-    assert traj.loss_mask == [0] * len(prompt) + [1] * len(first) + [0] * len(tool) + [1] * len(second)
-    assert traj.prompt_length == len(prompt)
-    response = traj.ids[traj.prompt_length :]
-    assert tok.decode(response) == "<search>author</search>" + tool_text + "<answer>Jane Doe</answer><|im_end|>"
-    traj.ids.append(0)  # the exposed lists are copies
-    assert len(traj.ids) == len(traj.loss_mask)

@@ -91,26 +91,30 @@ class DecoderConfig:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Preallocated per-row key/value cache; rows advance independently (continuous batching)."""
+    """Preallocated per-row key/value cache; rows advance independently (continuous batching).
 
-    k: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
-    v: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
+    One buffer per layer (not one stacked array), so each decode step updates every buffer in
+    place instead of rebuilding a [layers, ...] array.
+    """
+
+    k: tuple[jax.Array, ...]  # per layer: [batch, max_len, kv_heads, head_dim]
+    v: tuple[jax.Array, ...]  # per layer: [batch, max_len, kv_heads, head_dim]
     valid: jax.Array  # [batch, max_len] bool: the slot holds a real token
     length: jax.Array  # [batch] int32: next write offset of each row
 
     @classmethod
     def create(cls, cfg: DecoderConfig, batch: int, max_len: int) -> KVCache:
-        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
         return cls(
-            k=jnp.zeros(shape, cfg.compute_dtype),
-            v=jnp.zeros(shape, cfg.compute_dtype),
+            k=tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_layers)),
+            v=tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_layers)),
             valid=jnp.zeros((batch, max_len), bool),
             length=jnp.zeros((batch,), jnp.int32),
         )
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.valid.shape[1]
 
 
 def _param(rngs: nnx.Rngs, cfg: DecoderConfig, shape: tuple[int, ...], axes: tuple[str, ...],
@@ -306,7 +310,7 @@ class Decoder(nnx.Module):
         hidden = self.final_norm(x)
         if cache is None:
             return hidden, None
-        new_cache = KVCache(k=jnp.stack(new_k), v=jnp.stack(new_v), valid=valid,
+        new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid,
                             length=cache.length + attention_mask.sum(-1, dtype=jnp.int32))
         return hidden, new_cache
 

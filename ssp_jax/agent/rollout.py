@@ -1,0 +1,191 @@
+"""Multi-turn search rollouts over the engine's slots, with continuous batching.
+
+Each loop: free slots take waiting samples (the samples of one prompt share one prefill), every
+live slot decodes `decode_steps` tokens, then stopped slots are settled. A stop at `</search>`
+parses the query; all such queries of the loop go to the retriever in one batch; each slot is
+extended with its `<information>` block and resumes. Any other stop, EOS, the turn limit or the
+token limit ends the trajectory, and its slot is refilled on the next loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from ssp_jax.agent import trajectory as tj
+from ssp_jax.agent.tags import search_query
+from ssp_jax.agent.trajectory import Trajectory
+from ssp_jax.engine.engine import STOP_BUDGET, STOP_EOS, STOP_SEQUENCE, DecodeState, Engine, Prefix
+from ssp_jax.engine.sampling import SamplingParams
+from ssp_jax.retrieval.base import Passage, Retriever, RetrieverError
+from ssp_jax.tokenizer import Tokenizer, information_block
+
+SEARCH_STOP = "</search>"
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Defaults are SSP.md section 1's."""
+
+    max_turns: int = 10  # generation calls per trajectory
+    max_prompt_tokens: int = 4096
+    max_response_tokens: int = 8192  # generated + tool tokens
+    topk: int = 3  # passages per search
+    stop_strings: tuple[str, ...] = (SEARCH_STOP, "</answer>")
+    retrieval_attempts: int = 3
+    retrieval_backoff_s: float = 0.5  # doubled after each failed attempt
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutRequest:
+    prompt_ids: list[int]
+    num_samples: int = 1  # a GRPO group: the samples share one prefill
+    seed: int = 0
+    sampling: SamplingParams = SamplingParams()
+    meta: Any = None
+
+
+def stop_token_sequences(tokenizer: Tokenizer, stop_strings: Sequence[str]) -> list[list[int]]:
+    """Token ids of each stop string, for `Engine(stop_sequences=...)`: stops match at token level."""
+    return [tokenizer.encode(s) for s in stop_strings]
+
+
+class RolloutRunner:
+    def __init__(self, engine: Engine, tokenizer: Tokenizer, retriever: Retriever, config: RolloutConfig):
+        expected = stop_token_sequences(tokenizer, config.stop_strings)
+        if engine.stop_sequences != expected:
+            raise ValueError(f"engine stop sequences {engine.stop_sequences} differ from the tokenized "
+                             f"RolloutConfig.stop_strings {config.stop_strings} ({expected})")
+        if SEARCH_STOP not in config.stop_strings:
+            raise ValueError(f"RolloutConfig.stop_strings must include {SEARCH_STOP!r}")
+        self.engine, self.tokenizer, self.retriever, self.config = engine, tokenizer, retriever, config
+
+    def run(self, params: nnx.State, requests: Sequence[RolloutRequest], *, progress: bool = False,
+            ) -> list[Trajectory]:
+        """Roll out every sample of every request; returns trajectories in (request, sample) order."""
+        engine, cfg = self.engine, self.config
+        waiting = collections.deque((r, s) for r, req in enumerate(requests) for s in range(req.num_samples))
+        unstarted = collections.Counter({r: req.num_samples for r, req in enumerate(requests)})
+        prefixes: dict[int, Prefix] = {}
+        slots: list[Trajectory | None] = [None] * engine.config.num_slots
+        finished: list[Trajectory] = []
+        state = engine.init_decode_state()
+        bar = tqdm(total=len(waiting), desc="rollouts", disable=not progress, leave=False)
+
+        def finish(slot: int | None, traj: Trajectory, reason: str, error: str | None = None) -> None:
+            traj.finish_reason, traj.error = reason, error
+            traj.response_text = self.tokenizer.decode(traj.response_ids)
+            finished.append(traj)
+            bar.update(1)
+            if slot is not None:
+                slots[slot] = None
+
+        while waiting or any(slots):
+            for slot in range(len(slots)):
+                while slots[slot] is None and waiting:
+                    r, s = waiting.popleft()
+                    req = requests[r]
+                    traj = Trajectory(r, s, list(req.prompt_ids), meta=req.meta)
+                    unstarted[r] -= 1
+                    budget = self._budget(traj)
+                    if not 0 < len(req.prompt_ids) <= cfg.max_prompt_tokens or budget <= 0:
+                        finish(None, traj, tj.FINISH_PROMPT_TOO_LONG,
+                               f"prompt of {len(req.prompt_ids)} tokens; limit {cfg.max_prompt_tokens} "
+                               f"and {engine.config.max_cache_len - 1} cache slots")
+                        continue
+                    if r not in prefixes:
+                        prefixes[r] = engine.prefill(params, req.prompt_ids)
+                    prefix = prefixes[r] if unstarted[r] else prefixes.pop(r)
+                    seed = int(np.random.SeedSequence([req.seed, s]).generate_state(1)[0])
+                    state = engine.insert(prefix, state, slot, seed=seed, sampling=req.sampling, budget=budget)
+                    traj.num_turns = 1
+                    slots[slot] = traj
+            if not any(slots):
+                break
+            state, out = engine.generate(params, state)
+            tokens, logprobs, emitted = (np.asarray(x) for x in (out.tokens, out.logprobs, out.emitted))
+            active, reasons, stop_index = (np.asarray(x) for x in (state.active, state.stop_reason, state.stop_index))
+            searches: list[tuple[int, Trajectory, str]] = []
+            for slot, traj in enumerate(slots):
+                if traj is None:
+                    continue
+                rows = emitted[:, slot]
+                traj.append_generated(tokens[rows, slot], logprobs[rows, slot])
+                if active[slot]:
+                    continue
+                if reasons[slot] == STOP_EOS:
+                    finish(slot, traj, tj.FINISH_EOS)
+                elif reasons[slot] == STOP_BUDGET:
+                    finish(slot, traj, tj.FINISH_LENGTH)
+                elif reasons[slot] == STOP_SEQUENCE:
+                    traj.stop_string = cfg.stop_strings[stop_index[slot]]
+                    if traj.stop_string != SEARCH_STOP:
+                        finish(slot, traj, tj.FINISH_ANSWER)
+                    elif traj.num_turns >= cfg.max_turns:
+                        finish(slot, traj, tj.FINISH_MAX_TURNS)
+                    else:
+                        query = search_query(self.tokenizer.decode(traj.segment_ids))
+                        if query.ok:
+                            searches.append((slot, traj, query.content))
+                        else:
+                            finish(slot, traj, tj.FINISH_NO_QUERY, f"search query {query.reason}")
+            if searches:
+                state = self._search_and_extend(params, state, searches, finish)
+        bar.close()
+        return sorted(finished, key=lambda t: (t.request_index, t.sample_index))
+
+    def _budget(self, traj: Trajectory) -> int:
+        """Tokens the slot may sample: bounded by the response limit and by the KV cache."""
+        cached = len(traj.prompt_ids) + len(traj.response_ids) - 1  # all but the pending token
+        return min(self.config.max_response_tokens - len(traj.response_ids),
+                   self.engine.config.max_cache_len - 1 - cached)
+
+    def _search_and_extend(self, params: nnx.State, state: DecodeState,
+                           searches: list[tuple[int, Trajectory, str]],
+                           finish: Callable[..., None]) -> DecodeState:
+        try:
+            results = self._search([query for _, _, query in searches])
+        except RetrieverError as e:
+            for slot, traj, _ in searches:
+                finish(slot, traj, tj.FINISH_RETRIEVER_ERROR, str(e))
+            return state
+        ext_slots, spans, budgets = [], [], []
+        for (slot, traj, query), passages in zip(searches, results):
+            ids = self.tokenizer.encode(information_block([(p.title, p.text) for p in passages]))
+            cached = len(traj.prompt_ids) + len(traj.response_ids) - 1
+            fits = len(ids) <= self.engine.config.extend_buckets[-1] and (
+                cached + self.engine.extend_bucket(len(ids)) <= self.engine.config.max_cache_len)
+            if not fits or len(traj.response_ids) + len(ids) >= self.config.max_response_tokens:
+                finish(slot, traj, tj.FINISH_LENGTH, f"no room for a {len(ids)}-token information block")
+                continue
+            traj.append_tool(ids, query, passages)
+            traj.num_turns += 1
+            ext_slots.append(slot)
+            spans.append(ids)
+            budgets.append(self._budget(traj))
+        return self.engine.extend(params, state, ext_slots, spans, budgets) if ext_slots else state
+
+    def _search(self, queries: list[str]) -> list[list[Passage]]:
+        """One batched search, retried with exponential back-off; raises RetrieverError at the end."""
+        delay, error = self.config.retrieval_backoff_s, None
+        for attempt in range(1, self.config.retrieval_attempts + 1):
+            try:
+                results = self.retriever.search(queries, self.config.topk)
+                if len(results) != len(queries):
+                    raise RetrieverError(f"retriever returned {len(results)} result lists for {len(queries)} queries")
+                return results
+            except Exception as e:  # any backend failure ends only the affected trajectories
+                error = e
+                logging.warning("retrieval attempt %d/%d failed: %s", attempt, self.config.retrieval_attempts, e)
+                if attempt < self.config.retrieval_attempts:
+                    time.sleep(delay)
+                    delay *= 2
+        raise RetrieverError(f"retrieval failed after {self.config.retrieval_attempts} attempts: {error}")

@@ -1,0 +1,335 @@
+"""A slot-based sampling engine shaped like JetStream's `Engine`, with what RL needs on top.
+
+Contract (JetStream): `prefill(params, tokens, true_length) -> Prefix`, `insert(prefix, state, slot)`,
+`generate(params, state) -> (state, StepOutput)`, a fixed number of slots and a preallocated KV
+cache. Additions: the log-prob of every sampled token, per-slot sampling and PRNG, token-level stop
+sequences and budgets, `extend` (append tool output to live slots in one prefill-like call), and
+prefix sharing (one `Prefix` inserted into many slots).
+
+The "pending token" invariant keeps all three calls uniform: a slot's cache holds every token but
+the last one, which waits in `state.tokens`. `generate` feeds it and samples the next; `prefill`
+stops one token short of the prompt; `extend` feeds the pending token plus all but the last tool
+token. So every sample, including a trajectory's first, comes from the same compiled decode step.
+
+Shapes are static: prompts and tool spans are padded to configured buckets, extends run on a fixed
+group of slots, and `generate` runs `decode_steps` tokens per call. `compile_counts` counts traces.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from ssp_jax.engine.sampling import SamplingParams, sample
+from ssp_jax.models.decoder import Decoder, KVCache
+from ssp_jax.models.sharding import DEFAULT_RULES, Rules, logical_to_spec
+
+# Why a slot stopped (DecodeState.stop_reason).
+RUNNING, STOP_EOS, STOP_SEQUENCE, STOP_BUDGET = 0, 1, 2, 3
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    num_slots: int = 8
+    max_cache_len: int = 2048  # per slot: prompt + response tokens
+    prefill_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    extend_buckets: tuple[int, ...] = (32, 64, 128, 256, 512)
+    extend_group: int = 4  # slots extended per `extend` call
+    decode_steps: int = 8  # tokens sampled per `generate` call
+
+    def __post_init__(self) -> None:
+        for name in ("prefill_buckets", "extend_buckets"):
+            buckets = getattr(self, name)
+            if not buckets or list(buckets) != sorted(buckets) or buckets[-1] > self.max_cache_len:
+                raise ValueError(f"EngineConfig.{name}={buckets} must be ascending and <= max_cache_len")
+        if min(self.num_slots, self.extend_group, self.decode_steps) < 1:
+            raise ValueError("EngineConfig.num_slots, extend_group and decode_steps must be >= 1")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Prefix:
+    """A prefilled prompt, insertable into any number of slots."""
+
+    k: tuple[jax.Array, ...]  # per layer: [1, bucket, kv_heads, head_dim]
+    v: tuple[jax.Array, ...]  # per layer: [1, bucket, kv_heads, head_dim]
+    valid: jax.Array  # [1, bucket] bool
+    length: jax.Array  # [] int32: cached tokens (the prompt minus its last token)
+    last_token: jax.Array  # [] int32: the pending token
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeState:
+    cache: KVCache
+    tokens: jax.Array  # [slots] int32: pending token (fed at the next step)
+    positions: jax.Array  # [slots] int32: position id of the pending token
+    active: jax.Array  # [slots] bool
+    budget: jax.Array  # [slots] int32: tokens the slot may still sample
+    seeds: jax.Array  # [slots, 2] uint32: raw PRNG key per trajectory
+    num_sampled: jax.Array  # [slots] int32: samples so far in the trajectory (PRNG counter)
+    recent: jax.Array  # [slots, max_stop_len] int32: last sampled tokens, right-aligned, -1 = none
+    temperature: jax.Array  # [slots] float32
+    top_k: jax.Array  # [slots] int32
+    top_p: jax.Array  # [slots] float32
+    stop_reason: jax.Array  # [slots] int32: RUNNING / STOP_EOS / STOP_SEQUENCE / STOP_BUDGET
+    stop_index: jax.Array  # [slots] int32: which stop sequence matched (-1 if none)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class StepOutput:
+    tokens: jax.Array  # [decode_steps, slots] int32
+    logprobs: jax.Array  # [decode_steps, slots] float32, under the temperature-1 model distribution
+    emitted: jax.Array  # [decode_steps, slots] bool: the slot was active and produced this token
+
+
+def _stop_table(stop_sequences: Sequence[Sequence[int]]) -> np.ndarray:
+    """Right-aligned [num_stops, max_len] id table, -1 = wildcard (shorter sequences)."""
+    width = max([len(s) for s in stop_sequences] + [1])
+    table = np.full((max(len(stop_sequences), 1), width), -2, np.int32)  # -2 row never matches
+    for i, seq in enumerate(stop_sequences):
+        if not seq:
+            raise ValueError(f"stop sequence {i} is empty")
+        table[i] = -1
+        table[i, width - len(seq):] = seq
+    return table
+
+
+class Engine:
+    """Owns the compiled prefill / insert / extend / generate functions for one model architecture.
+
+    `params` (the model's `nnx.State`) are passed to every call, so RL can swap in new weights
+    without recompiling. `stop_sequences` are token-id sequences; `eos_ids` end a slot too.
+    """
+
+    def __init__(self, model: Decoder, config: EngineConfig, *, stop_sequences: Sequence[Sequence[int]] = (),
+                 eos_ids: Sequence[int] = (), mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES):
+        self.config = config
+        self.model_config = model.cfg
+        self.graphdef = nnx.graphdef(model)
+        self.stop_sequences = [list(s) for s in stop_sequences]
+        self._stops = jnp.asarray(_stop_table(self.stop_sequences))
+        self._eos = jnp.asarray(list(eos_ids) or [-2], jnp.int32)
+        self.mesh, self.rules = mesh, rules
+        self.compile_counts: collections.Counter[str] = collections.Counter()
+        shardings = self._state_shardings()
+        self._init = jax.jit(self._init_fn, out_shardings=shardings)
+        self._prefill = jax.jit(self._prefill_fn)
+        self._insert = jax.jit(self._insert_fn, donate_argnums=1, out_shardings=shardings)
+        self._extend = jax.jit(self._extend_fn, donate_argnums=1, out_shardings=shardings)
+        self._generate = jax.jit(self._generate_fn, donate_argnums=1,
+                                 out_shardings=None if shardings is None else (shardings, None))
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def init_decode_state(self) -> DecodeState:
+        return self._init()
+
+    def prefill_bucket(self, length: int) -> int:
+        return _bucket(length, self.config.prefill_buckets, "prompt")
+
+    def extend_bucket(self, length: int) -> int:
+        return _bucket(length, self.config.extend_buckets, "tool output")
+
+    def prefill(self, params: nnx.State, tokens: Sequence[int]) -> Prefix:
+        """Run a prompt (>= 1 token) once; insert the result into as many slots as share it."""
+        if not tokens:
+            raise ValueError("prefill needs at least one prompt token")
+        bucket = self.prefill_bucket(len(tokens))
+        padded = np.zeros((1, bucket), np.int32)
+        padded[0, :len(tokens)] = tokens
+        return self._prefill(params, jnp.asarray(padded), jnp.int32(len(tokens)))
+
+    def insert(self, prefix: Prefix, state: DecodeState, slot: int, *, seed: int,
+               sampling: SamplingParams, budget: int) -> DecodeState:
+        """Start a trajectory in `slot` from `prefix`; it may sample up to `budget` tokens."""
+        if prefix.valid.shape[1] + 1 > self.config.max_cache_len:
+            raise ValueError(f"prompt bucket {prefix.valid.shape[1]} does not fit max_cache_len")
+        return self._insert(prefix, state, jnp.int32(slot), jax.random.key_data(jax.random.key(seed)),
+                            *_sampling_arrays(sampling), jnp.int32(budget))
+
+    def extend(self, params: nnx.State, state: DecodeState, slots: Sequence[int],
+               spans: Sequence[Sequence[int]], budgets: Sequence[int]) -> DecodeState:
+        """Append a token span (tool output) to each stopped slot and make it active again.
+
+        Runs in groups of `extend_group` slots, each group padded to one extend bucket. The
+        caller keeps every slot's cached length + bucket <= max_cache_len.
+        """
+        group = self.config.extend_group
+        for start in range(0, len(slots), group):
+            chunk = list(range(start, min(start + group, len(slots))))
+            bucket = self.extend_bucket(max(len(spans[i]) for i in chunk))
+            ids = np.zeros((group, bucket), np.int32)
+            lengths = np.zeros(group, np.int32)
+            rows = np.full(group, self.config.num_slots, np.int32)  # out of range = padding, dropped
+            row_budgets = np.zeros(group, np.int32)
+            for j, i in enumerate(chunk):
+                if not spans[i]:
+                    raise ValueError(f"extend span for slot {slots[i]} is empty")
+                ids[j, :len(spans[i])], lengths[j], rows[j], row_budgets[j] = spans[i], len(spans[i]), slots[i], budgets[i]
+            state = self._extend(params, state, jnp.asarray(rows), jnp.asarray(ids), jnp.asarray(lengths),
+                                 jnp.asarray(row_budgets))
+        return state
+
+    def warmup(self, params: nnx.State) -> DecodeState:
+        """Compile every bucket up front (a long run then never compiles); returns a fresh state."""
+        state = self.init_decode_state()
+        for bucket in self.config.prefill_buckets:
+            prefix = self.prefill(params, [0] * bucket)
+            state = self.insert(prefix, state, 0, seed=0, sampling=SamplingParams(), budget=1)
+        state, _ = self.generate(params, state)
+        for bucket in self.config.extend_buckets:
+            state = self.extend(params, state, [0], [[0] * bucket], [1])
+        return self.init_decode_state()
+
+    def generate(self, params: nnx.State, state: DecodeState) -> tuple[DecodeState, StepOutput]:
+        """Sample `decode_steps` tokens in every active slot."""
+        return self._generate(params, state)
+
+    # -- compiled bodies --------------------------------------------------------------------------
+
+    def _traced(self, name: str, *shape: int) -> None:
+        """Runs only while tracing: one increment per compilation."""
+        self.compile_counts[name] += 1
+        logging.info("engine: compiling %s %s (#%d)", name, shape, self.compile_counts[name])
+
+    def _model(self, params: nnx.State) -> Decoder:
+        return nnx.merge(self.graphdef, params)
+
+    def _init_fn(self) -> DecodeState:
+        self._traced("init")
+        cfg, slots = self.config, self.config.num_slots
+        return DecodeState(
+            cache=KVCache.create(self.model_config, slots, cfg.max_cache_len),
+            tokens=jnp.zeros(slots, jnp.int32), positions=jnp.zeros(slots, jnp.int32),
+            active=jnp.zeros(slots, bool), budget=jnp.zeros(slots, jnp.int32),
+            seeds=jnp.zeros((slots, 2), jnp.uint32), num_sampled=jnp.zeros(slots, jnp.int32),
+            recent=jnp.full((slots, self._stops.shape[1]), -1, jnp.int32),
+            temperature=jnp.ones(slots, jnp.float32), top_k=jnp.zeros(slots, jnp.int32),
+            top_p=jnp.ones(slots, jnp.float32), stop_reason=jnp.zeros(slots, jnp.int32),
+            stop_index=jnp.full(slots, -1, jnp.int32))
+
+    def _prefill_fn(self, params: nnx.State, tokens: jax.Array, true_length: jax.Array) -> Prefix:
+        bucket = tokens.shape[1]
+        self._traced("prefill", bucket)
+        cache = KVCache.create(self.model_config, 1, bucket)
+        mask = jnp.arange(bucket)[None] < true_length - 1  # all but the last (pending) token
+        _, cache = self._model(params)(tokens, jnp.arange(bucket)[None], mask, cache)
+        return Prefix(k=cache.k, v=cache.v, valid=cache.valid, length=cache.length[0],
+                      last_token=tokens[0, true_length - 1])
+
+    def _insert_fn(self, prefix: Prefix, state: DecodeState, slot: jax.Array, seed: jax.Array,
+                   temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, budget: jax.Array,
+                   ) -> DecodeState:
+        self._traced("insert", prefix.valid.shape[1])
+        cache = state.cache
+        valid_row = jnp.zeros((1, cache.max_len), bool).at[:, :prefix.valid.shape[1]].set(prefix.valid)
+        at_slot = lambda buf, new: jax.lax.dynamic_update_slice(buf, new, (slot, 0, 0, 0))  # noqa: E731
+        cache = KVCache(k=tuple(map(at_slot, cache.k, prefix.k)), v=tuple(map(at_slot, cache.v, prefix.v)),
+                        valid=jax.lax.dynamic_update_slice(cache.valid, valid_row, (slot, 0)),
+                        length=cache.length.at[slot].set(prefix.length))
+        return dataclasses.replace(
+            state, cache=cache, tokens=state.tokens.at[slot].set(prefix.last_token),
+            positions=state.positions.at[slot].set(prefix.length), active=state.active.at[slot].set(True),
+            budget=state.budget.at[slot].set(budget), seeds=state.seeds.at[slot].set(seed),
+            num_sampled=state.num_sampled.at[slot].set(0), recent=state.recent.at[slot].set(-1),
+            temperature=state.temperature.at[slot].set(temperature), top_k=state.top_k.at[slot].set(top_k),
+            top_p=state.top_p.at[slot].set(top_p), stop_reason=state.stop_reason.at[slot].set(RUNNING),
+            stop_index=state.stop_index.at[slot].set(-1))
+
+    def _extend_fn(self, params: nnx.State, state: DecodeState, rows: jax.Array, ids: jax.Array,
+                   lengths: jax.Array, budgets: jax.Array) -> DecodeState:
+        group, bucket = ids.shape
+        self._traced("extend", group, bucket)
+        cache = state.cache
+        take = lambda x: jnp.take(x, rows, axis=0, mode="clip")  # noqa: E731
+        sub = KVCache(k=tuple(map(take, cache.k)), v=tuple(map(take, cache.v)), valid=take(cache.valid),
+                      length=take(cache.length))
+        # Feed the pending token, then all but the last span token, which becomes the new pending one.
+        chunk = jnp.concatenate([take(state.tokens)[:, None], ids[:, :-1]], axis=1)  # [group, bucket]
+        positions = take(state.positions)[:, None] + jnp.arange(bucket)
+        mask = jnp.arange(bucket)[None] < lengths[:, None]
+        _, sub = self._model(params)(chunk, positions, mask, sub)
+        last = jnp.take_along_axis(ids, (lengths - 1)[:, None], axis=1)[:, 0]
+        put = lambda x, value: x.at[rows].set(value, mode="drop")  # noqa: E731
+        cache = KVCache(k=tuple(map(put, cache.k, sub.k)), v=tuple(map(put, cache.v, sub.v)),
+                        valid=put(cache.valid, sub.valid), length=put(cache.length, sub.length))
+        return dataclasses.replace(
+            state, cache=cache, tokens=put(state.tokens, last),
+            positions=put(state.positions, take(state.positions) + lengths),
+            active=put(state.active, True), budget=put(state.budget, budgets),
+            recent=put(state.recent, -1), stop_reason=put(state.stop_reason, RUNNING),
+            stop_index=put(state.stop_index, -1))
+
+    def _generate_fn(self, params: nnx.State, state: DecodeState) -> tuple[DecodeState, StepOutput]:
+        self._traced("generate", self.config.decode_steps)
+        model = self._model(params)
+
+        def step(state: DecodeState, _: None) -> tuple[DecodeState, tuple[jax.Array, ...]]:
+            hidden, cache = model(state.tokens[:, None], state.positions[:, None], state.active[:, None],
+                                  state.cache)
+            logits = model.logits(hidden)[:, 0]  # [slots, vocab]
+            keys = jax.vmap(lambda seed, n: jax.random.fold_in(jax.random.wrap_key_data(seed), n))(
+                state.seeds, state.num_sampled)
+            new, logprobs = sample(logits, keys, state.temperature, state.top_k, state.top_p)
+            emitted = state.active
+            recent = jnp.where(emitted[:, None], jnp.concatenate([state.recent[:, 1:], new[:, None]], 1),
+                               state.recent)
+            matches = jnp.all((self._stops[None] == -1) | (self._stops[None] == recent[:, None]), -1)
+            is_eos = jnp.isin(new, self._eos)
+            budget = state.budget - emitted
+            reason = jnp.where(is_eos, STOP_EOS, jnp.where(matches.any(-1), STOP_SEQUENCE,
+                                                         jnp.where(budget <= 0, STOP_BUDGET, RUNNING)))
+            finished = emitted & (reason != RUNNING)
+            state = dataclasses.replace(
+                state, cache=cache, tokens=jnp.where(emitted, new, state.tokens),
+                positions=state.positions + emitted, active=emitted & ~finished, budget=budget,
+                num_sampled=state.num_sampled + emitted, recent=recent,
+                stop_reason=jnp.where(finished, reason, state.stop_reason),
+                stop_index=jnp.where(finished & (reason == STOP_SEQUENCE), jnp.argmax(matches, -1),
+                                     state.stop_index))
+            return state, (new, logprobs, emitted)
+
+        state, (tokens, logprobs, emitted) = jax.lax.scan(step, state, None, length=self.config.decode_steps)
+        return state, StepOutput(tokens=tokens, logprobs=logprobs, emitted=emitted)
+
+    def _state_shardings(self) -> DecodeState | None:
+        """KV cache: slots over the batch axes, KV heads over tensor; per-slot vectors over batch."""
+        if self.mesh is None:
+            return None
+        abstract = jax.eval_shape(self._init_fn)
+        self.compile_counts.clear()  # eval_shape traced once; that is not a compilation
+
+        def spec(axes: tuple[str | None, ...], shape: tuple[int, ...]) -> NamedSharding:
+            return NamedSharding(self.mesh, logical_to_spec(axes, self.rules, shape, self.mesh))
+
+        def per_slot(x: jax.ShapeDtypeStruct) -> NamedSharding:
+            return spec(("batch",) + (None,) * (x.ndim - 1), x.shape)
+
+        kv = lambda x: spec(("batch", "cache_length", "kv_heads", "head_dim"), x.shape)  # noqa: E731
+        cache = KVCache(k=tuple(map(kv, abstract.cache.k)), v=tuple(map(kv, abstract.cache.v)),
+                        valid=spec(("batch", "cache_length"), abstract.cache.valid.shape),
+                        length=per_slot(abstract.cache.length))
+        rest = {f.name: per_slot(getattr(abstract, f.name)) for f in dataclasses.fields(DecodeState)
+                if f.name != "cache"}
+        return DecodeState(cache=cache, **rest)
+
+
+def _bucket(length: int, buckets: Sequence[int], what: str) -> int:
+    for bucket in buckets:
+        if length <= bucket:
+            return bucket
+    raise ValueError(f"{what} of {length} tokens exceeds the largest bucket {buckets[-1]}")
+
+
+def _sampling_arrays(sampling: SamplingParams) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return (jnp.float32(sampling.temperature), jnp.int32(sampling.top_k), jnp.float32(sampling.top_p))
