@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +164,7 @@ def hf_layout(cfg: DecoderConfig) -> Layout:
     return layout
 
 
-def _weight_files(model_dir: Path) -> dict[str, Path]:
+def weight_files(model_dir: Path) -> dict[str, Path]:
     """HF tensor name -> the safetensors file holding it."""
     index = model_dir / _INDEX_FILE
     if index.is_file():
@@ -185,9 +185,10 @@ def _weight_files(model_dir: Path) -> dict[str, Path]:
 
 def _params_by_file(layout: Layout, files: dict[str, Path], model_dir: Path) -> dict[Path, list[Path_]]:
     grouped: dict[Path, list[Path_]] = {}
+    where = ", ".join(str(f) for f in sorted(set(files.values()))) or str(model_dir)
     for path, (name, _, _) in layout.items():
         if name not in files:
-            raise ValueError(f"{model_dir}: tensor {name!r} is missing from the checkpoint")
+            raise ValueError(f"{where}: tensor {name!r} is missing from the checkpoint")
         file = files[name]
         if not file.is_file():
             raise FileNotFoundError(f"{file} does not exist (listed in {model_dir / _INDEX_FILE} "
@@ -196,21 +197,18 @@ def _params_by_file(layout: Layout, files: dict[str, Path], model_dir: Path) -> 
     return grouped
 
 
-def load_hf_decoder(model_dir: str | Path, *, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES,
-                    dtype: str = "float32", param_dtype: str = "float32", remat: bool = False,
-                    ) -> tuple[Decoder, dict[str, Any]]:
-    """Load an HF checkpoint straight into a (sharded) `Decoder`. Returns (model, hf config dict)."""
-    model_dir = Path(model_dir)
-    hf_config = read_hf_config(model_dir)
-    cfg = decoder_config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat,
-                                 source=str(model_dir / "config.json"))
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
+def load_checkpoint(model_dir: Path, init_fn: Callable[[], nnx.Module], layout: Layout, *,
+                    storage_dtype: Any, mesh: Mesh | None, rules: Rules,
+                    files: dict[str, Path] | None = None) -> nnx.Module:
+    """Build `init_fn()` abstractly, then fill each parameter from the safetensors tensor `layout`
+    names, one tensor at a time, each device receiving only its own slice."""
+    files = weight_files(model_dir) if files is None else files
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(init_fn))
     flat_abstract = dict(nnx.to_flat_state(abstract_state))
     if mesh is not None:
         flat_shardings = dict(nnx.to_flat_state(state_shardings(abstract_state, mesh, rules)))
-    layout = hf_layout(cfg)
     loaded: dict[Path_, jax.Array] = {}
-    for file, paths in _params_by_file(layout, _weight_files(model_dir), model_dir).items():
+    for file, paths in _params_by_file(layout, files, model_dir).items():
         try:
             handle = safe_open(file, "numpy")
         except Exception as e:
@@ -226,13 +224,26 @@ def load_hf_decoder(model_dir: str | Path, *, mesh: Mesh | None = None, rules: R
                 host = (tensor.T if transposed else tensor).reshape(target.shape)
                 sharding = flat_shardings[path] if mesh is not None else SingleDeviceSharding(jax.devices()[0])
                 loaded[path] = jax.make_array_from_callback(
-                    target.shape, sharding, lambda idx, host=host: np.asarray(host[idx], dtype=cfg.storage_dtype))
+                    target.shape, sharding, lambda idx, host=host: np.asarray(host[idx], dtype=storage_dtype))
                 del tensor, host
     missing = set(flat_abstract) - set(loaded)
     if missing:  # a layout bug, not a user error
         raise AssertionError(f"parameters without an HF source: {sorted(missing)}")
     state = nnx.from_flat_state([(path, var.replace(loaded[path])) for path, var in flat_abstract.items()])
-    return nnx.merge(graphdef, state), hf_config
+    return nnx.merge(graphdef, state)
+
+
+def load_hf_decoder(model_dir: str | Path, *, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES,
+                    dtype: str = "float32", param_dtype: str = "float32", remat: bool = False,
+                    ) -> tuple[Decoder, dict[str, Any]]:
+    """Load an HF checkpoint straight into a (sharded) `Decoder`. Returns (model, hf config dict)."""
+    model_dir = Path(model_dir)
+    hf_config = read_hf_config(model_dir)
+    cfg = decoder_config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat,
+                                 source=str(model_dir / "config.json"))
+    model = load_checkpoint(model_dir, lambda: Decoder(cfg, rngs=nnx.Rngs(0)), hf_layout(cfg),
+                            storage_dtype=cfg.storage_dtype, mesh=mesh, rules=rules)
+    return model, hf_config
 
 
 def _host_copy(x: jax.Array) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Datasets: TFDS builders (stored as array_record, read without TensorFlow) and the micro world."""

@@ -1,0 +1,238 @@
+"""Search-R1-compatible retrieval over HTTP (stdlib `ThreadingHTTPServer`: no extra dependency).
+
+    POST /retrieve {"queries": [str, ...], "topk": int, "return_scores": bool}
+      return_scores true:  {"result": [[{"document": {"id", "contents"}, "score": float}, ...], ...]}
+      return_scores false: {"result": [[{"id", "contents"}, ...], ...]}
+    GET /status -> {"status": "ok", ...}
+
+Fields, defaults and shapes follow Search-R1's `retrieval_server.py`: `topk` missing, null or 0 means
+the server's default, `return_scores` defaults to false. A bad request gets a 4xx with FastAPI's
+error shape `{"detail": message}` and the server keeps serving. Searches run one at a time (one
+batched search per request), so a single device-resident index is never driven from two threads.
+
+    python -m ssp_jax.retrieval.service --index /data/wiki-e5 --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ssp_jax.retrieval.base import Passage, Retriever
+from ssp_jax.retrieval.index import load_retriever, read_manifest
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceLimits:
+    default_topk: int = 3  # SSP.md §5: top-3
+    max_topk: int = 100
+    max_queries: int = 512
+    max_body_bytes: int = 1 << 20
+    read_timeout: float = 30.0  # seconds a client may take to send its request
+
+
+class RequestError(Exception):
+    """A client error: HTTP `status` with `message` as the JSON `detail`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def parse_request(body: bytes, limits: ServiceLimits) -> tuple[list[str], int, bool]:
+    """(queries, topk, return_scores) of a /retrieve body, or RequestError."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(400, f"malformed JSON: {e}") from None
+    if not isinstance(payload, dict):
+        raise RequestError(422, f"body must be a JSON object, got {type(payload).__name__}")
+    if "queries" not in payload:
+        raise RequestError(422, "missing field 'queries'")
+    queries = payload["queries"]
+    if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+        raise RequestError(422, "'queries' must be a list of strings")
+    if len(queries) > limits.max_queries:
+        raise RequestError(422, f"too many queries: {len(queries)} > {limits.max_queries}")
+    topk = payload.get("topk")
+    if isinstance(topk, bool) or not isinstance(topk, (int, type(None))):
+        raise RequestError(422, f"'topk' must be an integer, got {json.dumps(topk)}")
+    if not topk:
+        topk = limits.default_topk
+    if not 1 <= topk <= limits.max_topk:
+        raise RequestError(422, f"'topk' must be in [1, {limits.max_topk}], got {topk}")
+    return_scores = payload.get("return_scores", False)
+    if not isinstance(return_scores, bool):
+        raise RequestError(422, f"'return_scores' must be a boolean, got {json.dumps(return_scores)}")
+    return queries, topk, return_scores
+
+
+def format_result(results: Sequence[Sequence[Passage]], return_scores: bool) -> dict[str, Any]:
+    def doc(p: Passage) -> dict[str, str]:
+        return {"id": p.id, "contents": p.contents}
+
+    if return_scores:
+        return {"result": [[{"document": doc(p), "score": p.score} for p in hits] for hits in results]}
+    return {"result": [[doc(p) for p in hits] for hits in results]}
+
+
+class RetrievalService:
+    """An HTTP front end for any `Retriever`; `start()` serves from a background thread."""
+
+    def __init__(self, retriever: Retriever, *, host: str = LOOPBACK, port: int = 0,
+                 limits: ServiceLimits = ServiceLimits(), info: Mapping[str, Any] | None = None) -> None:
+        self.retriever, self.limits = retriever, limits
+        self._info = dict(info or {})
+        self._lock = threading.Lock()
+        self._server = _Server((host, port), _Handler)
+        self._server.service = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def search(self, queries: list[str], k: int) -> list[list[Passage]]:
+        with self._lock:
+            return self.retriever.search(queries, k)
+
+    def status(self) -> dict[str, Any]:
+        return {"status": "ok", **self._info, "limits": dataclasses.asdict(self.limits)}
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever(poll_interval=0.1)
+
+    def start(self) -> RetrievalService:
+        self._thread = threading.Thread(target=self.serve_forever, name="retrieval-service", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()
+
+    def __enter__(self) -> RetrievalService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    service: RetrievalService
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"  # keep-alive: every reply carries Content-Length
+
+    def setup(self) -> None:
+        self.timeout = self.server.service.limits.read_timeout  # applied to the socket by super().setup()
+        super().setup()
+
+    def do_GET(self) -> None:
+        if self.path.split("?")[0] != "/status":
+            return self._reply(404, {"detail": f"no route GET {self.path}"})
+        self._reply(200, self.server.service.status())
+
+    def do_POST(self) -> None:
+        service = self.server.service
+        try:
+            body = self._read_body(service.limits.max_body_bytes)
+            if self.path.split("?")[0] != "/retrieve":
+                raise RequestError(404, f"no route POST {self.path}")
+            queries, topk, return_scores = parse_request(body, service.limits)
+        except RequestError as e:
+            return self._reply(e.status, {"detail": e.message})
+        try:
+            results = service.search(queries, topk)
+        except Exception as e:  # the retriever's failure is the server's, not the client's
+            logging.exception("retrieval failed for %d queries", len(queries))
+            return self._reply(500, {"detail": f"retrieval failed: {type(e).__name__}: {e}"})
+        self._reply(200, format_result(results, return_scores))
+
+    def _read_body(self, max_bytes: int) -> bytes:
+        """The request body; on any error the connection is closed (an unread body would be taken
+        for the next request)."""
+        close_after = self.close_connection
+        self.close_connection = True
+        if self.headers.get("Transfer-Encoding"):
+            raise RequestError(411, "send the body with Content-Length (no chunked transfer encoding)")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise RequestError(411, "Content-Length required")
+        if not length.isdigit():
+            raise RequestError(400, f"bad Content-Length {length!r}")
+        if int(length) > max_bytes:
+            raise RequestError(413, f"body of {length} bytes exceeds the {max_bytes}-byte limit")
+        try:
+            body = self.rfile.read(int(length))
+        except TimeoutError:
+            raise RequestError(408, "timed out reading the request body") from None
+        if len(body) != int(length):
+            raise RequestError(400, f"body ended after {len(body)} of {length} bytes")
+        self.close_connection = close_after
+        return body
+
+    def _reply(self, status: int, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logging.debug("%s %s", self.address_string(), format % args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ssp_jax.retrieval.service", description=__doc__.split("\n\n")[0])
+    p.add_argument("--index", required=True, help="directory written by python -m ssp_jax.retrieval.build")
+    p.add_argument("--host", default=LOOPBACK, help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--topk", type=int, default=ServiceLimits.default_topk, help="default when a request omits topk")
+    p.add_argument("--max-topk", type=int, default=ServiceLimits.max_topk)
+    p.add_argument("--max-queries", type=int, default=ServiceLimits.max_queries)
+    p.add_argument("--max-body-bytes", type=int, default=ServiceLimits.max_body_bytes)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    manifest = read_manifest(args.index)
+    limits = ServiceLimits(default_topk=args.topk, max_topk=args.max_topk, max_queries=args.max_queries,
+                           max_body_bytes=args.max_body_bytes)
+    retriever = load_retriever(args.index)
+    retriever.search(["warm-up"], limits.default_topk)  # compile the query path before the first client
+    service = RetrievalService(retriever, host=args.host, port=args.port, limits=limits,
+                               info={"index": str(args.index), "kind": manifest.kind,
+                                     "num_passages": manifest.num_passages})
+    if args.host != LOOPBACK:
+        logging.warning("listening on %s: reachable beyond this machine, with no authentication", args.host)
+    logging.info("serving %s (%s, %d passages) at %s/retrieve", args.index, manifest.kind,
+                 manifest.num_passages, service.url)
+    try:
+        service.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
