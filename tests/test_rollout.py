@@ -26,10 +26,11 @@ def searcher():
     return model, tokenizer, engine
 
 
-def runner(searcher, retriever=None, **overrides) -> RolloutRunner:
+def runner(searcher, retriever: object = "scripted", **overrides) -> RolloutRunner:
     _, tokenizer, engine = searcher
     config = RolloutConfig(**{**ROLLOUT.__dict__, **overrides})
-    return RolloutRunner(engine, tokenizer, retriever or world.ScriptedRetriever(), config)
+    retriever = world.ScriptedRetriever() if retriever == "scripted" else retriever
+    return RolloutRunner(engine, tokenizer, retriever, config)
 
 
 def requests(tokenizer, keys, **kwargs) -> list[RolloutRequest]:
@@ -97,6 +98,16 @@ def test_retriever_retry_then_recorded_failure(searcher):
         assert traj.finish_reason == tj.FINISH_RETRIEVER_ERROR
         assert "after 3 attempts" in traj.error and "scripted outage" in traj.error
     assert len(down.calls) == 3  # the three first searches were batched into one call, tried 3 times
+
+
+def test_toolless_generation_never_searches(searcher):
+    model, tokenizer, _ = searcher
+    trajs = runner(searcher, retriever=None).run(nnx.state(model), requests(tokenizer, world.KEYS[:2], sampling=GREEDY))
+    assert [t.finish_reason for t in trajs] == [tj.FINISH_RETRIEVER_ERROR] * 2
+    assert all("no retriever" in t.error and not t.queries for t in trajs)
+    (single_turn,) = runner(searcher, retriever=None, max_turns=1).run(
+        nnx.state(model), requests(tokenizer, world.KEYS[:1], sampling=GREEDY))
+    assert single_turn.finish_reason == tj.FINISH_MAX_TURNS and single_turn.error is None
 
 
 def test_no_recompilation_across_many_rollouts(searcher):

@@ -59,7 +59,9 @@ def stop_token_sequences(tokenizer: Tokenizer, stop_strings: Sequence[str]) -> l
 
 
 class RolloutRunner:
-    def __init__(self, engine: Engine, tokenizer: Tokenizer, retriever: Retriever, config: RolloutConfig):
+    def __init__(self, engine: Engine, tokenizer: Tokenizer, retriever: Retriever | None, config: RolloutConfig):
+        """`retriever=None` makes tool-less generation (e.g. the RAG reader): a search then ends the
+        trajectory with a retriever error instead of being answered."""
         expected = stop_token_sequences(tokenizer, config.stop_strings)
         if engine.stop_sequences != expected:
             raise ValueError(f"engine stop sequences {engine.stop_sequences} differ from the tokenized "
@@ -175,6 +177,8 @@ class RolloutRunner:
 
     def _search(self, queries: list[str]) -> list[list[Passage]]:
         """One batched search, retried with exponential back-off; raises RetrieverError at the end."""
+        if self.retriever is None:
+            raise RetrieverError("no retriever configured (tool-less generation)")
         delay, error = self.config.retrieval_backoff_s, None
         for attempt in range(1, self.config.retrieval_attempts + 1):
             try:
