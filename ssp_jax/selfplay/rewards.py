@@ -1,0 +1,134 @@
+"""Answer matching and the two rewards of SSP (SSP.md section 3), as pure functions.
+
+Gold answers arrive as a string or as a list of aliases depending on the dataset; every function
+here takes either (the reference implementation silently rejected every question because one
+gold was a list: PITFALLS). Proposer rewards are never negative: a -0.1 penalty for invalid
+questions collapsed training to a zero valid rate.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from ssp_jax.agent.tags import count_open_tags, last_tag
+
+Gold = str | Sequence[str]
+# An optional fallback grader (question, prediction, golds) -> correct?, consulted only when exact
+# match fails, e.g. an LLM judge. Off (None) by default.
+Judge = Callable[[str, str, Sequence[str]], bool]
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = frozenset(string.punctuation)
+_INFORMATION = re.compile(r"<information>.*?</information>", re.DOTALL)
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD / Search-R1 normalisation: lowercase, drop punctuation, drop a/an/the, collapse spaces."""
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", s).split())
+
+
+def as_answer_list(gold: Gold) -> list[str]:
+    """Gold answer(s) as a list of strings; bytes (e.g. from TFDS) are decoded as UTF-8.
+
+    Blank aliases are dropped, since they would match an empty prediction and are a substring of
+    every question. A gold with no non-blank answer is a data error and raises, loudly, instead
+    of silently failing every check.
+    """
+    items = [gold] if isinstance(gold, (str, bytes)) else list(gold)
+    answers = []
+    for item in items:
+        if isinstance(item, bytes):
+            item = item.decode("utf-8")
+        if not isinstance(item, str):
+            raise TypeError(f"gold answers must be strings, got {type(item).__name__} in {gold!r}")
+        if item.strip():
+            answers.append(item)
+    if not answers:
+        raise ValueError(f"gold has no non-blank answer: {gold!r}")
+    return answers
+
+
+def generated_text(response_text: str) -> str:
+    """The response without its `<information>` blocks, so retrieved passages that happen to
+    contain `<answer>` or `<question>` tags can neither be parsed as the model's output nor
+    count towards the answer-spam cap."""
+    return _INFORMATION.sub("", response_text)
+
+
+def exact_match(prediction: str | None, gold: Gold) -> bool:
+    """True if the normalised prediction equals any normalised gold answer."""
+    if prediction is None:
+        return False
+    normalized = normalize_answer(prediction)
+    return any(normalized == normalize_answer(answer) for answer in as_answer_list(gold))
+
+
+def _token_f1(prediction_tokens: list[str], gold_tokens: list[str]) -> float:
+    if not prediction_tokens or not gold_tokens:
+        return float(prediction_tokens == gold_tokens)
+    common = sum((Counter(prediction_tokens) & Counter(gold_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(prediction_tokens), common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def f1_score(prediction: str | None, gold: Gold) -> float:
+    """Token-level F1 of the normalised strings, the best over the gold answers (for eval)."""
+    if prediction is None:
+        return 0.0
+    tokens = normalize_answer(prediction).split()
+    return max(_token_f1(tokens, normalize_answer(answer).split()) for answer in as_answer_list(gold))
+
+
+def is_correct(prediction: str | None, gold: Gold, *, question: str = "", judge: Judge | None = None) -> bool:
+    """Exact match, with `judge` as a fallback only when exact match fails."""
+    if exact_match(prediction, gold):
+        return True
+    return judge is not None and prediction is not None and bool(judge(question, prediction, as_answer_list(gold)))
+
+
+def solver_reward(response_text: str, gold: Gold, *, max_answer_tags: int = 10, spam_reward: float = 0.25,
+                  question: str = "", judge: Judge | None = None) -> float:
+    """1 if the last complete `<answer>` is correct, else 0; no format reward.
+
+    A correct answer in a response with more than `max_answer_tags` `<answer>` tags earns only
+    `spam_reward`, so enumerating guesses does not pay.
+    """
+    text = generated_text(response_text)
+    if not is_correct(last_tag(text, "answer").content, gold, question=question, judge=judge):
+        return 0.0
+    return spam_reward if count_open_tags(text, "answer") > max_answer_tags else 1.0
+
+
+def one_minus_s(solve_rate: float) -> float:
+    """Hardest questions pay most: 1 - s."""
+    return 1.0 - solve_rate
+
+
+def four_s_one_minus_s(solve_rate: float) -> float:
+    """Questions solved half the time pay most: 4 s (1 - s), 0 when always or never solved."""
+    return 4.0 * solve_rate * (1.0 - solve_rate)
+
+
+PROPOSER_REWARD_SHAPES: dict[str, Callable[[float], float]] = {
+    "one_minus_s": one_minus_s,
+    "four_s_one_minus_s": four_s_one_minus_s,
+}
+
+
+def proposer_reward(valid: bool, solve_rate: float, shape: str = "one_minus_s") -> float:
+    """`shape(s)` for a valid question, where s is the fraction of its solver rollouts that
+    succeeded; 0 for an invalid one, never negative (a negative penalty collapsed training)."""
+    if shape not in PROPOSER_REWARD_SHAPES:
+        raise ValueError(f"unknown proposer reward shape {shape!r}; known: {sorted(PROPOSER_REWARD_SHAPES)}")
+    if not valid:
+        return 0.0
+    if math.isnan(solve_rate) or not 0.0 <= solve_rate <= 1.0:
+        raise ValueError(f"solve_rate must be in [0, 1], got {solve_rate}")
+    return PROPOSER_REWARD_SHAPES[shape](solve_rate)

@@ -1,0 +1,176 @@
+"""Answer matching and rewards against hand-computed values (SSP.md section 3)."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ssp_jax.selfplay.rewards import (PROPOSER_REWARD_SHAPES, as_answer_list, exact_match, f1_score,
+                                      generated_text, is_correct, normalize_answer, proposer_reward,
+                                      solver_reward)
+
+
+@pytest.mark.parametrize("raw, normalized", [
+    ("The  Eiffel-Tower!", "eiffeltower"),
+    ("An apple a day", "apple day"),
+    ("Theatre and Anthem", "theatre and anthem"),  # articles only as whole words
+    ("A.B.C.", "abc"),
+    ("  Hello\n\tWorld ", "hello world"),
+    ("the", ""),
+    ("", ""),
+])
+def test_normalize_answer(raw, normalized):
+    assert normalize_answer(raw) == normalized
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_normalize_answer_is_idempotent(s):
+    assert normalize_answer(normalize_answer(s)) == normalize_answer(s)
+
+
+@pytest.mark.parametrize("gold, expected", [
+    ("Paris", ["Paris"]),
+    (["Paris", "City of Light"], ["Paris", "City of Light"]),
+    (("Paris",), ["Paris"]),
+    ([b"Paris", "Lutetia"], ["Paris", "Lutetia"]),
+    (b"Paris", ["Paris"]),
+    (np.array(["Paris", "Lutetia"]), ["Paris", "Lutetia"]),
+    (["", "  ", "Paris"], ["Paris"]),
+])
+def test_as_answer_list(gold, expected):
+    assert as_answer_list(gold) == expected
+
+
+@pytest.mark.parametrize("gold, error", [([], ValueError), ("  ", ValueError), ([""], ValueError),
+                                         ([1], TypeError), (["Paris", None], TypeError), (7, TypeError)])
+def test_as_answer_list_rejects_bad_golds(gold, error):
+    with pytest.raises(error):
+        as_answer_list(gold)
+
+
+@pytest.mark.parametrize("prediction, gold, expected", [
+    ("the Paris.", "paris", True),
+    ("Paris", ["Lutetia", "PARIS!"], True),
+    ("Pari", ["Lutetia", "Paris"], False),
+    ("Paris France", "Paris", False),
+    (None, "Paris", False),
+    ("", "Paris", False),
+])
+def test_exact_match(prediction, gold, expected):
+    assert exact_match(prediction, gold) is expected
+
+
+@pytest.mark.parametrize("prediction, gold, expected", [
+    ("Barack Obama", "Obama", 2 / 3),  # P = 1/2, R = 1
+    ("Barack Obama", ["Michelle Obama", "Barack Hussein Obama"], 0.8),  # max(0.5, 2*1*(2/3)/(5/3))
+    ("paris paris", "Paris", 2 / 3),  # the overlap counts a repeated token once
+    ("The Paris", "paris", 1.0),
+    ("London", "Paris", 0.0),
+    ("the", "a", 1.0),  # both empty after normalisation
+    ("", "Paris", 0.0),
+    (None, ["Paris"], 0.0),
+])
+def test_f1_score(prediction, gold, expected):
+    assert f1_score(prediction, gold) == pytest.approx(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text().filter(str.strip), st.text())
+def test_matching_properties(gold, prediction):
+    assert exact_match(gold, gold) and f1_score(gold, gold) == 1.0
+    assert exact_match(f"The {gold}!", [gold])
+    assert 0.0 <= f1_score(prediction, gold) <= 1.0
+    if exact_match(prediction, gold):
+        assert f1_score(prediction, gold) == 1.0
+
+
+def answers(n, final="Paris"):
+    """A response with n answer tags, the last one holding `final`."""
+    return "<think>guessing</think>" + "<answer>London</answer>" * (n - 1) + f"<answer>{final}</answer>"
+
+
+@pytest.mark.parametrize("response, gold, reward", [
+    ("<think>easy</think><answer> the Paris </answer>", "paris", 1.0),
+    ("<answer>Paris</answer>", ["Lutetia", "Paris"], 1.0),
+    ("<answer>London</answer>", ["Lutetia", "Paris"], 0.0),
+    ("<answer>Paris</answer><answer>London</answer>", "Paris", 0.0),  # only the last answer counts
+    ("<answer>Paris", "Paris", 0.0),
+    ("I think it is Paris.", "Paris", 0.0),
+    ("<answer> </answer>", "Paris", 0.0),
+    (answers(10), "Paris", 1.0),  # exactly at the cap: full reward
+    (answers(11), "Paris", 0.25),  # over the cap: spam reward
+    (answers(11, final="Rome"), "Paris", 0.0),
+])
+def test_solver_reward(response, gold, reward):
+    assert solver_reward(response, gold) == reward
+
+
+def test_solver_reward_spam_settings():
+    assert solver_reward(answers(3), "Paris", max_answer_tags=2, spam_reward=0.5) == 0.5
+    assert solver_reward(answers(2), "Paris", max_answer_tags=2, spam_reward=0.5) == 1.0
+
+
+INFO = "<search>capital</search>\n<information>\nDoc 1 (Title: X)\nquiz: <answer>Paris</answer>\n</information>\n\n"
+
+
+def test_retrieved_answer_tags_are_neither_parsed_nor_counted():
+    # the newlines around the block stay; only <information>...</information> goes
+    assert generated_text("<think>a</think>" + INFO + "<answer>b</answer>") == (
+        "<think>a</think><search>capital</search>\n\n\n<answer>b</answer>")
+    assert solver_reward(INFO, "Paris") == 0.0  # the only <answer> was retrieved, not generated
+    assert solver_reward(INFO + "<answer>Rome</answer>", "Paris") == 0.0
+    assert solver_reward(INFO * 3 + answers(10), "Paris") == 1.0  # 13 tags in all, 10 generated
+
+
+def test_judge_is_a_fallback_only():
+    calls = []
+
+    def judge(question, prediction, golds):
+        calls.append((question, prediction, golds))
+        return prediction == "the French capital"
+
+    assert solver_reward("<answer>Paris</answer>", "Paris", judge=judge) == 1.0 and calls == []
+    response = "<answer>the French capital</answer>"
+    assert solver_reward(response, ["Paris", "Lutetia"], question="Q?", judge=judge) == 1.0
+    assert calls == [("Q?", "the French capital", ["Paris", "Lutetia"])]
+    assert solver_reward("<answer>Rome</answer>", "Paris", judge=judge) == 0.0
+    assert solver_reward("no answer", "Paris", judge=judge) == 0.0 and len(calls) == 2  # never judged
+    assert solver_reward(answers(11, final="the French capital"), "Paris", judge=judge) == 0.25
+    assert is_correct("Rome", "Paris") is False and is_correct("the French capital", "Paris", judge=judge)
+
+
+@pytest.mark.parametrize("shape, solve_rate, reward", [
+    ("one_minus_s", 0.0, 1.0), ("one_minus_s", 0.2, 0.8), ("one_minus_s", 0.6, 0.4), ("one_minus_s", 1.0, 0.0),
+    ("four_s_one_minus_s", 0.0, 0.0), ("four_s_one_minus_s", 0.2, 0.64), ("four_s_one_minus_s", 0.5, 1.0),
+    ("four_s_one_minus_s", 1.0, 0.0),
+])
+def test_proposer_reward_valid(shape, solve_rate, reward):
+    assert proposer_reward(True, solve_rate, shape) == pytest.approx(reward)
+
+
+@pytest.mark.parametrize("shape", sorted(PROPOSER_REWARD_SHAPES))
+@pytest.mark.parametrize("solve_rate", [0.0, 0.2, 1.0, math.nan])
+def test_invalid_question_earns_zero_never_negative(shape, solve_rate):
+    reward = proposer_reward(False, solve_rate, shape)
+    assert reward == 0.0 and not math.copysign(1.0, reward) < 0
+
+
+def test_default_proposer_shape_is_one_minus_s():
+    assert proposer_reward(True, 0.2) == pytest.approx(0.8)
+
+
+def test_proposer_reward_errors():
+    with pytest.raises(ValueError, match="unknown proposer reward shape 'linear'.*four_s_one_minus_s"):
+        proposer_reward(False, 0.5, "linear")
+    for bad in (-0.1, 1.2, math.nan):
+        with pytest.raises(ValueError, match="solve_rate"):
+            proposer_reward(True, bad)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.booleans(), st.floats(0.0, 1.0), st.sampled_from(sorted(PROPOSER_REWARD_SHAPES)))
+def test_proposer_reward_is_in_unit_interval(valid, solve_rate, shape):
+    assert 0.0 <= proposer_reward(valid, solve_rate, shape) <= 1.0
