@@ -1,15 +1,25 @@
 """The base config every `configs/*.py` file starts from (ml_collections, MaxText-style base + overrides).
 
 Sections mirror the layers of the package: `model` (what policy to load), `mesh` and
-`sharding_rules` (how to lay it out). Later sections (engine, retrieval, selfplay, rl) are added by
-the issues that build those layers; every default of SSP.md becomes a field here.
+`sharding_rules` (how to lay it out), `engine` and `rollout` (sampling), `retrieval`, `data` (the
+answer list), `selfplay` (the game), `rl` (the update) and `train` (the loop). Every default of
+SSP.md is a field here; each section is validated by the typed dataclass it feeds
+(`EngineConfig`, `RolloutConfig`, `SelfPlayConfig`, `RLConfig`), which names a bad field.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
+from ssp_jax.agent.prompts import PromptTemplates
+from ssp_jax.agent.rollout import RolloutConfig
+from ssp_jax.data.microworld import WorldConfig
+from ssp_jax.engine.engine import EngineConfig
 from ssp_jax.models.sharding import DEFAULT_RULES
+from ssp_jax.rl.config import RLConfig
+from ssp_jax.selfplay.step import SelfPlayConfig
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -31,4 +41,30 @@ def base_config() -> ml_collections.ConfigDict:
     config.chat_template = "chatml"  # chatml (Qwen) | llama3
     config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: the remaining devices
     config.sharding_rules = DEFAULT_RULES  # logical axis -> mesh axis (or axes, or None)
+    config.engine = ml_collections.ConfigDict(dataclasses.asdict(EngineConfig(
+        num_slots=256, max_cache_len=4096 + 8192, prefill_buckets=(256, 512, 1024, 2048, 4096),
+        extend_buckets=(128, 256, 512, 1024), extend_group=16, decode_steps=16)))
+    config.rollout = ml_collections.ConfigDict(dataclasses.asdict(RolloutConfig()))
+    config.retrieval = ml_collections.ConfigDict(dict(
+        index="",  # directory written by python -m ssp_jax.retrieval.build (in-process retrieval)
+        url="",  # or a Search-R1-compatible service, e.g. http://host:8000/retrieve
+        timeout_s=30.0,
+    ))
+    config.data = ml_collections.ConfigDict(dict(
+        source="files",  # "files": answers + retrieval.index/url below; "microworld": generated in the workdir
+        answers="",  # jsonl: {"ground_truth": str | [str], "search_turns": int, "examples": [str]}
+        shuffle_seed=0,
+        microworld=dataclasses.asdict(WorldConfig()),  # the generated world, when source="microworld"
+    ))
+    config.selfplay = ml_collections.ConfigDict(dataclasses.asdict(SelfPlayConfig()))
+    config.selfplay.reader_path = ""  # frozen reader HF checkpoint; empty = the current policy
+    config.prompts = ml_collections.ConfigDict(dataclasses.asdict(PromptTemplates()))
+    config.rl = ml_collections.ConfigDict(dataclasses.asdict(RLConfig()))
+    config.rl.length_buckets = (1024, 2048, 4096, 8192, 12288)  # padded RL sequence lengths
+    config.train = ml_collections.ConfigDict(dict(
+        steps=200,
+        save_every=10,  # checkpoint every N steps (and on SIGTERM)
+        max_to_keep=3,
+        eval_every=0,  # 0 = no periodic evaluation
+    ))
     return config

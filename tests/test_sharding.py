@@ -61,6 +61,11 @@ def test_shard_model_moves_existing_model(hf_checkpoint):
     assert model.layers[0].mlp.up[...].sharding.spec == P("fsdp", "tensor")
 
 
+def test_explicit_sizes_may_use_a_subset_of_devices():
+    mesh = make_mesh(MeshConfig(data=1, fsdp=2, tensor=1))
+    assert mesh.devices.size == 2 and dict(mesh.shape) == {"data": 1, "fsdp": 2, "tensor": 1}
+
+
 def test_rules_edge_cases():
     mesh = make_mesh(MeshConfig(data=1, fsdp=2, tensor=4))
     # 2 KV heads cannot split over tensor=4: replicated rather than an XLA error.
@@ -73,7 +78,7 @@ def test_rules_edge_cases():
 
 
 @pytest.mark.parametrize("cfg,message", [
-    (MeshConfig(data=3, fsdp=1, tensor=1), "needs 3 devices but 8"),
+    (MeshConfig(data=16, fsdp=1, tensor=1), "needs 16 devices but 8"),
     (MeshConfig(data=-1, fsdp=-1, tensor=1), "at most one -1"),
     (MeshConfig(data=3, fsdp=-1, tensor=1), "do not divide"),
 ])

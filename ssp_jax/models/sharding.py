@@ -40,7 +40,8 @@ DEFAULT_RULES: Rules = (
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Mesh axis sizes. One size may be -1: it takes all devices the others leave."""
+    """Mesh axis sizes. One size may be -1: it takes all devices the others leave. Explicit sizes
+    whose product is below the device count use the first devices (e.g. a 1-device debug run)."""
 
     data: int = 1
     fsdp: int = -1
@@ -55,7 +56,7 @@ class MeshConfig:
             if num_devices % known:
                 raise ValueError(f"mesh sizes {tuple(sizes)} do not divide the {num_devices} devices")
             sizes[sizes.index(-1)] = num_devices // known
-        if math.prod(sizes) != num_devices:
+        if math.prod(sizes) > num_devices:
             raise ValueError(
                 f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) needs {math.prod(sizes)} "
                 f"devices but {num_devices} are available")
@@ -70,7 +71,8 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
     """
     devices = list(jax.devices() if devices is None else devices)
     shape = cfg.shape(len(devices))
-    return Mesh(np.array(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    used = np.array(devices[:math.prod(shape)]).reshape(shape)
+    return Mesh(used, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 def logical_to_spec(axes: Sequence[str | None], rules: Rules, shape: Sequence[int] | None = None,

@@ -1,0 +1,74 @@
+"""The RL training batch and its host-side packer.
+
+Every per-token array is aligned with `tokens`: the value at t belongs to token t (its log-prob is
+log p(tokens[t] | tokens[:t])). Position 0 has no context, so it is never trained. Rows are
+right-padded and shapes come from fixed buckets, so the compiled update sees few distinct shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class RLBatch:
+    tokens: jax.Array  # [B, T] int32
+    attention_mask: jax.Array  # [B, T] int32: 1 = real token (right-padded)
+    loss_mask: jax.Array  # [B, T] float32: 1 = policy-generated token to train
+    old_logprobs: jax.Array  # [B, T] float32: behaviour policy log p(token t)
+    ref_logprobs: jax.Array  # [B, T] float32: frozen reference policy log p(token t)
+    advantages: jax.Array  # [B] float32: one per sequence
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= length; an error names the largest bucket if none fits."""
+    for bucket in sorted(buckets):
+        if length <= bucket:
+            return bucket
+    raise ValueError(f"sequence of {length} tokens exceeds the largest length bucket {max(buckets)}")
+
+
+def pack_batch(sequences: Sequence[Sequence[int]], loss_masks: Sequence[Sequence[float]],
+               old_logprobs: Sequence[Sequence[float]] | None, advantages: Sequence[float],
+               length_buckets: Sequence[int], batch_multiple: int = 1) -> RLBatch:
+    """Right-pad rows to one length bucket and the row count to a multiple of `batch_multiple`.
+
+    `old_logprobs=None` leaves zeros, for the caller to fill with `Learner.logprobs` (recomputing
+    behaviour log-probs under the training forward is what PPO's ratio needs). `ref_logprobs` is
+    always left zero for the same reason. Padding rows are fully masked with advantage 0, so they
+    change neither the loss nor its token count.
+    """
+    rows = len(sequences)
+    if not rows:
+        raise ValueError("pack_batch needs at least one sequence")
+    if len(loss_masks) != rows or len(advantages) != rows or (old_logprobs is not None and len(old_logprobs) != rows):
+        raise ValueError(f"pack_batch: {rows} sequences but {len(loss_masks)} loss_masks, "
+                         f"{len(advantages)} advantages"
+                         + ("" if old_logprobs is None else f", {len(old_logprobs)} old_logprobs"))
+    if batch_multiple < 1:
+        raise ValueError(f"batch_multiple must be >= 1, got {batch_multiple}")
+    width = bucket_for(max(len(s) for s in sequences), length_buckets)
+    height = -(-rows // batch_multiple) * batch_multiple
+    tokens = np.zeros((height, width), np.int32)
+    attention = np.zeros((height, width), np.int32)
+    loss_mask = np.zeros((height, width), np.float32)
+    old = np.zeros((height, width), np.float32)
+    adv = np.zeros((height,), np.float32)
+    for i, seq in enumerate(sequences):
+        n = len(seq)
+        if len(loss_masks[i]) != n or (old_logprobs is not None and len(old_logprobs[i]) != n):
+            raise ValueError(f"pack_batch row {i}: {n} tokens but {len(loss_masks[i])} loss_mask values"
+                             + ("" if old_logprobs is None else f" and {len(old_logprobs[i])} old_logprobs"))
+        if n and loss_masks[i][0]:
+            raise ValueError(f"pack_batch row {i}: loss_mask[0] must be 0 (the first token has no context)")
+        tokens[i, :n], attention[i, :n], loss_mask[i, :n] = seq, 1, loss_masks[i]
+        if old_logprobs is not None:
+            old[i, :n] = old_logprobs[i]
+        adv[i] = advantages[i]
+    return RLBatch(tokens=tokens, attention_mask=attention, loss_mask=loss_mask, old_logprobs=old,
+                   ref_logprobs=np.zeros_like(old), advantages=adv)

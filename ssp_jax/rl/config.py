@@ -1,0 +1,83 @@
+"""RL hyper-parameters: every default of SSP.md §4, validated once at start-up.
+
+A bad value fails here, naming the field, rather than as a NaN or a shape error inside jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from ssp_jax.rl.advantages import ADVANTAGES
+from ssp_jax.rl.losses import LOSSES
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    # AdamW: lr reached linearly over `warmup_steps` updates, then constant.
+    lr: float = 1e-6
+    warmup_steps: int = 5
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0  # global-norm clip
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    # PPO-clip (asymmetric), dual clip for negative advantages, log-ratio clamp.
+    eps_low: float = 0.2
+    eps_high: float = 0.285
+    dual_clip: float = 3.0
+    log_ratio_clamp: float = 20.0
+    # k3 KL to the frozen reference, added to the loss.
+    kl_coef: float = 0.01
+    kl_clamp: float = 10.0
+    # Registered names (see `LOSSES`, `ADVANTAGES`).
+    loss: str = "ppo_clip"
+    solver_advantage: str = "grpo"
+    proposer_advantage: str = "reinforce"
+    # Optimisation schedule: optimizer steps per update = ppo_epochs * mini_batches.
+    ppo_epochs: int = 1
+    solver_mini_batches: int = 2
+    proposer_mini_batches: int = 1
+    micro_batch_size: int = 0  # rows per gradient-accumulation step; 0 = the whole mini-batch
+    logprob_chunk: int = 0  # positions per vocabulary-projection chunk; 0 = unchunked
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value, kind = getattr(self, field.name), hints[field.name]
+            ok = isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
+            if not ok:
+                raise TypeError(f"RLConfig.{field.name} must be {kind.__name__}, got {value!r}")
+        positive = ("lr", "max_grad_norm", "adam_eps", "log_ratio_clamp", "kl_clamp", "ppo_epochs",
+                    "solver_mini_batches", "proposer_mini_batches")
+        non_negative = ("warmup_steps", "weight_decay", "eps_low", "eps_high", "kl_coef", "micro_batch_size",
+                        "logprob_chunk")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"RLConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"RLConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("adam_b1", "adam_b2", "eps_low"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"RLConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.dual_clip <= 1 + self.eps_high:
+            raise ValueError(f"RLConfig.dual_clip={self.dual_clip} must exceed 1 + eps_high = {1 + self.eps_high} "
+                             "(it bounds ratios the ordinary clip already lets through)")
+        if self.loss not in LOSSES:
+            raise ValueError(f"RLConfig.loss={self.loss!r} is not registered; known: {LOSSES.names()}")
+        for name in ("solver_advantage", "proposer_advantage"):
+            if getattr(self, name) not in ADVANTAGES:
+                raise ValueError(f"RLConfig.{name}={getattr(self, name)!r} is not registered; "
+                                 f"known: {ADVANTAGES.names()}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RLConfig:
+        """Build from a config section (e.g. `config.rl.to_dict()`); unknown keys are named."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown RLConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)

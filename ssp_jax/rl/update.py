@@ -1,0 +1,253 @@
+"""The learner: one compiled, sharded update per batch (mini-batch steps x micro-batch accumulation).
+
+Per update, `ppo_epochs` passes run over `mini_batches` contiguous row blocks; each block is one
+AdamW step whose gradient is summed over micro-batches with `lax.scan`. Every micro-batch loss is
+normalised by the whole mini-batch's masked-token count, so the summed gradient is exactly the
+gradient of the mini-batch token-mean, whatever `micro_batch_size` is.
+
+Params and optimizer state are laid out by the logical-axis rules and donated to the update;
+batches split over the "batch" rule. Shapes are static per (rows, length, mini_batches), so a
+fixed padded shape compiles once (`compile_counts`).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from ssp_jax.models.decoder import Decoder, positions_from_mask
+from ssp_jax.models.sharding import DEFAULT_RULES, Rules, logical_to_spec, shard_batch, state_shardings
+from ssp_jax.rl.batch import RLBatch
+from ssp_jax.rl.config import RLConfig
+from ssp_jax.rl.losses import get_loss, token_count
+
+
+def learning_rate(cfg: RLConfig) -> optax.Schedule:
+    """lr * min(1, (count + 1) / warmup_steps): update k (from 1) uses k/warmup of lr.
+
+    Unlike HF's constant-with-warm-up (used by veRL), whose first update has lr 0, the first
+    update already moves; update `warmup_steps` and later use lr.
+    """
+    warmup = max(cfg.warmup_steps, 1)
+    return lambda count: cfg.lr * jnp.minimum(1.0, (count + 1.0) / warmup)
+
+
+def make_optimizer(cfg: RLConfig) -> optax.GradientTransformation:
+    """Global-norm clip, then AdamW (decoupled weight decay on every parameter, like torch AdamW)."""
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.max_grad_norm),
+        optax.adamw(learning_rate(cfg), b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
+                    weight_decay=cfg.weight_decay))
+
+
+def token_logprobs(model: Decoder, tokens: jax.Array, attention_mask: jax.Array, chunk: int = 0) -> jax.Array:
+    """log p(tokens[t] | tokens[:t]) [B, T] in fp32, aligned with tokens; 0 at t = 0 and padding.
+
+    Scores next tokens at all T positions (so `chunk` divides a power-of-two bucket) and shifts.
+    """
+    hidden, _ = model(tokens, positions_from_mask(attention_mask), attention_mask)  # [B, T, E]
+    nxt = model.token_logprobs(hidden, jnp.roll(tokens, -1, axis=1), chunk=chunk)  # [B, T]: log p(t+1)
+    logp = jnp.pad(nxt[:, :-1], ((0, 0), (1, 0)))  # [B, T]: log p(t)
+    return jnp.where(attention_mask > 0, logp, 0.0)
+
+
+class Learner:
+    """Owns the policy, its AdamW state and a frozen reference copy; runs compiled updates.
+
+    The policy module is updated in place; arrays from an earlier `params` are donated by each
+    update, so fetch `learner.params` again after updating (e.g. for the sampling engine).
+    """
+
+    def __init__(self, model: Decoder, cfg: RLConfig, *, mesh: Mesh | None = None,
+                 rules: Rules = DEFAULT_RULES, reference_params: nnx.State | None = None):
+        self.cfg, self.mesh, self.rules = cfg, mesh, rules
+        self.model = model
+        self.optimizer = nnx.Optimizer(model, make_optimizer(cfg), wrt=nnx.Param)
+        self._graphdef, state = nnx.split((model, self.optimizer))
+        self._model_graphdef, _, self._model_rest = nnx.split(model, nnx.Param, ...)
+        self._schedule = learning_rate(cfg)
+        self._loss = get_loss(cfg.loss)
+        self._shardings = None if mesh is None else state_shardings(state, mesh, rules)
+        self._param_shardings = None if mesh is None else state_shardings(self.params, mesh, rules)
+        if mesh is not None:
+            nnx.update((model, self.optimizer), jax.device_put(state, self._shardings))
+        # A copy, never the policy's own buffers: those are donated by every update.
+        reference = self.params if reference_params is None else reference_params
+        self.reference_params = self._place_params(jax.tree.map(jnp.copy, reference))
+        self.compile_counts: collections.Counter[str] = collections.Counter()
+        self._logprobs = jax.jit(self._logprobs_fn)
+        self._update = jax.jit(self._update_fn, static_argnums=2, donate_argnums=0,
+                               out_shardings=(self._shardings, None))
+
+    # -- public API -------------------------------------------------------------------------------
+
+    @property
+    def params(self) -> nnx.State:
+        return nnx.state(self.model, nnx.Param)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken so far."""
+        return int(self.optimizer.step[...])
+
+    def logprobs(self, params_or_model: nnx.State | Decoder, batch: RLBatch) -> jax.Array:
+        """Per-token log-probs [B, T] of `batch.tokens` under the given weights (behaviour or reference)."""
+        params = nnx.state(params_or_model, nnx.Param) if isinstance(params_or_model, nnx.Module) else params_or_model
+        self._check_rows(batch.tokens.shape[0])
+        tokens, mask = self._place_batch((batch.tokens, batch.attention_mask))
+        return self._logprobs(params, tokens, mask)
+
+    def update(self, batch: RLBatch, *, mini_batches: int = 1) -> dict[str, float]:
+        """`ppo_epochs` x `mini_batches` optimizer steps on `batch`; returns metrics averaged over steps.
+
+        Metrics: loss, pg_loss, kl, clip_frac, dual_clip_frac, ratio (token-means), grad_norm
+        (before clipping), lr (of the last step), tokens (trained tokens in the batch).
+        """
+        rows = batch.tokens.shape[0]
+        self._check_rows(rows)
+        if mini_batches < 1 or rows % mini_batches:
+            raise ValueError(f"a batch of {rows} rows does not split into mini_batches={mini_batches}")
+        mini = rows // mini_batches
+        micro = self.cfg.micro_batch_size or mini
+        if mini % micro:
+            raise ValueError(f"mini-batch of {mini} rows ({rows} / mini_batches={mini_batches}) is not a "
+                             f"multiple of RLConfig.micro_batch_size={micro}")
+        if micro % self._batch_shards():
+            raise ValueError(f"RLConfig.micro_batch_size={micro} is not a multiple of the {self._batch_shards()} "
+                             "batch shards of the mesh")
+        state = nnx.state((self.model, self.optimizer))
+        new_state, metrics = self._update(state, self._place_batch(batch), mini_batches)
+        nnx.update((self.model, self.optimizer), new_state)
+        return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+    def state(self) -> dict[str, Any]:
+        """Checkpointable pure-dict pytree: policy params, optimizer state (with step), reference params."""
+        return {"policy": nnx.to_pure_dict(self.params),
+                "optimizer": nnx.to_pure_dict(nnx.state(self.optimizer)),
+                "reference": nnx.to_pure_dict(self.reference_params)}
+
+    def restore(self, tree: dict[str, Any]) -> None:
+        """Load a `state()` pytree (e.g. from orbax), placing it with this learner's shardings."""
+        state = nnx.state((self.model, self.optimizer))
+        nnx.replace_by_pure_dict(state[0], tree["policy"])
+        nnx.replace_by_pure_dict(state[1], tree["optimizer"])
+        if self.mesh is None:
+            nnx.update((self.model, self.optimizer), jax.tree.map(jnp.asarray, state))
+        else:
+            nnx.update((self.model, self.optimizer), jax.device_put(state, self._shardings))
+        nnx.replace_by_pure_dict(self.reference_params, tree["reference"])
+        self.reference_params = self._place_params(self.reference_params)
+
+    # -- compiled bodies --------------------------------------------------------------------------
+
+    def _traced(self, name: str, *shape: int) -> None:
+        """Runs only while tracing: one increment per compilation."""
+        self.compile_counts[name] += 1
+        logging.info("learner: compiling %s %s (#%d)", name, shape, self.compile_counts[name])
+
+    def _logprobs_fn(self, params: nnx.State, tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        self._traced("logprobs", *tokens.shape)
+        model = nnx.merge(self._model_graphdef, params, self._model_rest)
+        return token_logprobs(model, tokens, attention_mask, self.cfg.logprob_chunk)
+
+    def _micro_loss(self, params: nnx.State, micro: RLBatch, num_tokens: jax.Array):
+        model = nnx.merge(self._model_graphdef, params, self._model_rest)
+        logp = token_logprobs(model, micro.tokens, micro.attention_mask, self.cfg.logprob_chunk)
+        loss, metrics = self._loss(logp, micro, self.cfg, num_tokens=num_tokens)
+        return loss, {**metrics, "loss": loss}
+
+    def _update_fn(self, state: nnx.State, batch: RLBatch, mini_batches: int) -> tuple[nnx.State, dict]:
+        rows, length = batch.tokens.shape
+        self._traced("update", rows, length, mini_batches)
+        mini = rows // mini_batches
+        micro = self.cfg.micro_batch_size or mini
+
+        def split(x: jax.Array) -> jax.Array:
+            # [rows, ...] -> [mini_batches, n_micro, micro, ...]. Mini-batches are contiguous blocks
+            # (groups stay together); micro-batch j takes every n_micro-th row of its block, so a
+            # device's rows stay on it and no micro-batch lands on a subset of devices.
+            x = x.reshape(mini_batches, micro, mini // micro, *x.shape[1:]).swapaxes(1, 2)
+            return self._constrain(x, (None, None, "batch", "length")[:x.ndim])
+
+        minis = jax.tree.map(split, batch)
+
+        def optimizer_step(state: nnx.State, mini: RLBatch) -> tuple[nnx.State, dict]:
+            # Pin the loop carry to the rules' layout (propagation alone re-shards e.g. norm scales).
+            model, optimizer = nnx.merge(self._graphdef, self._constrain_state(state))
+            params = nnx.state(model, nnx.Param)
+            num_tokens = token_count(mini.loss_mask)  # the whole mini-batch's count
+
+            def accumulate(carry, micro_batch: RLBatch):
+                grads, sums = carry
+                (_, metrics), g = jax.value_and_grad(self._micro_loss, has_aux=True)(
+                    params, micro_batch, num_tokens)
+                grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
+                return (self._constrain_params(grads), jax.tree.map(jnp.add, sums, metrics)), None
+
+            zeros = self._constrain_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+            # Loss metrics are normalised by num_tokens (the loss contract), so they sum over micro-batches.
+            _, metric_shapes = jax.eval_shape(self._micro_loss, params, jax.tree.map(lambda x: x[0], mini),
+                                              num_tokens)
+            no_metrics = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes)
+            (grads, sums), _ = jax.lax.scan(accumulate, (zeros, no_metrics), mini)
+            lr = self._schedule(optimizer.step[...])
+            grad_norm = optax.global_norm(grads)
+            optimizer.update(model, grads)
+            return nnx.state((model, optimizer)), {**sums, "grad_norm": grad_norm, "lr": lr}
+
+        def epoch(state: nnx.State, _: None) -> tuple[nnx.State, dict]:
+            return jax.lax.scan(optimizer_step, state, minis)
+
+        state, per_step = jax.lax.scan(epoch, state, None, length=self.cfg.ppo_epochs)  # [epochs, minis]
+        metrics = {k: v.mean() for k, v in per_step.items()}
+        metrics["lr"] = per_step["lr"][-1, -1]
+        metrics["tokens"] = jnp.sum(batch.loss_mask)
+        return state, metrics
+
+    # -- placement --------------------------------------------------------------------------------
+
+    def _batch_shards(self) -> int:
+        if self.mesh is None:
+            return 1
+        spec = logical_to_spec(("batch",), self.rules)[0]
+        axes = () if spec is None else ((spec,) if isinstance(spec, str) else spec)
+        return math.prod(self.mesh.shape[a] for a in axes)
+
+    def _check_rows(self, rows: int) -> None:
+        if rows % self._batch_shards():
+            raise ValueError(f"a batch of {rows} rows does not split over the mesh's {self._batch_shards()} "
+                             "batch shards; pad it with pack_batch(batch_multiple=...)")
+
+    def _place_batch(self, tree: Any) -> Any:
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, tree)
+        return shard_batch(tree, self.mesh, self.rules)
+
+    def _place_params(self, params: nnx.State) -> nnx.State:
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, params)
+        return jax.device_put(params, self._param_shardings)
+
+    def _constrain(self, x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+        if self.mesh is None:
+            return x
+        spec = logical_to_spec(axes, self.rules, x.shape, self.mesh)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+
+    def _constrain_params(self, tree: nnx.State) -> nnx.State:
+        if self.mesh is None:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, self._param_shardings)
+
+    def _constrain_state(self, state: nnx.State) -> nnx.State:
+        if self.mesh is None:
+            return state
+        return jax.lax.with_sharding_constraint(state, self._shardings)

@@ -1,0 +1,182 @@
+"""One round of the Search Self-Play game (SSP.md sections 1-3), without the RL update.
+
+answers -> proposer rollouts -> rule filters -> RAG check -> solver questions (invalid slots
+refilled from the pool, else a dummy) -> solver rollouts -> rewards. The result carries every
+trajectory with its reward and a `trainable` flag, which the trainer turns into RL batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from ssp_jax.agent import prompts
+from ssp_jax.agent.rollout import RolloutRequest, RolloutRunner
+from ssp_jax.agent.trajectory import Trajectory
+from ssp_jax.engine.sampling import GREEDY, SamplingParams
+from ssp_jax.selfplay.documents import proposer_blocks, rag_documents
+from ssp_jax.selfplay.filters import FAILURES, check_proposal
+from ssp_jax.selfplay.pool import PoolQuestion, QuestionPool, is_dummy
+from ssp_jax.selfplay.rewards import PROPOSER_REWARD_SHAPES, Gold, exact_match, proposer_reward, solver_reward
+from ssp_jax.tokenizer import ChatTemplate, Tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfPlayConfig:
+    """The game's knobs; defaults are SSP.md's."""
+
+    batch_size: int = 256  # answers, hence proposer trajectories, per step
+    solver_samples: int = 5  # solver rollouts per question (the GRPO group)
+    temperature: float = 1.0  # sampling temperature of both roles
+    rag_check: bool = True
+    num_distractor_blocks: int = 4
+    reader_max_tokens: int = 70
+    min_question_words: int = 10
+    min_searches: int = 2
+    pool_clear_every: int = 10
+    proposer_reward: str = "one_minus_s"  # or "four_s_one_minus_s"
+    max_answer_tags: int = 10
+    spam_reward: float = 0.25
+    num_examples: int = 3  # example questions shown to the proposer
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "solver_samples", "reader_max_tokens", "pool_clear_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"selfplay.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_distractor_blocks < 0 or self.num_examples < 0:
+            raise ValueError("selfplay.num_distractor_blocks and selfplay.num_examples must be >= 0")
+        if self.proposer_reward not in PROPOSER_REWARD_SHAPES:
+            raise ValueError(f"selfplay.proposer_reward={self.proposer_reward!r}; known: {sorted(PROPOSER_REWARD_SHAPES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnswerRecord:
+    """One entry of the proposer's answer list (the original questions are thrown away)."""
+
+    gold: Gold
+    search_turns: int
+    examples: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class GameResult:
+    proposer: list[Trajectory]  # one per answer
+    proposer_rewards: np.ndarray  # [batch]
+    solver: list[Trajectory]  # batch * solver_samples, grouped by question
+    solver_rewards: np.ndarray  # [batch, solver_samples]
+    solver_trainable: np.ndarray  # [batch] bool: False for dummy-question groups (zero advantage)
+    metrics: dict[str, float]
+
+
+class SelfPlayGame:
+    def __init__(self, config: SelfPlayConfig, tokenizer: Tokenizer, chat: ChatTemplate, runner: RolloutRunner,
+                 reader: RolloutRunner, templates: prompts.PromptTemplates = prompts.DEFAULT_TEMPLATES):
+        """`runner` rolls out both roles with search; `reader` is tool-less (RAG check)."""
+        self.config, self.tokenizer, self.chat = config, tokenizer, chat
+        self.runner, self.reader, self.templates = runner, reader, templates
+
+    def _prompt_ids(self, text: str) -> list[int]:
+        return self.chat.render_ids(self.tokenizer, [{"role": "user", "content": text}])
+
+    def play(self, params: nnx.State, reader_params: nnx.State, answers: Sequence[AnswerRecord],
+             pool: QuestionPool, rng: np.random.Generator, seed: int) -> GameResult:
+        cfg = self.config
+        sampling = SamplingParams(temperature=cfg.temperature)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        proposer = self.runner.run(params, [
+            RolloutRequest(self._prompt_ids(prompts.proposer_prompt(a.gold, a.search_turns,
+                                                                    a.examples[:cfg.num_examples], self.templates)),
+                           seed=seed * 1_000_003 + i, sampling=sampling, meta=a)
+            for i, a in enumerate(answers)])
+        timings["time/proposer_rollout"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        checks = [check_proposal(t.response_text, t.queries, a.gold, min_words=cfg.min_question_words,
+                                 min_searches=cfg.min_searches) for t, a in zip(proposer, answers)]
+        rule_valid = [c.valid for c in checks]
+        rag_pass = self._rag_check(reader_params, proposer, answers, checks, rng) if cfg.rag_check else rule_valid
+        valid = [r and p for r, p in zip(rule_valid, rag_pass)]
+        timings["time/rag_check"] = time.perf_counter() - start
+
+        fresh = [PoolQuestion(c.question, a.gold) for c, a, v in zip(checks, answers, valid) if v]
+        refills = iter(pool.sample(len(answers) - len(fresh), rng))
+        questions = [PoolQuestion(c.question, a.gold) if v else next(refills)
+                     for c, a, v in zip(checks, answers, valid)]
+        pool.add(fresh)
+
+        start = time.perf_counter()
+        solver = self.runner.run(params, [
+            RolloutRequest(self._prompt_ids(prompts.solver_prompt(q.question, self.templates)),
+                           num_samples=cfg.solver_samples, seed=seed * 1_000_003 + len(answers) + i,
+                           sampling=sampling, meta=q)
+            for i, q in enumerate(questions)])
+        timings["time/solver_rollout"] = time.perf_counter() - start
+
+        solver_rewards = np.array([solver_reward(t.response_text, t.meta.gold, max_answer_tags=cfg.max_answer_tags,
+                                                 spam_reward=cfg.spam_reward) for t in solver],
+                                  np.float32).reshape(len(questions), cfg.solver_samples)
+        solve_rate = solver_rewards.mean(axis=1)  # [batch]; a spammed correct answer counts 0.25
+        proposer_rewards = np.array([proposer_reward(v, float(s), cfg.proposer_reward)
+                                     for v, s in zip(valid, solve_rate)], np.float32)
+        trainable = np.array([not is_dummy(q) for q in questions])
+        metrics = {
+            **timings,
+            "selfplay/valid_rate": float(np.mean(valid)),
+            "selfplay/rule_valid_rate": float(np.mean(rule_valid)),
+            "selfplay/rag_pass_rate": float(np.mean([p for p, r in zip(rag_pass, rule_valid) if r] or [0.0])),
+            "selfplay/pool_size": float(len(pool)),
+            "selfplay/dummy_groups": float((~trainable).sum()),
+            "solver/reward": float(solver_rewards.mean()),
+            "proposer/reward": float(proposer_rewards.mean()),
+            **_filter_breakdown(checks),
+            **_trajectory_stats("proposer", proposer),
+            **_trajectory_stats("solver", solver),
+        }
+        return GameResult(proposer, proposer_rewards, solver, solver_rewards, trainable, metrics)
+
+    def _rag_check(self, reader_params: nnx.State, proposer: list[Trajectory], answers: Sequence[AnswerRecord],
+                   checks: list[Any], rng: np.random.Generator) -> list[bool]:
+        """Can a tool-less reader answer each rule-valid question from the retrieved documents?"""
+        blocks = [proposer_blocks(t) for t in proposer]
+        todo = [i for i, c in enumerate(checks) if c.valid]
+        requests = []
+        for i in todo:
+            others = blocks[:i] + blocks[i + 1:]
+            documents = rag_documents(blocks[i], others, self.config.num_distractor_blocks, rng)
+            prompt = prompts.reader_prompt(documents, checks[i].question, self.templates)
+            requests.append(RolloutRequest(self._prompt_ids(prompt), sampling=GREEDY))
+        passed = [False] * len(proposer)
+        for i, traj in zip(todo, self.reader.run(reader_params, requests)):
+            passed[i] = exact_match(reader_answer(traj.response_text), answers[i].gold)
+        return passed
+
+
+def reader_answer(response_text: str) -> str:
+    """The reader's short answer: its first non-empty line, without a repeated `Answer:` label."""
+    for line in response_text.splitlines():
+        line = line.strip().removeprefix("Answer:").strip()
+        if line:
+            return line
+    return ""
+
+
+def _filter_breakdown(checks: Sequence[Any]) -> dict[str, float]:
+    counts = Counter(f for c in checks for f in c.failures)
+    return {f"selfplay/fail_{name}": counts[name] / max(len(checks), 1) for name in FAILURES}
+
+
+def _trajectory_stats(role: str, trajs: Sequence[Trajectory]) -> dict[str, float]:
+    finish = Counter(t.finish_reason for t in trajs)
+    return {
+        f"{role}/searches": float(np.mean([len(t.queries) for t in trajs])),
+        f"{role}/response_tokens": float(np.mean([len(t.response_ids) for t in trajs])),
+        f"{role}/generated_tokens": float(np.mean([sum(t.loss_mask) for t in trajs])),
+        **{f"{role}/finish_{reason}": n / len(trajs) for reason, n in finish.items()},
+    }

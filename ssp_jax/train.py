@@ -1,0 +1,248 @@
+"""Search Self-Play training: `python -m ssp_jax.train --config configs/<x>.py [--workdir DIR]`.
+
+Each step plays one round of the game (selfplay/step.py), computes both roles' behaviour and
+reference log-probs under the current weights before any update, then updates on the proposer
+batch and then on the solver batch (SSP.md section 4). Checkpoints are saved every
+`train.save_every` steps and on SIGTERM; a restart in the same workdir resumes from the latest.
+Config overrides: `--config.rl.lr=1e-6`; gin overrides of the registered losses / advantages:
+`--gin_file=configs/sweeps/x.gin --gin_bindings='grpo.eps=1e-5'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import gin
+import ml_collections
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+from tqdm.auto import tqdm
+
+from ssp_jax.agent.prompts import PromptTemplates
+from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner, stop_token_sequences
+from ssp_jax.checkpoint import Checkpointer, abstract_like
+from ssp_jax.data.answers import answers_for_step, load_answers
+from ssp_jax.data.microworld import WorldConfig
+from ssp_jax.data.prepare import prepare_microworld
+from ssp_jax.engine.engine import Engine, EngineConfig
+from ssp_jax.metrics import MetricsWriter
+from ssp_jax.models.policy import Policy, load_policy
+from ssp_jax.models.sharding import MeshConfig, make_mesh
+from ssp_jax.retrieval.base import Retriever
+from ssp_jax.retrieval.index import load_retriever
+from ssp_jax.retrieval.remote import RemoteRetriever
+from ssp_jax.rl.advantages import get_advantage
+from ssp_jax.rl.batch import RLBatch, pack_batch
+from ssp_jax.rl.config import RLConfig
+from ssp_jax.rl.update import Learner
+from ssp_jax.selfplay.pool import QuestionPool
+from ssp_jax.selfplay.step import GameResult, SelfPlayConfig, SelfPlayGame
+from ssp_jax.tokenizer import get_chat_template
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "path to a configs/*.py file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics and generated data (default workdir/<config>)")
+_GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files overriding registered functions")
+_GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'grpo.eps=1e-5'")
+
+
+def typed(cls: type, section: ml_collections.ConfigDict, name: str, drop: tuple[str, ...] = ()) -> Any:
+    """Build a typed config from a section; a bad field fails here, naming `config.<name>.<field>`."""
+    values = {k: v for k, v in section.to_dict().items() if k not in drop}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"config.{name}: unknown field(s) {unknown}; known: {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config.{name}: {e}") from e
+
+
+def make_retriever(config: ml_collections.ConfigDict, index_dir: str) -> Retriever:
+    """The in-process index at `index_dir`, or the remote service at `config.url`."""
+    if bool(config.url) == bool(index_dir):
+        raise ValueError("config.retrieval: set exactly one of `index` (a build directory) or `url`")
+    if config.url:
+        return RemoteRetriever(config.url, timeout=config.timeout_s)
+    return load_retriever(index_dir)
+
+
+class Trainer:
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
+        self.config, self.workdir = config, workdir
+        self.selfplay = typed(SelfPlayConfig, config.selfplay, "selfplay", drop=("reader_path",))
+        self.rl = typed(RLConfig, config.rl, "rl", drop=("length_buckets",))
+        engine_cfg = typed(EngineConfig, config.engine, "engine")
+        rollout_cfg = typed(RolloutConfig, config.rollout, "rollout")
+        templates = typed(PromptTemplates, config.prompts, "prompts")
+        self._check_sizes()
+        self.mesh = make_mesh(typed(MeshConfig, config.mesh, "mesh"))
+        self.rules = tuple(tuple(rule) for rule in config.sharding_rules)
+        answers_path, self.index_dir = self._data_paths()
+        self.answers = load_answers(answers_path)
+        policy = load_policy(config.model, mesh=self.mesh, rules=self.rules, workdir=workdir)
+        self.learner = Learner(policy.model, self.rl, mesh=self.mesh, rules=self.rules)
+        tokenizer, chat = policy.tokenizer, get_chat_template(config.chat_template)
+        self.engine = self._engine(policy, engine_cfg, rollout_cfg)
+        self.reader_policy: Policy | None = None
+        reader_engine = self.engine
+        if config.selfplay.reader_path:
+            reader_model = config.model.copy_and_resolve_references()
+            with reader_model.unlocked():
+                reader_model.hf_path = config.selfplay.reader_path
+            self.reader_policy = load_policy(reader_model, mesh=self.mesh, rules=self.rules, workdir=workdir)
+            reader_engine = self._engine(self.reader_policy, engine_cfg, rollout_cfg)
+        runner = RolloutRunner(self.engine, tokenizer, make_retriever(config.retrieval, self.index_dir), rollout_cfg)
+        reader_cfg = dataclasses.replace(rollout_cfg, max_turns=1, max_response_tokens=self.selfplay.reader_max_tokens)
+        reader = RolloutRunner(reader_engine, tokenizer, None, reader_cfg)
+        self.game = SelfPlayGame(self.selfplay, tokenizer, chat, runner, reader, templates)
+        self.pool = QuestionPool(self.selfplay.pool_clear_every)
+        self.checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.max_to_keep)
+        self.metrics = MetricsWriter(workdir)
+        self.step = 0
+        self._stop_requested = False
+
+    def _data_paths(self) -> tuple[str, str]:
+        """(answer list, index dir): from config, or the micro world generated into the workdir."""
+        data = self.config.data
+        if data.source == "files":
+            return data.answers, self.config.retrieval.index
+        if data.source != "microworld":
+            raise ValueError(f"config.data.source={data.source!r}; expected 'files' or 'microworld'")
+        world = typed(WorldConfig, data.microworld, "data.microworld")
+        answers, index = prepare_microworld(self.workdir / "microworld", world,
+                                            num_examples=self.selfplay.num_examples)
+        return str(answers), "" if self.config.retrieval.url else str(index)
+
+    def _engine(self, policy: Policy, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig) -> Engine:
+        tokenizer = policy.tokenizer
+        end_of_turn = tokenizer.token_to_id(get_chat_template(self.config.chat_template).end_of_turn)
+        eos = sorted({tokenizer.eos_id} | ({end_of_turn} if end_of_turn is not None else set()))
+        return Engine(policy.model, engine_cfg, stop_sequences=stop_token_sequences(tokenizer, rollout_cfg.stop_strings),
+                      eos_ids=eos, mesh=self.mesh, rules=self.rules)
+
+    def _check_sizes(self) -> None:
+        """Inconsistent sizes fail at start-up, naming the fields, not as a shape error mid-run."""
+        rows = {"proposer": self.selfplay.batch_size,
+                "solver": self.selfplay.batch_size * self.selfplay.solver_samples}
+        for role, mini in (("proposer", self.rl.proposer_mini_batches), ("solver", self.rl.solver_mini_batches)):
+            if rows[role] % mini:
+                raise ValueError(f"config.rl.{role}_mini_batches={mini} does not divide the {rows[role]} {role} "
+                                 "trajectories per step (selfplay.batch_size x solver_samples)")
+        buckets = tuple(self.config.rl.length_buckets)
+        if not buckets or max(buckets) < self.config.engine.max_cache_len:
+            raise ValueError(f"config.rl.length_buckets={buckets} must reach engine.max_cache_len="
+                             f"{self.config.engine.max_cache_len} (the longest trajectory)")
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        latest = self.checkpointer.latest_step()
+        if latest is None:
+            return
+        arrays, host = self.checkpointer.restore(latest, abstract_like(self.learner.state()))
+        self.learner.restore(arrays)
+        self.pool = QuestionPool.from_state_dict(host["pool"])
+        self.step = host["step"]
+        logging.info("resumed from %s at step %d", self.checkpointer.directory, self.step)
+
+    def save(self) -> None:
+        self.checkpointer.save(self.step, self.learner.state(), {"step": self.step, "pool": self.pool.state_dict()})
+
+    def run(self) -> dict[str, float]:
+        self.resume()
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        steps, metrics = self.config.train.steps, {}
+        bar = tqdm(total=steps, initial=self.step, desc="ssp", dynamic_ncols=True)
+        try:
+            while self.step < steps and not self._stop_requested:
+                metrics = self.train_step()
+                self.step += 1
+                self.metrics.write(self.step, metrics)
+                bar.update(1)
+                bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in
+                                 ("selfplay/valid_rate", "selfplay/rag_pass_rate", "solver/reward", "proposer/reward")})
+                if self.step % self.config.train.save_every == 0 or self._stop_requested or self.step == steps:
+                    self.save()
+        finally:
+            bar.close()
+            signal.signal(signal.SIGTERM, previous)
+            self.metrics.close()
+        return metrics
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        logging.warning("SIGTERM: saving a checkpoint after the current step, then exiting")
+        self._stop_requested = True
+
+    def train_step(self) -> dict[str, float]:
+        seed = self.config.seed
+        self.pool.maybe_clear(self.step)
+        answers = answers_for_step(self.answers, self.step, self.selfplay.batch_size, self.config.data.shuffle_seed)
+        rng = np.random.default_rng([seed, self.step])
+        params = self.learner.params
+        reader_params = params if self.reader_policy is None else self._reader_params()
+        game = self.game.play(params, reader_params, answers, self.pool, rng, seed=seed * 100_003 + self.step)
+        start = time.perf_counter()
+        proposer, solver = self._batches(game)
+        timing = {"time/logprobs": time.perf_counter() - start}
+        start = time.perf_counter()
+        update = {f"proposer/{k}": v for k, v in
+                  self.learner.update(proposer, mini_batches=self.rl.proposer_mini_batches).items()}
+        update |= {f"solver/{k}": v for k, v in
+                   self.learner.update(solver, mini_batches=self.rl.solver_mini_batches).items()}
+        timing["time/update"] = time.perf_counter() - start
+        rollout_s = game.metrics["time/proposer_rollout"] + game.metrics["time/solver_rollout"]
+        generated = sum(sum(t.loss_mask) for t in game.proposer + game.solver)
+        metrics = {**game.metrics, **update, **timing, "throughput/rollout_tokens_per_s": generated / max(rollout_s, 1e-9)}
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if bad:
+            logging.warning("step %d: non-finite metrics %s", self.step, bad)
+        return metrics
+
+    def _reader_params(self) -> nnx.State:
+        return nnx.state(self.reader_policy.model)
+
+    def _batches(self, game: GameResult) -> tuple[RLBatch, RLBatch]:
+        """RL batches with behaviour and reference log-probs, both computed before any update."""
+        proposer_adv = np.asarray(get_advantage(self.rl.proposer_advantage)(game.proposer_rewards[:, None]))[:, 0]
+        solver_adv = np.asarray(get_advantage(self.rl.solver_advantage)(game.solver_rewards))  # [batch, samples]
+        solver_adv = np.where(game.solver_trainable[:, None], solver_adv, 0.0).reshape(-1)
+        batches = []
+        for trajs, advantages, mini in ((game.proposer, proposer_adv, self.rl.proposer_mini_batches),
+                                        (game.solver, solver_adv, self.rl.solver_mini_batches)):
+            batch = pack_batch([t.tokens for t in trajs], [[0] * len(t.prompt_ids) + t.loss_mask for t in trajs],
+                               None, advantages, self.config.rl.length_buckets,
+                               batch_multiple=mini * math.lcm(self.rl.micro_batch_size or 1, self._batch_shards()))
+            batches.append(batch)
+        with_logprobs = []
+        for batch in batches:  # behaviour log-probs of BOTH roles before either update (SSP.md section 4)
+            with_logprobs.append(dataclasses.replace(
+                batch, old_logprobs=self.learner.logprobs(self.learner.params, batch),
+                ref_logprobs=self.learner.logprobs(self.learner.reference_params, batch)))
+        return with_logprobs[0], with_logprobs[1]
+
+    def _batch_shards(self) -> int:
+        return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    gin.parse_config_files_and_bindings(_GIN_FILES.value, _GIN_BINDINGS.value)
+    config = _CONFIG.value
+    workdir = Path(_WORKDIR.value or Path("workdir") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
+    workdir.mkdir(parents=True, exist_ok=True)
+    metrics = Trainer(config, workdir).run()
+    print({k: round(v, 4) for k, v in sorted(metrics.items())})
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,111 @@
+"""The training program end to end on the tiny config: finite metrics, moving parameters, resume
+after SIGKILL, and start-up errors that name the bad config field."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from ssp_jax.models.hf_import import load_hf_decoder
+from ssp_jax.train import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "configs"))
+import tiny  # noqa: E402
+
+# Smaller than configs/tiny.py, on one of the 8 test devices, so the runs here stay quick
+# (sharded updates are checked against single-device ones in tests/test_rl_update.py).
+OVERRIDES = {"selfplay.batch_size": 2, "rollout.max_response_tokens": 24, "train.steps": 3, "mesh.fsdp": 1}
+VOLATILE = ("time/", "throughput/")  # wall-clock metrics differ between runs
+
+
+def small_config(**extra):
+    config = tiny.get_config()
+    for key, value in {**OVERRIDES, **extra}.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    return config
+
+
+def stable(record: dict) -> dict:
+    return {k: v for k, v in record.items() if not k.startswith(VOLATILE)}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    trainer = Trainer(small_config(), workdir)
+    initial = jax.tree.map(np.asarray, nnx.to_pure_dict(trainer.learner.params))
+    last = trainer.run()
+    return workdir, trainer, initial, last
+
+
+def test_steps_run_with_finite_metrics_and_moving_parameters(uninterrupted):
+    workdir, trainer, initial, last = uninterrupted
+    records = read_jsonl(workdir / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert all(value is not None and math.isfinite(value) for value in record.values()), record
+    for key in ("selfplay/valid_rate", "selfplay/rag_pass_rate", "solver/reward", "proposer/reward",
+                "solver/kl", "solver/clip_frac", "solver/grad_norm", "time/update", "time/solver_rollout"):
+        assert key in last
+    final = jax.tree.map(np.asarray, nnx.to_pure_dict(trainer.learner.params))
+    moved = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(final))]
+    assert min(moved) > 0.0
+    assert trainer.checkpointer.latest_step() == 3
+    # The exported initial checkpoint is untouched: training never writes into its source.
+    reloaded, _ = load_hf_decoder(workdir / "random_init")
+    np.testing.assert_array_equal(np.asarray(reloaded.embed[...]), initial["embed"])
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(uninterrupted, tmp_path):
+    reference = read_jsonl(uninterrupted[0] / "metrics.jsonl")
+    command = [sys.executable, "-m", "ssp_jax.train", "--config", str(REPO / "configs/tiny.py"),
+               "--workdir", str(tmp_path)] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    while not (tmp_path / "checkpoints" / "2" / "commit_success.txt").exists():
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-3000:]
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "checkpoints" / "3").exists()  # killed mid-run
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in resumed][-1] == 3
+    assert stable(resumed[-1]) == pytest.approx(stable(reference[-1]), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("section,field,value,message", [
+    ("rl", "solver_mini_batches", 3, r"config\.rl\.solver_mini_batches=3 does not divide"),
+    ("rl", "eps_low", -0.5, r"config\.rl: RLConfig\.eps_low"),
+    ("engine", "prefill_buckets", (4096, 64), r"config\.engine: EngineConfig\.prefill_buckets"),
+    ("selfplay", "proposer_reward", "nope", r"proposer reward shape|config\.selfplay"),
+])
+def test_bad_config_fails_at_startup_naming_the_field(tmp_path, section, field, value, message):
+    config = small_config()
+    config[section][field] = value
+    with pytest.raises(ValueError, match=message):
+        Trainer(config, tmp_path)
+
+
+def test_unknown_or_mistyped_override_is_rejected_by_name(tmp_path):
+    for flag, message in (("--config.rl.lrr=1e-3", "lrr"), ("--config.rl.lr=fast", "lr")):
+        result = subprocess.run([sys.executable, "-m", "ssp_jax.train", "--config", str(REPO / "configs/tiny.py"),
+                                 "--workdir", str(tmp_path), flag], cwd=REPO, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode != 0 and message in result.stderr
