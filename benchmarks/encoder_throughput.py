@@ -26,9 +26,7 @@ import os
 import shlex
 import statistics
 import sys
-import time
 from collections.abc import Callable
-from typing import Any
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,6 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from benchmarks.forward_throughput import timed  # noqa: E402
 from ssp_jax.models.encoder import TextEncoder, load_tokenizer, minilm_path  # noqa: E402
 
 SEED = 0
@@ -49,7 +48,6 @@ _WORDS = ("the of and to in is was for on that with as by at from his her an wer
           "species family genus plant found used called during between under several early later").split()
 _NAMES = ("Alder Brenna Castell Dunmore Elwood Farrow Garland Halvorsen Ingram Jessup Kestrel Lindqvist "
           "Marrow Norcross Oakhurst Pellham Quillon Rasmussen Sorrel Thackeray").split()
-
 
 def synthetic_passages(n: int, words: int, seed: int = SEED) -> list[str]:
     """`n` deterministic Wikipedia-like passages: '"Title"\\n' + about `words` words with names and years."""
@@ -64,7 +62,6 @@ def synthetic_passages(n: int, words: int, seed: int = SEED) -> list[str]:
         passages.append(f'"{title}"\n' + " ".join(body) + ".")
     return passages
 
-
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--passages", type=int, default=1024)
@@ -75,7 +72,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as is)")
     p.add_argument("--json", default=None, help="write the results to this path")
     return p.parse_args()
-
 
 def transformers_encoder(path: str, batch_size: int, max_length: int) -> Callable[[list[str]], np.ndarray]:
     """The reference: transformers + mean pooling + L2 norm, batched the sentence-transformers way."""
@@ -98,13 +94,6 @@ def transformers_encoder(path: str, batch_size: int, max_length: int) -> Callabl
         return out
 
     return encode
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
 
 def main() -> None:
     args = parse_args()
@@ -155,7 +144,6 @@ def main() -> None:
                   "median_passages_per_s": median, "ratio": ratio, "best_ratio": best_ratio}
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
-
 
 if __name__ == "__main__":
     main()
