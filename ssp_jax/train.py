@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import gin
+import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
@@ -228,6 +229,7 @@ class Trainer:
             with_logprobs.append(dataclasses.replace(
                 batch, old_logprobs=self.learner.logprobs(self.learner.params, batch),
                 ref_logprobs=self.learner.logprobs(self.learner.reference_params, batch)))
+        jax.block_until_ready(with_logprobs)  # so time/logprobs is not billed to the update
         return with_logprobs[0], with_logprobs[1]
 
     def _batch_shards(self) -> int:
@@ -240,8 +242,12 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     workdir = Path(_WORKDIR.value or Path("workdir") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
     workdir.mkdir(parents=True, exist_ok=True)
-    metrics = Trainer(config, workdir).run()
-    print({k: round(v, 4) for k, v in sorted(metrics.items())})
+    trainer = Trainer(config, workdir)
+    metrics = trainer.run()
+    print(f"finished at step {trainer.step} in {workdir}; last step's metrics:" if metrics else
+          f"nothing to do: {workdir} is already at step {trainer.step} of {config.train.steps}")
+    for key, value in sorted(metrics.items()):
+        print(f"  {key:40s} {value:.4g}")
 
 
 if __name__ == "__main__":
