@@ -55,6 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
         answers="",  # jsonl: {"ground_truth": str | [str], "search_turns": int, "examples": [str]}
         shuffle_seed=0,
         microworld=dataclasses.asdict(WorldConfig()),  # the generated world, when source="microworld"
+        eval_questions="",  # FlashRAG-style QA jsonl for periodic eval; microworld: its dev split
+        eval_limit=500,  # questions per periodic evaluation (fixed-seed subsample)
     ))
     config.selfplay = ml_collections.ConfigDict(dataclasses.asdict(SelfPlayConfig()))
     config.selfplay.reader_path = ""  # frozen reader HF checkpoint; empty = the current policy
@@ -65,6 +67,6 @@ def base_config() -> ml_collections.ConfigDict:
         steps=200,
         save_every=10,  # checkpoint every N steps (and on SIGTERM)
         max_to_keep=3,
-        eval_every=0,  # 0 = no periodic evaluation
+        eval_every=0,  # greedy solver EM/F1 every N steps (and at the end); 0 = never
     ))
     return config

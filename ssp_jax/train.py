@@ -31,7 +31,7 @@ from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner, stop_token_sequences
 from ssp_jax.checkpoint import Checkpointer, abstract_like
 from ssp_jax.data.answers import answers_for_step, load_answers
-from ssp_jax.data.microworld import WorldConfig
+from ssp_jax.data.microworld import World, WorldConfig
 from ssp_jax.data.prepare import prepare_microworld
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.metrics import MetricsWriter
@@ -44,6 +44,7 @@ from ssp_jax.rl.advantages import get_advantage
 from ssp_jax.rl.batch import RLBatch, pack_batch
 from ssp_jax.rl.config import RLConfig
 from ssp_jax.rl.update import Learner
+from ssp_jax.selfplay.evaluate import QAItem, evaluate, load_qa_jsonl, summarize
 from ssp_jax.selfplay.pool import QuestionPool
 from ssp_jax.selfplay.step import GameResult, SelfPlayConfig, SelfPlayGame
 from ssp_jax.tokenizer import get_chat_template
@@ -106,6 +107,8 @@ class Trainer:
         reader_cfg = dataclasses.replace(rollout_cfg, max_turns=1, max_response_tokens=self.selfplay.reader_max_tokens)
         reader = RolloutRunner(reader_engine, tokenizer, None, reader_cfg)
         self.game = SelfPlayGame(self.selfplay, tokenizer, chat, runner, reader, templates)
+        self._evaluate = lambda params: summarize(evaluate(runner, tokenizer, chat, params, self.eval_items, templates))
+        self.eval_items = self._eval_items() if config.train.eval_every else []
         self.pool = QuestionPool(self.selfplay.pool_clear_every)
         self.checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.max_to_keep)
         self.metrics = MetricsWriter(workdir)
@@ -123,6 +126,20 @@ class Trainer:
         answers, index = prepare_microworld(self.workdir / "microworld", world,
                                             num_examples=self.selfplay.num_examples)
         return str(answers), "" if self.config.retrieval.url else str(index)
+
+    def _eval_items(self) -> list[QAItem]:
+        data = self.config.data
+        if data.eval_questions:
+            items = load_qa_jsonl(data.eval_questions)
+        elif data.source == "microworld":
+            world = World(typed(WorldConfig, data.microworld, "data.microworld"))
+            items = [QAItem(q.question, q.golden_answers, q.hops) for q in world.heldout_questions("dev")]
+        else:
+            raise ValueError("config.train.eval_every is set but config.data.eval_questions is empty")
+        if len(items) > data.eval_limit:
+            keep = np.random.default_rng(self.config.seed).choice(len(items), data.eval_limit, replace=False)
+            items = [items[i] for i in sorted(keep)]
+        return items
 
     def _engine(self, policy: Policy, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig) -> Engine:
         tokenizer = policy.tokenizer
@@ -168,6 +185,9 @@ class Trainer:
             while self.step < steps and not self._stop_requested:
                 metrics = self.train_step()
                 self.step += 1
+                every = self.config.train.eval_every
+                if every and (self.step % every == 0 or self.step == steps):
+                    metrics |= self._evaluate(self.learner.params)
                 self.metrics.write(self.step, metrics)
                 bar.update(1)
                 bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in

@@ -24,7 +24,8 @@ import tiny  # noqa: E402
 
 # Smaller than configs/tiny.py, on one of the 8 test devices, so the runs here stay quick
 # (sharded updates are checked against single-device ones in tests/test_rl_update.py).
-OVERRIDES = {"selfplay.batch_size": 2, "rollout.max_response_tokens": 24, "train.steps": 3, "mesh.fsdp": 1}
+OVERRIDES = {"selfplay.batch_size": 2, "rollout.max_response_tokens": 24, "train.steps": 3, "mesh.fsdp": 1,
+             "train.eval_every": 3, "data.eval_limit": 8}
 VOLATILE = ("time/", "throughput/")  # wall-clock metrics differ between runs
 
 
@@ -60,7 +61,8 @@ def test_steps_run_with_finite_metrics_and_moving_parameters(uninterrupted):
     for record in records:
         assert all(value is not None and math.isfinite(value) for value in record.values()), record
     for key in ("selfplay/valid_rate", "selfplay/rag_pass_rate", "solver/reward", "proposer/reward",
-                "solver/kl", "solver/clip_frac", "solver/grad_norm", "time/update", "time/solver_rollout"):
+                "solver/kl", "solver/clip_frac", "solver/grad_norm", "time/update", "time/solver_rollout",
+                "eval/em", "eval/f1", "eval/em_3hop"):
         assert key in last
     final = jax.tree.map(np.asarray, nnx.to_pure_dict(trainer.learner.params))
     moved = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(final))]

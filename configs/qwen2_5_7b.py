@@ -1,0 +1,38 @@
+"""The paper's main setting (SSP.md sections 3-5): Qwen2.5-7B-Instruct, Wikipedia-2018 with
+E5-base-v2, B = 256 answers x 5 solver rollouts, 10 turns, top-3, lr 1e-6 -- on a v5p-64 slice.
+
+Set the three paths (checkpoint, answer list, index or retrieval service) with --config.* flags.
+
+Mesh (64 chips, 95 GB HBM each), chosen as follows:
+- tensor=4: Qwen2.5-7B has 28 query and 4 KV heads, so tensor=4 splits both evenly (7 query heads
+  and 1 KV head per chip) and keeps per-layer all-reduces inside a 4-chip ICI neighbourhood.
+- fsdp=16: fp32 params (30 GB) + fp32 AdamW moments (61 GB) + the fp32 reference copy (30 GB) are
+  ~121 GB; over fsdp x tensor = 64 chips that is ~1.9 GB per chip, leaving room for the KV cache
+  and activations (remat on).
+- data=1: everything else is FSDP, which also spreads the 256 decode slots' KV cache
+  (28 layers x 12288 positions x 4 KV heads x 128 x 2 x bf16 = 0.7 GB per slot, 180 GB in all,
+  ~2.8 GB per chip with slots over data x fsdp and KV heads over tensor).
+"""
+
+from ssp_jax.config import base_config
+
+
+def get_config():
+    config = base_config()
+    config.model.hf_path = ""  # e.g. /mnt/ckpt/Qwen2.5-7B-Instruct (config.json + safetensors shards)
+    config.model.dtype = "bfloat16"
+    config.model.param_dtype = "float32"  # fp32 master weights; bf16 compute
+    config.model.remat = True
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 16, 4
+    config.chat_template = "chatml"
+    config.data.source = "files"
+    config.data.answers = ""  # SSP answer list jsonl
+    config.retrieval.index = ""  # python -m ssp_jax.retrieval.build --encoder <e5-base-v2> --index exact
+    config.selfplay.batch_size = 256
+    config.selfplay.solver_samples = 5
+    config.engine.num_slots = 256
+    config.rl.micro_batch_size = 64  # 16 x 4 rows of <= 12288 tokens per accumulation step
+    config.rl.logprob_chunk = 1024  # never materialise [rows, 12288, 152k] logits
+    config.train.steps = 200
+    config.train.save_every = 10
+    return config
