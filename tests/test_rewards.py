@@ -151,7 +151,7 @@ def test_proposer_reward_valid(shape, solve_rate, reward):
     assert proposer_reward(True, solve_rate, shape) == pytest.approx(reward)
 
 
-@pytest.mark.parametrize("shape", sorted(PROPOSER_REWARD_SHAPES))
+@pytest.mark.parametrize("shape", PROPOSER_REWARD_SHAPES.names())
 @pytest.mark.parametrize("solve_rate", [0.0, 0.2, 1.0, math.nan])
 def test_invalid_question_earns_zero_never_negative(shape, solve_rate):
     reward = proposer_reward(False, solve_rate, shape)
@@ -171,6 +171,6 @@ def test_proposer_reward_errors():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.booleans(), st.floats(0.0, 1.0), st.sampled_from(sorted(PROPOSER_REWARD_SHAPES)))
+@given(st.booleans(), st.floats(0.0, 1.0), st.sampled_from(PROPOSER_REWARD_SHAPES.names()))
 def test_proposer_reward_is_in_unit_interval(valid, solve_rate, shape):
     assert 0.0 <= proposer_reward(valid, solve_rate, shape) <= 1.0

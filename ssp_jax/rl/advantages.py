@@ -11,7 +11,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from ssp_jax.rl.registry import Registry
+from ssp_jax.registry import Registry
 
 AdvantageFn = Callable[[jax.Array], jax.Array]
 ADVANTAGES: Registry[AdvantageFn] = Registry("advantage")

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ssp_jax.rl.batch import RLBatch
-from ssp_jax.rl.registry import Registry
+from ssp_jax.registry import Registry
 
 if TYPE_CHECKING:
     from ssp_jax.rl.config import RLConfig

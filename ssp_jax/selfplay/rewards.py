@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from ssp_jax.agent.tags import count_open_tags, last_tag
+from ssp_jax.registry import Registry
 
 Gold = str | Sequence[str]
 # An optional fallback grader (question, prediction, golds) -> correct?, consulted only when exact
@@ -106,29 +107,28 @@ def solver_reward(response_text: str, gold: Gold, *, max_answer_tags: int = 10, 
     return spam_reward if count_open_tags(text, "answer") > max_answer_tags else 1.0
 
 
+PROPOSER_REWARD_SHAPES: Registry[Callable[[float], float]] = Registry("proposer_reward")
+
+
+@PROPOSER_REWARD_SHAPES.register("one_minus_s")
 def one_minus_s(solve_rate: float) -> float:
     """Hardest questions pay most: 1 - s."""
     return 1.0 - solve_rate
 
 
+@PROPOSER_REWARD_SHAPES.register("four_s_one_minus_s")
 def four_s_one_minus_s(solve_rate: float) -> float:
     """Questions solved half the time pay most: 4 s (1 - s), 0 when always or never solved."""
     return 4.0 * solve_rate * (1.0 - solve_rate)
-
-
-PROPOSER_REWARD_SHAPES: dict[str, Callable[[float], float]] = {
-    "one_minus_s": one_minus_s,
-    "four_s_one_minus_s": four_s_one_minus_s,
-}
 
 
 def proposer_reward(valid: bool, solve_rate: float, shape: str = "one_minus_s") -> float:
     """`shape(s)` for a valid question, where s is the fraction of its solver rollouts that
     succeeded; 0 for an invalid one, never negative (a negative penalty collapsed training)."""
     if shape not in PROPOSER_REWARD_SHAPES:
-        raise ValueError(f"unknown proposer reward shape {shape!r}; known: {sorted(PROPOSER_REWARD_SHAPES)}")
+        raise ValueError(f"unknown proposer reward shape {shape!r}; known: {PROPOSER_REWARD_SHAPES.names()}")
     if not valid:
         return 0.0
     if math.isnan(solve_rate) or not 0.0 <= solve_rate <= 1.0:
         raise ValueError(f"solve_rate must be in [0, 1], got {solve_rate}")
-    return PROPOSER_REWARD_SHAPES[shape](solve_rate)
+    return PROPOSER_REWARD_SHAPES.get(shape)(solve_rate)

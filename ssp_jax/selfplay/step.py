@@ -52,7 +52,7 @@ class SelfPlayConfig:
         if self.num_distractor_blocks < 0 or self.num_examples < 0:
             raise ValueError("selfplay.num_distractor_blocks and selfplay.num_examples must be >= 0")
         if self.proposer_reward not in PROPOSER_REWARD_SHAPES:
-            raise ValueError(f"selfplay.proposer_reward={self.proposer_reward!r}; known: {sorted(PROPOSER_REWARD_SHAPES)}")
+            raise ValueError(f"selfplay.proposer_reward={self.proposer_reward!r}; known: {PROPOSER_REWARD_SHAPES.names()}")
 
 
 @dataclasses.dataclass(frozen=True)

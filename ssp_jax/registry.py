@@ -1,4 +1,4 @@
-"""Name -> function registries for the swappable RL pieces (losses, advantage estimators).
+"""Name -> function registries for the swappable pieces (losses, advantage estimators, reward shapes).
 
 Config names a piece by string (`RLConfig.loss = "ppo_clip"`), so a sweep swaps it without code
 changes. Every registered function is also `gin.configurable` under its registry name: a gin file
@@ -16,7 +16,8 @@ F = TypeVar("F", bound=Callable)
 
 
 class Registry(Generic[F]):
-    """A small name -> function table; `kind` ("loss", "advantage") appears in error messages."""
+    """A small name -> function table; `kind` ("loss", "advantage", ...) appears in error messages
+    and in the gin module (`ssp_jax.<kind>`)."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -38,7 +39,7 @@ class Registry(Generic[F]):
                                  f"{existing.__module__}.{existing.__qualname__}")
             # Interactive mode lets a reloaded module re-register its (new) function objects.
             with gin.config.interactive_mode():
-                wrapped = gin.configurable(name, module=f"ssp_jax.rl.{self.kind}")(fn)
+                wrapped = gin.configurable(name, module=f"ssp_jax.{self.kind}")(fn)
             self._fns[name] = wrapped
             return wrapped
 
