@@ -60,8 +60,13 @@ def test_token_logprobs_chunked_equals_log_softmax(tied):
     hidden, _ = model(jnp.asarray(tokens), jnp.asarray(positions_from_mask(mask)), jnp.asarray(mask))
     targets = jnp.asarray(np.roll(tokens, -1, axis=1))
     ref = jnp.take_along_axis(jax.nn.log_softmax(model.logits(hidden)), targets[..., None], -1)[..., 0]
+    log_probs = jax.nn.log_softmax(model.logits(hidden))
+    entropy_ref = -(jnp.exp(log_probs) * log_probs).sum(-1)
     for chunk in (0, 4, 11):
         np.testing.assert_allclose(model.token_logprobs(hidden, targets, chunk=chunk), ref, atol=1e-5)
+        logp, entropy = model.token_logprobs(hidden, targets, chunk=chunk, with_entropy=True)
+        np.testing.assert_allclose(logp, ref, atol=1e-5)
+        np.testing.assert_allclose(entropy, entropy_ref, atol=1e-5)
     # Gradients flow through the checkpointed chunks identically.
     grad = lambda c: jax.grad(lambda h: model.token_logprobs(h, targets, chunk=c).sum())(hidden)
     np.testing.assert_allclose(grad(4), grad(0), atol=1e-5)

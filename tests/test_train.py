@@ -61,7 +61,7 @@ def test_steps_run_with_finite_metrics_and_moving_parameters(uninterrupted):
     for record in records:
         assert all(value is not None and math.isfinite(value) for value in record.values()), record
     for key in ("selfplay/valid_rate", "selfplay/rag_pass_rate", "solver/reward", "proposer/reward",
-                "solver/kl", "solver/clip_frac", "solver/grad_norm", "time/update", "time/solver_rollout",
+                "solver/kl", "solver/entropy", "solver/clip_frac", "solver/grad_norm", "time/update", "time/solver_rollout",
                 "eval/em", "eval/f1", "eval/em_3hop"):
         assert key in last
     final = jax.tree.map(np.asarray, nnx.to_pure_dict(trainer.learner.params))

@@ -323,29 +323,35 @@ class Decoder(nnx.Module):
         """hidden [batch, seq, embed] -> logits [batch, seq, vocab] in fp32."""
         return jnp.einsum("bte,ev->btv", hidden, self._unembed(), preferred_element_type=jnp.float32)
 
-    def token_logprobs(self, hidden: jax.Array, targets: jax.Array, chunk: int = 0) -> jax.Array:
+    def token_logprobs(self, hidden: jax.Array, targets: jax.Array, chunk: int = 0,
+                       with_entropy: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
         """log p(targets) [batch, seq] in fp32, from hidden [batch, seq, embed].
 
         With `chunk` > 0 the vocabulary projection runs `chunk` positions at a time under
         `jax.checkpoint`, so neither pass holds more than [batch, chunk, vocab] logits: this is how
-        RL scores long sequences against a 150k vocabulary.
+        RL scores long sequences against a 150k vocabulary. `with_entropy` also returns the
+        entropy [batch, seq] of each next-token distribution, from the same logits.
         """
         w = self._unembed()
 
-        def score(h: jax.Array, t: jax.Array) -> jax.Array:
+        def score(h: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
             logits = jnp.einsum("bte,ev->btv", h, w, preferred_element_type=jnp.float32)
+            lse = jax.nn.logsumexp(logits, axis=-1)  # [batch, chunk]
             picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-            return picked - jax.nn.logsumexp(logits, axis=-1)
+            entropy = lse - jnp.sum(jax.nn.softmax(logits, axis=-1) * logits, axis=-1)
+            return picked - lse, entropy
 
         batch, seq = targets.shape
         if chunk <= 0 or chunk >= seq:
-            return score(hidden, targets)
-        n = -(-seq // chunk)
-        pad = n * chunk - seq
-        h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(batch, n, chunk, -1).swapaxes(0, 1)
-        t = jnp.pad(targets, ((0, 0), (0, pad))).reshape(batch, n, chunk).swapaxes(0, 1)
-        out = jax.lax.map(lambda ht: jax.checkpoint(score)(*ht), (h, t))  # [n, batch, chunk]
-        return out.swapaxes(0, 1).reshape(batch, n * chunk)[:, :seq]
+            logp, entropy = score(hidden, targets)
+        else:
+            n = -(-seq // chunk)
+            pad = n * chunk - seq
+            h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(batch, n, chunk, -1).swapaxes(0, 1)
+            t = jnp.pad(targets, ((0, 0), (0, pad))).reshape(batch, n, chunk).swapaxes(0, 1)
+            out = jax.lax.map(lambda ht: jax.checkpoint(score)(*ht), (h, t))  # 2 x [n, batch, chunk]
+            logp, entropy = (x.swapaxes(0, 1).reshape(batch, n * chunk)[:, :seq] for x in out)
+        return (logp, entropy) if with_entropy else logp
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:

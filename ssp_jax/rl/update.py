@@ -48,15 +48,18 @@ def make_optimizer(cfg: RLConfig) -> optax.GradientTransformation:
                     weight_decay=cfg.weight_decay))
 
 
-def token_logprobs(model: Decoder, tokens: jax.Array, attention_mask: jax.Array, chunk: int = 0) -> jax.Array:
+def token_logprobs(model: Decoder, tokens: jax.Array, attention_mask: jax.Array, chunk: int = 0,
+                   with_entropy: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     """log p(tokens[t] | tokens[:t]) [B, T] in fp32, aligned with tokens; 0 at t = 0 and padding.
+    With `with_entropy`, also the entropy [B, T] of the distribution token t was drawn from.
 
     Scores next tokens at all T positions (so `chunk` divides a power-of-two bucket) and shifts.
     """
     hidden, _ = model(tokens, positions_from_mask(attention_mask), attention_mask)  # [B, T, E]
-    nxt = model.token_logprobs(hidden, jnp.roll(tokens, -1, axis=1), chunk=chunk)  # [B, T]: log p(t+1)
-    logp = jnp.pad(nxt[:, :-1], ((0, 0), (1, 0)))  # [B, T]: log p(t)
-    return jnp.where(attention_mask > 0, logp, 0.0)
+    nxt, entropy = model.token_logprobs(hidden, jnp.roll(tokens, -1, axis=1), chunk=chunk,
+                                        with_entropy=True)  # [B, T] each: about token t+1
+    align = lambda x: jnp.where(attention_mask > 0, jnp.pad(x[:, :-1], ((0, 0), (1, 0))), 0.0)  # noqa: E731
+    return (align(nxt), align(entropy)) if with_entropy else align(nxt)
 
 
 class Learner:
@@ -108,7 +111,7 @@ class Learner:
     def update(self, batch: RLBatch, *, mini_batches: int = 1) -> dict[str, float]:
         """`ppo_epochs` x `mini_batches` optimizer steps on `batch`; returns metrics averaged over steps.
 
-        Metrics: loss, pg_loss, kl, clip_frac, dual_clip_frac, ratio (token-means), grad_norm
+        Metrics: loss, pg_loss, kl, clip_frac, dual_clip_frac, ratio, entropy (token-means), grad_norm
         (before clipping), lr (of the last step), tokens (trained tokens in the batch).
         """
         rows = batch.tokens.shape[0]
@@ -160,9 +163,12 @@ class Learner:
 
     def _micro_loss(self, params: nnx.State, micro: RLBatch, num_tokens: jax.Array):
         model = nnx.merge(self._model_graphdef, params, self._model_rest)
-        logp = token_logprobs(model, micro.tokens, micro.attention_mask, self.cfg.logprob_chunk)
+        logp, entropy = token_logprobs(model, micro.tokens, micro.attention_mask, self.cfg.logprob_chunk,
+                                       with_entropy=True)
         loss, metrics = self._loss(logp, micro, self.cfg, num_tokens=num_tokens)
-        return loss, {**metrics, "loss": loss}
+        # Reported, not trained on (SSP uses no entropy bonus); normalised like the loss metrics.
+        entropy = jnp.sum(jax.lax.stop_gradient(entropy) * micro.loss_mask) / num_tokens
+        return loss, {**metrics, "loss": loss, "entropy": entropy}
 
     def _update_fn(self, state: nnx.State, batch: RLBatch, mini_batches: int) -> tuple[nnx.State, dict]:
         rows, length = batch.tokens.shape
