@@ -1,0 +1,82 @@
+"""Supervised fine-tuning on demonstrations: the micro world's stand-in for "an instruct model".
+
+Next-token NLL, token-mean over each sequence's loss mask (retrieved passages and prompts are
+masked out exactly as in RL), AdamW with linear warm-up then cosine decay, global-norm clip.
+Batches are sampled with a seeded generator and padded to length buckets, so a run is
+deterministic and compiles once per bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from ssp_jax.models.decoder import Decoder
+from ssp_jax.models.sharding import DEFAULT_RULES, Rules, shard_batch
+from ssp_jax.rl.batch import pack_batch
+from ssp_jax.rl.update import token_logprobs
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    length_buckets: tuple[int, ...] = (128, 256, 512, 1024)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"SFTConfig needs lr > 0 and 0 <= warmup_steps <= steps, got {self.lr}, "
+                             f"{self.warmup_steps}")
+
+
+def sft(model: Decoder, sequences: Sequence[Sequence[int]], loss_masks: Sequence[Sequence[int]], cfg: SFTConfig,
+        *, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES, progress: bool = True) -> list[float]:
+    """Train `model` in place; returns the loss of every step."""
+    if len(sequences) != len(loss_masks) or not sequences:
+        raise ValueError(f"sft needs matching, non-empty sequences and masks ({len(sequences)}, {len(loss_masks)})")
+    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1), cfg.steps)
+    optimizer = nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),
+                                                 optax.adamw(schedule, weight_decay=cfg.weight_decay)), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model: Decoder, optimizer: nnx.Optimizer, tokens: jax.Array, mask: jax.Array,
+             weights: jax.Array) -> jax.Array:
+        def loss_fn(model: Decoder) -> jax.Array:
+            logp = token_logprobs(model, tokens, mask)  # [batch, length]
+            return -jnp.sum(logp * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    rng = np.random.default_rng(cfg.seed)
+    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    losses = []
+    with tqdm(total=cfg.steps, desc="warm start (SFT)", disable=not progress) as bar:
+        for _ in range(cfg.steps):
+            rows = rng.choice(len(sequences), cfg.batch_size, replace=len(sequences) < cfg.batch_size)
+            batch = pack_batch([sequences[i] for i in rows], [loss_masks[i] for i in rows], None,
+                               np.zeros(len(rows)), cfg.length_buckets, batch_multiple=shards)
+            arrays = (batch.tokens, batch.attention_mask, batch.loss_mask)
+            if mesh is not None:
+                arrays = shard_batch(arrays, mesh, rules)
+            losses.append(float(step(model, optimizer, *arrays)))
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return losses
