@@ -111,3 +111,28 @@ def test_unknown_or_mistyped_override_is_rejected_by_name(tmp_path):
                                  "--workdir", str(tmp_path), flag], cwd=REPO, capture_output=True, text=True,
                                 timeout=120)
         assert result.returncode != 0 and message in result.stderr
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    command = [sys.executable, "-m", "ssp_jax.train", "--config", str(REPO / "configs/tiny.py"),
+               "--workdir", str(tmp_path)] + [f"--config.{k}={v}" for k, v in {**OVERRIDES, "train.steps": 50,
+                                                                                "train.save_every": 100}.items()]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not (tmp_path / "metrics.jsonl").exists():  # the first step is done
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert (tmp_path / "checkpoints" / str(steps[-1]) / "commit_success.txt").exists()  # saved on SIGTERM
+    assert steps[-1] < 50 and f"finished at step {steps[-1]}" in stdout
+
+
+def test_frozen_reader_checkpoint(uninterrupted, tmp_path):
+    reader = uninterrupted[0] / "random_init"  # any HF checkpoint directory
+    trainer = Trainer(small_config(**{"selfplay.reader_path": str(reader), "train.steps": 1}), tmp_path)
+    assert trainer.reader_policy is not None and trainer.reader_policy.checkpoint_dir == reader
+    metrics = trainer.run()
+    assert math.isfinite(metrics["selfplay/rag_pass_rate"])

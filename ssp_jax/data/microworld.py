@@ -363,3 +363,11 @@ class World:
         picks = {hops: rng.sample(chains, min(len(chains), count)) for hops, chains in self._unused.items()}
         chains = [picks[hops][i] for i in range(count) for hops in picks if i < len(picks[hops])][:count]
         return [self._question(c, style, f"example-{i:04d}") for i, c in enumerate(chains)]
+
+    def example_questions_to(self, entity_id: str, hops: int) -> list[Question]:
+        """Example-style questions of `hops` hops answered by `entity_id`, from the chains outside
+        dev/test only, so warm-start proposer demos can build backwards from an answer without
+        ever touching the benchmark."""
+        style = next(s for s in QUESTION_STYLES if s != self.config.heldout_style)
+        chains = [c for c in self._unused.get(hops, []) if c[0][-1] == entity_id]
+        return [self._question(c, style, f"example-{entity_id}-{hops}-{i}") for i, c in enumerate(chains)]

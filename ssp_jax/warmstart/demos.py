@@ -1,0 +1,210 @@
+"""Warm-start SFT demonstrations in the exact SSP trajectory format (issue 6, "Warm start").
+
+This SFT is the micro world's stand-in for an instruct model: it teaches the tag format, how to
+search and how to read, for all three roles (solver, proposer, RAG reader), plus plain passage
+reading, which the prototype found to be the biggest lever. Solver and proposer demos are built
+like real rollouts: the prompt is rendered with the generation prompt, then generated spans and
+information blocks (each tokenized once, from the real retriever's top-3) are concatenated with no
+end-of-turn between them; only the final span ends with end-of-turn. A `noise` share is flawed on
+purpose, so the warm-started solver leaves room for SSP to improve. Solver and reader demos use
+`World.example_questions` only, never a dev/test held-out question.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Mapping, Sequence
+
+from ssp_jax.agent.prompts import proposer_prompt, reader_prompt, solver_prompt
+from ssp_jax.data.microworld import Hop, Question, World
+from ssp_jax.data.microworld_text import ASK
+from ssp_jax.retrieval.base import Passage, Retriever
+from ssp_jax.tokenizer import ChatTemplate, Tokenizer, format_passages, information_block
+
+TOPK = 3  # passages per search, as in SSP.md section 1
+NUM_EXAMPLES = 3  # example questions in a proposer prompt, as `prepare_microworld` writes them
+MIN_QUESTION_WORDS = 10  # `check_proposal`'s default
+# What a hop's relation yields, for the short reasoning text.
+GOAL = {"born_in": "birthplace", "educated_at": "university", "spouse": "spouse", "works_for": "employer",
+        "located_in": "country", "capital": "capital", "founded_by": "founder", "headquartered_in": "home city",
+        "campus_in": "city", "flows_through": "city", "rises_in": "source country", "longest_river": "longest river"}
+# A descriptor of the start entity, to lengthen a question below `MIN_QUESTION_WORDS` words.
+DESCRIBE = {"person": "{s}, who was born in the year {birth_year},", "city": "{s}, a city founded in {founded},",
+            "country": "{s}, a country of about {population} million people,",
+            "company": "{s}, a company founded in {founded},", "university": "{s}, which was founded in {founded},",
+            "river": "{s}, a river {length} kilometres long,"}
+SOLVER_FLAWS = ("wrong_search", "early_answer", "wrong_answer")
+PROPOSER_FLAWS = ("too_short", "leaks_answer")
+
+Span = tuple[list[int], bool]  # (token ids, trained)
+
+
+@dataclasses.dataclass(frozen=True)
+class Demo:
+    """One SFT sequence: an untrained prompt, then spans; `flaw` names a deliberate imperfection."""
+
+    prompt_ids: list[int]
+    spans: list[Span]
+    role: str = ""
+    flaw: str | None = None
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt_ids + [t for ids, _ in self.spans for t in ids]
+
+    @property
+    def loss_mask(self) -> list[int]:
+        return [0] * len(self.prompt_ids) + [int(trained) for ids, trained in self.spans for _ in ids]
+
+
+class _Builder:
+    """Accumulates one trajectory's text turns into spans, tokenizing each piece on its own."""
+
+    def __init__(self, tokenizer: Tokenizer, chat: ChatTemplate, retriever: Retriever | None = None) -> None:
+        self.tokenizer, self.chat, self.retriever = tokenizer, chat, retriever
+        self.end_id = tokenizer.token_to_id(chat.end_of_turn) or tokenizer.eos_id
+        self.spans: list[Span] = []
+
+    def prompt(self, text: str) -> list[int]:
+        return self.chat.render_ids(self.tokenizer, [{"role": "user", "content": text}])
+
+    def search(self, think: str, query: str) -> list[Passage]:
+        """A generated `<think>..</think><search>q</search>` and the untrained information block."""
+        passages = self.retriever.search([query], TOPK)[0]
+        self.spans.append((self.tokenizer.encode(f"<think>{think}</think><search>{query}</search>"), True))
+        block = information_block([(p.title, p.text) for p in passages])
+        self.spans.append((self.tokenizer.encode(block), False))
+        return passages
+
+    def finish(self, text: str) -> list[Span]:
+        """The last generated span, closed with end-of-turn so the model learns to stop."""
+        self.spans.append((self.tokenizer.encode(text) + [self.end_id], True))
+        return self.spans
+
+
+def _flaws(count: int, noise: float, kinds: Sequence[str], rng: random.Random) -> list[str | None]:
+    """Exactly round(noise * count) flawed slots at random positions, each of a random kind."""
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"noise must be in [0, 1], got {noise}")
+    flawed = set(rng.sample(range(count), round(noise * count)))
+    return [rng.choice(kinds) if i in flawed else None for i in range(count)]
+
+
+def _decoy(world: World, entity_id: str, rng: random.Random) -> str:
+    """A plausible wrong entity: another entity of the same kind."""
+    kind = world.entity(entity_id).kind
+    return rng.choice([e.name for e in world.entities if e.kind == kind and e.id != entity_id])
+
+
+def solver_demos(world: World, tokenizer: Tokenizer, chat: ChatTemplate, retriever: Retriever,
+                 questions: Sequence[Question], rng: random.Random, noise: float) -> list[Demo]:
+    """Search each hop of the gold chain, then answer; a `noise` share searches a wrong entity
+    first, stops early with a wrong answer, or reads the chain right but answers wrongly."""
+    demos = []
+    for question, flaw in zip(questions, _flaws(len(questions), noise, SOLVER_FLAWS, rng)):
+        b = _Builder(tokenizer, chat, retriever)
+        chain: Sequence[Hop] = question.chain
+        answer = question.golden_answers[0]
+        if flaw == "wrong_search":
+            b.search(f"I need the {GOAL[chain[0].relation]} of an entity in the question.",
+                     _decoy(world, chain[0].passage_id, rng))
+        elif flaw == "early_answer":
+            chain = chain[:rng.randrange(len(chain))]
+        if flaw in ("early_answer", "wrong_answer"):
+            answer = _decoy(world, question.answer_id, rng)
+        note = "That was not the right entity. " if flaw == "wrong_search" else ""
+        for hop in chain:
+            b.search(f"{note}I need the {GOAL[hop.relation]} of {hop.query}, so I search for it.", hop.query)
+            note = f"The passage says the {GOAL[hop.relation]} of {hop.query} is {hop.answer}. "
+        text = f"<think>{note}So the answer is {answer}.</think><answer>{answer}</answer>"
+        demos.append(Demo(b.prompt(solver_prompt(question.question)), b.finish(text), "solver", flaw))
+    return demos
+
+
+def chain_question(world: World, question: Question) -> str:
+    """The example-style question, its start entity described when it is too short to pass the
+    proposer's word-count filter."""
+    if len(question.question.split()) >= MIN_QUESTION_WORDS:
+        return question.question
+    start = world.entity(question.chain[0].passage_id)
+    described = DESCRIBE[start.kind].format(s=start.name, **start.attributes)
+    return question.question.replace(start.name, described, 1).replace(",?", "?")
+
+
+def proposer_demos(world: World, tokenizer: Tokenizer, chat: ChatTemplate, retriever: Retriever,
+                   answers: Sequence[Mapping[str, object]], rng: random.Random, noise: float) -> list[Demo]:
+    """Search backwards from each answer (the answer, then each bridging entity found in a
+    back-reference or fact) for max(n, 2) searches, then ask the forward chain question. Answers
+    with no n-hop chain outside dev/test are skipped. A `noise` share writes a question that is
+    too short or leaks the answer, which the rule filters reject."""
+    pool = [q.question for q in world.example_questions(3 * NUM_EXAMPLES)]
+    demos = []
+    for i, (record, flaw) in enumerate(zip(answers, _flaws(len(answers), noise, PROPOSER_FLAWS, rng))):
+        hops = int(record["search_turns"])
+        candidates = world.example_questions_to(str(record["entity_id"]), hops)
+        if not candidates:
+            continue
+        question = rng.choice(candidates)
+        chain = question.chain
+        examples = record.get("examples") or [pool[(i + j) % len(pool)] for j in range(NUM_EXAMPLES)]
+        b = _Builder(tokenizer, chat, retriever)
+        answer = chain[-1].answer
+        b.search(f"I start from the target answer, {answer}, and look for an entity linked to it.", answer)
+        for hop in reversed(chain[1:] if hops > 1 else chain):
+            b.search(f"The passage of {hop.answer} names {hop.query}: the {GOAL[hop.relation]} of {hop.query} "
+                     f"is {hop.answer}. Next I search {hop.query}.", hop.query)
+        text = chain_question(world, question)
+        if flaw == "too_short":
+            text = min(ASK[question.style][chain[-1].relation], key=lambda t: len(t.split())).format(x=chain[-1].query)
+        elif flaw == "leaks_answer":
+            text = f"{text[:-1]}, {answer} or another?"
+        path = " -> ".join([chain[0].query, *(hop.answer for hop in chain)])
+        think = f"The chain {path} is complete. I ask for its end without naming the entities in between."
+        prompt = proposer_prompt(record["ground_truth"], hops, examples)  # type: ignore[arg-type]
+        demos.append(Demo(b.prompt(prompt), b.finish(f"<think>{think}</think><question>{text}</question>"),
+                          "proposer", flaw))
+    return demos
+
+
+def reader_demos(world: World, tokenizer: Tokenizer, chat: ChatTemplate, questions: Sequence[Question],
+                 rng: random.Random, num_distractors: int = 4) -> list[Demo]:
+    """The RAG check's reader: the gold chain's passages among shuffled distractors, answered
+    with the bare gold answer."""
+    passages = {p["id"]: Passage(p["id"], p["contents"]) for p in world.passages()}
+    demos = []
+    for question in questions:
+        gold = [hop.passage_id for hop in question.chain]
+        others = [pid for pid in passages if pid not in gold]
+        docs = [passages[pid] for pid in gold + rng.sample(others, num_distractors)]
+        rng.shuffle(docs)
+        b = _Builder(tokenizer, chat)
+        prompt = reader_prompt(format_passages([(p.title, p.text) for p in docs]), question.question)
+        demos.append(Demo(b.prompt(prompt), b.finish(question.golden_answers[0]), "reader"))
+    return demos
+
+
+def passage_demos(world: World, tokenizer: Tokenizer) -> list[Demo]:
+    """Every passage as the policy reads it (`Doc 1 (Title: ...)`), fully trained: it teaches
+    the world's facts and wordings, so the policy can read retrieved text."""
+    demos = []
+    for record in world.passages():
+        p = Passage(record["id"], record["contents"])
+        demos.append(Demo([], [(tokenizer.encode(format_passages([(p.title, p.text)])), True)], "passage"))
+    return demos
+
+
+def build_demos(world: World, tokenizer: Tokenizer, chat: ChatTemplate, retriever: Retriever, *, seed: int,
+                noise: float = 0.4, num_solver: int = 600, num_proposer: int = 300, num_reader: int = 300,
+                passage_repeats: int = 1) -> list[Demo]:
+    """The shuffled warm-start mix of all four kinds; a pure function of `seed` and the world."""
+    rng = random.Random(f"warmstart:{seed}")
+    questions = world.example_questions(max(num_solver, num_reader), seed=seed)
+    answers = [a for a in world.answers() if world.example_questions_to(str(a["entity_id"]), int(a["search_turns"]))]
+    demos = (solver_demos(world, tokenizer, chat, retriever, questions[:num_solver], rng, noise)
+             + proposer_demos(world, tokenizer, chat, retriever, rng.sample(answers, min(num_proposer, len(answers))),
+                              rng, noise)
+             + reader_demos(world, tokenizer, chat, rng.sample(questions, num_reader), rng)
+             + passage_demos(world, tokenizer) * passage_repeats)
+    rng.shuffle(demos)
+    return demos

@@ -1,0 +1,126 @@
+"""Warm-start demos: the exact SSP trajectory format over the real BM25 index, masks, no held-out
+question, clean proposer demos pass the rule filters, the noise share, determinism."""
+
+import random
+
+import pytest
+
+from ssp_jax.agent.tags import all_tags, last_tag
+from ssp_jax.data.microworld import SPLITS, World
+from ssp_jax.data.microworld_tokenizer import train_tokenizer
+from ssp_jax.retrieval.bm25 import BM25Retriever
+from ssp_jax.retrieval.corpus import Corpus
+from ssp_jax.selfplay.filters import check_proposal
+from ssp_jax.selfplay.rewards import generated_text
+from ssp_jax.tokenizer import Tokenizer, get_chat_template, information_block
+from ssp_jax.warmstart.demos import (Demo, build_demos, passage_demos, proposer_demos, reader_demos,
+                                     solver_demos)
+
+CHAT = get_chat_template("chatml")
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(world: World) -> Tokenizer:
+    return train_tokenizer(world)
+
+
+@pytest.fixture(scope="module")
+def bm25(world: World, tmp_path_factory: pytest.TempPathFactory) -> BM25Retriever:
+    directory = tmp_path_factory.mktemp("demos")
+    return BM25Retriever.build(Corpus.prepare(world.write_corpus(directory / "world.jsonl"), directory / "tfds"))
+
+
+def response(demo: Demo, tokenizer: Tokenizer) -> str:
+    return tokenizer.decode([t for ids, _ in demo.spans for t in ids])
+
+
+def check_format(demo: Demo, tokenizer: Tokenizer, bm25: BM25Retriever) -> list[str]:
+    """Asserts the trajectory layout and returns the queries issued, in order."""
+    assert demo.tokens == demo.prompt_ids + [t for ids, _ in demo.spans for t in ids]
+    assert demo.loss_mask == [0] * len(demo.prompt_ids) + [int(m) for ids, m in demo.spans for _ in ids]
+    assert tokenizer.decode(demo.prompt_ids).endswith("<|im_start|>assistant\n")
+    assert demo.spans[-1][1] and demo.spans[-1][0][-1] == tokenizer.eos_id
+    assert all(tokenizer.eos_id not in ids for ids, _ in demo.spans[:-1])
+    queries = []
+    for (generated, trained), (info, info_trained) in zip(demo.spans[:-1:2], demo.spans[1::2]):
+        assert trained and not info_trained
+        query = last_tag(tokenizer.decode(generated), "search").content
+        passages = bm25.search([query], 3)[0]
+        assert info == tokenizer.encode(information_block([(p.title, p.text) for p in passages]))
+        queries.append(query)
+    return queries
+
+
+def test_solver_format_and_clean_answers(world: World, tokenizer: Tokenizer, bm25: BM25Retriever) -> None:
+    questions = world.example_questions(30, seed=5)
+    demos = solver_demos(world, tokenizer, CHAT, bm25, questions, random.Random(0), noise=0.0)
+    for demo, question in zip(demos, questions):
+        assert question.question in tokenizer.decode(demo.prompt_ids)
+        assert check_format(demo, tokenizer, bm25) == [hop.query for hop in question.chain]
+        text = generated_text(response(demo, tokenizer))
+        assert all_tags(text, "answer") == [question.golden_answers[0]]
+
+
+def test_noise_share(world: World, tokenizer: Tokenizer, bm25: BM25Retriever) -> None:
+    questions = world.example_questions(60, seed=6)
+    demos = solver_demos(world, tokenizer, CHAT, bm25, questions, random.Random(1), noise=0.4)
+    flawed = 0
+    for demo, question in zip(demos, questions):
+        queries = check_format(demo, tokenizer, bm25)
+        answer = last_tag(response(demo, tokenizer), "answer").content
+        imperfect = queries != [h.query for h in question.chain] or answer not in question.golden_answers
+        assert imperfect == (demo.flaw is not None)
+        flawed += imperfect
+    assert flawed == 24
+    assert {d.flaw for d in demos} == {None, "wrong_search", "early_answer", "wrong_answer"}
+
+
+def test_proposer_demos_pass_rule_filters(world: World, tokenizer: Tokenizer, bm25: BM25Retriever) -> None:
+    rng = random.Random(2)
+    answers = [a for a in world.answers() if world.example_questions_to(a["entity_id"], a["search_turns"])]
+    answers = [a for hops in (1, 2, 3) for a in rng.sample([a for a in answers if a["search_turns"] == hops], 8)]
+    clean = proposer_demos(world, tokenizer, CHAT, bm25, answers, random.Random(3), noise=0.0)
+    assert len(clean) == len(answers)
+    for demo, record in zip(clean, answers):
+        queries = check_format(demo, tokenizer, bm25)
+        assert len(queries) == max(record["search_turns"], 2)
+        assert queries[0] == world.entity(record["entity_id"]).name
+        check = check_proposal(response(demo, tokenizer), queries, record["ground_truth"])
+        assert check.valid, (check, queries)
+    noisy = proposer_demos(world, tokenizer, CHAT, bm25, answers, random.Random(3), noise=0.5)
+    verdicts = [check_proposal(response(d, tokenizer), check_format(d, tokenizer, bm25), a["ground_truth"]).valid
+                for d, a in zip(noisy, answers)]
+    assert verdicts == [d.flaw is None for d in noisy] and verdicts.count(False) == 12
+
+
+def test_reader_and_passage_demos(world: World, tokenizer: Tokenizer) -> None:
+    questions = world.example_questions(12, seed=7)
+    for demo, question in zip(reader_demos(world, tokenizer, CHAT, questions, random.Random(4)), questions):
+        prompt = tokenizer.decode(demo.prompt_ids)
+        assert prompt.count("Doc ") == question.hops + 4
+        assert prompt.endswith("Answer:<|im_end|>\n<|im_start|>assistant\n")
+        assert all(world.entity(hop.passage_id).name in prompt for hop in question.chain)
+        assert demo.spans == [(tokenizer.encode(question.golden_answers[0]) + [tokenizer.eos_id], True)]
+    passages = passage_demos(world, tokenizer)
+    assert len(passages) == len(world.entities)
+    assert all(d.prompt_ids == [] and all(d.loss_mask) for d in passages)
+
+
+def test_build_demos_mix_no_heldout_and_deterministic(world: World, tokenizer: Tokenizer,
+                                                      bm25: BM25Retriever) -> None:
+    kwargs = dict(seed=3, num_solver=40, num_proposer=20, num_reader=20)
+    demos = build_demos(world, tokenizer, CHAT, bm25, **kwargs)
+    assert demos == build_demos(world, tokenizer, CHAT, bm25, **kwargs)
+    assert demos != build_demos(world, tokenizer, CHAT, bm25, **{**kwargs, "seed": 4})
+    roles = [d.role for d in demos]
+    assert (roles.count("solver"), roles.count("proposer"), roles.count("reader"), roles.count("passage")) == (
+        40, 20, 20, len(world.entities))
+    heldout = {q.question for split in SPLITS for q in world.heldout_questions(split)}
+    for demo in demos:
+        text = tokenizer.decode(demo.tokens)
+        assert not any(q in text for q in heldout)
