@@ -20,6 +20,8 @@ from ssp_jax.engine.engine import EngineConfig
 from ssp_jax.models.sharding import DEFAULT_RULES
 from ssp_jax.rl.config import RLConfig
 from ssp_jax.selfplay.step import SelfPlayConfig
+from ssp_jax.warmstart.build import WarmStartConfig
+from ssp_jax.warmstart.sft import SFTConfig
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -37,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                   rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
                   max_position_embeddings=4096, architectures=["Qwen2ForCausalLM"]),
+        # Micro world only: SFT the `init` shape on demonstrations first (the instruct-model analogue).
+        warm_start=dataclasses.asdict(WarmStartConfig()),
+        sft=dataclasses.asdict(SFTConfig()),
     ))
     config.chat_template = "chatml"  # chatml (Qwen) | llama3
     config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: the remaining devices

@@ -48,6 +48,8 @@ from ssp_jax.selfplay.evaluate import QAItem, evaluate, load_qa_jsonl, summarize
 from ssp_jax.selfplay.pool import QuestionPool
 from ssp_jax.selfplay.step import GameResult, SelfPlayConfig, SelfPlayGame
 from ssp_jax.tokenizer import get_chat_template
+from ssp_jax.warmstart.build import WarmStartConfig, warm_start_checkpoint
+from ssp_jax.warmstart.sft import SFTConfig
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "path to a configs/*.py file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics and generated data (default workdir/<config>)")
@@ -91,7 +93,7 @@ class Trainer:
         self.rules = tuple(tuple(rule) for rule in config.sharding_rules)
         answers_path, self.index_dir = self._data_paths()
         self.answers = load_answers(answers_path)
-        policy = load_policy(config.model, mesh=self.mesh, rules=self.rules, workdir=workdir)
+        policy = load_policy(self._policy_config(templates), mesh=self.mesh, rules=self.rules, workdir=workdir)
         self.learner = Learner(policy.model, self.rl, mesh=self.mesh, rules=self.rules)
         tokenizer, chat = policy.tokenizer, get_chat_template(config.chat_template)
         self.engine = self._engine(policy, engine_cfg, rollout_cfg)
@@ -126,6 +128,25 @@ class Trainer:
         answers, index = prepare_microworld(self.workdir / "microworld", world,
                                             num_examples=self.selfplay.num_examples)
         return str(answers), "" if self.config.retrieval.url else str(index)
+
+    def _policy_config(self, templates: PromptTemplates) -> ml_collections.ConfigDict:
+        """`config.model`, pointed at the micro world's warm-start checkpoint when that is enabled."""
+        model = self.config.model
+        warm = typed(WarmStartConfig, model.warm_start, "model.warm_start")
+        if not warm.enabled or model.hf_path:
+            return model
+        if self.config.data.source != "microworld":
+            raise ValueError("config.model.warm_start.enabled needs config.data.source='microworld'")
+        world = World(typed(WorldConfig, self.config.data.microworld, "data.microworld"))
+        checkpoint = warm_start_checkpoint(
+            self.workdir / "warm_start", world, make_retriever(self.config.retrieval, self.index_dir),
+            model.init.to_dict(), warm,
+            typed(SFTConfig, model.sft, "model.sft"), templates=templates, chat_template=self.config.chat_template,
+            seed=model.seed)
+        model = model.copy_and_resolve_references()
+        with model.unlocked():
+            model.hf_path = str(checkpoint)
+        return model
 
     def _eval_items(self) -> list[QAItem]:
         data = self.config.data

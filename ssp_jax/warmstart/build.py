@@ -1,0 +1,61 @@
+"""Build (once) and cache the micro world's warm-start policy: the analogue of an instruct model.
+
+A tokenizer trained on the world, a fresh decoder of the configured shape, SFT on deliberately
+imperfect demonstrations of every role plus passage reading, exported as an HF checkpoint under
+the workdir. Demonstrations come from example-style chains only: no SSP step and no warm-start
+sequence ever sees a held-out question.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+from flax import nnx
+
+from ssp_jax.agent.prompts import PromptTemplates
+from ssp_jax.data.microworld import World
+from ssp_jax.data.microworld_tokenizer import train_tokenizer
+from ssp_jax.models.decoder import Decoder
+from ssp_jax.models.hf_import import decoder_config_from_hf, export_hf_decoder
+from ssp_jax.retrieval.base import Retriever
+from ssp_jax.tokenizer import get_chat_template
+from ssp_jax.warmstart.demos import build_demos
+from ssp_jax.warmstart.sft import SFTConfig, sft
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStartConfig:
+    enabled: bool = False
+    noise: float = 0.4  # share of deliberately flawed demonstrations
+    num_solver: int = 600
+    num_proposer: int = 300
+    num_reader: int = 300
+    passage_repeats: int = 1
+    vocab_size: int = 2048  # of the world's BPE tokenizer (the model's embedding is padded to x64)
+
+
+def warm_start_checkpoint(out_dir: str | Path, world: World, retriever: Retriever, init: dict[str, Any],
+                          config: WarmStartConfig, sft_config: SFTConfig, *, templates: PromptTemplates,
+                          chat_template: str = "chatml", seed: int = 0, progress: bool = True) -> Path:
+    """The cached checkpoint directory; built on first use (written aside, then renamed into place)."""
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    tokenizer = train_tokenizer(world, extra_texts=(templates.proposer, templates.solver, templates.reader),
+                                vocab_size=config.vocab_size)
+    demos = build_demos(world, tokenizer, get_chat_template(chat_template), retriever, seed=seed, noise=config.noise,
+                        num_solver=config.num_solver, num_proposer=config.num_proposer, num_reader=config.num_reader,
+                        passage_repeats=config.passage_repeats)
+    hf_config = {**init, "vocab_size": -(-tokenizer.vocab_size // 64) * 64,
+                 "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    model = Decoder(decoder_config_from_hf(hf_config, source="config model.init"), rngs=nnx.Rngs(seed))
+    sft(model, [d.tokens for d in demos], [d.loss_mask for d in demos], sft_config, progress=progress)
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer.save(staging)
+    export_hf_decoder(model, staging, hf_config=hf_config)
+    staging.rename(out_dir)
+    return out_dir
