@@ -108,7 +108,7 @@ def test_reader_and_passage_demos(world: World, tokenizer: Tokenizer) -> None:
         assert demo.spans == [(tokenizer.encode(question.golden_answers[0]) + [tokenizer.eos_id], True)]
     passages = passage_demos(world, tokenizer)
     assert len(passages) == len(world.entities)
-    assert all(d.prompt_ids == [] and all(d.loss_mask) for d in passages)
+    assert all(len(d.prompt_ids) == 1 and d.loss_mask[0] == 0 and all(d.loss_mask[1:]) for d in passages)
 
 
 def test_build_demos_mix_no_heldout_and_deterministic(world: World, tokenizer: Tokenizer,
@@ -124,3 +124,4 @@ def test_build_demos_mix_no_heldout_and_deterministic(world: World, tokenizer: T
     for demo in demos:
         text = tokenizer.decode(demo.tokens)
         assert not any(q in text for q in heldout)
+        assert demo.loss_mask[0] == 0  # the first token has no context: never a training target

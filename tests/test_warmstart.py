@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "configs"))
 import tiny  # noqa: E402
 
-SMALL = dict(enabled=True, num_solver=6, num_proposer=4, num_reader=4, passage_repeats=0)
+SMALL = dict(enabled=True, num_solver=6, num_proposer=4, num_reader=4, passage_repeats=1)
 SFT = dict(steps=3, batch_size=4, length_buckets=(2048,), warmup_steps=1)
 
 

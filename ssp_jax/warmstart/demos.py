@@ -185,12 +185,14 @@ def reader_demos(world: World, tokenizer: Tokenizer, chat: ChatTemplate, questio
 
 
 def passage_demos(world: World, tokenizer: Tokenizer) -> list[Demo]:
-    """Every passage as the policy reads it (`Doc 1 (Title: ...)`), fully trained: it teaches
-    the world's facts and wordings, so the policy can read retrieved text."""
+    """Every passage as the policy reads it (`Doc 1 (Title: ...)`), trained after its first token
+    (which has no context to be predicted from): it teaches the world's facts and wordings, so the
+    policy can read retrieved text."""
     demos = []
     for record in world.passages():
         p = Passage(record["id"], record["contents"])
-        demos.append(Demo([], [(tokenizer.encode(format_passages([(p.title, p.text)])), True)], "passage"))
+        ids = tokenizer.encode(format_passages([(p.title, p.text)]))
+        demos.append(Demo(ids[:1], [(ids[1:], True)], "passage"))
     return demos
 
 
