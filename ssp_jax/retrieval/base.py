@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 
 def split_search_r1_contents(contents: str) -> tuple[str, str]:
     """Split a Search-R1 corpus `contents` (`"Title"\\ntext`) into (title, text); never raises.
@@ -55,3 +57,14 @@ class Retriever(Protocol):
         Raises `RetrieverError` when the backend cannot answer.
         """
         ...
+
+
+def check_vector_query(queries: np.ndarray, dim: int, k: int, num_rows: int) -> tuple[np.ndarray, int]:
+    """Validate a [q, dim] query batch for a vector index; returns (contiguous float32 queries,
+    k clipped to the index size). Shared by the exact and ScaNN indexes."""
+    queries = np.ascontiguousarray(queries, np.float32)
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise ValueError(f"queries must be [q, {dim}], got {queries.shape}")
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    return queries, min(k, num_rows)

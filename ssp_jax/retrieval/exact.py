@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from ssp_jax.models.sharding import MESH_AXES, MeshConfig, make_mesh
 from ssp_jax.retrieval.embeddings import EmbeddingStore
+from ssp_jax.retrieval.base import check_vector_query
 
 DEFAULT_CHUNK = 16384
 _SAVE_CHUNK = 1 << 16
@@ -72,12 +73,7 @@ class ExactIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-min(k, n) (scores [q, k] float32, row ids [q, k] int64), best first."""
-        queries = np.asarray(queries, np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"queries must be [q, {self.dim}], got {queries.shape}")
-        if k < 1:
-            raise ValueError(f"k must be positive, got {k}")
-        k = min(k, self.num_rows)
+        queries, k = check_vector_query(queries, self.dim, k, self.num_rows)
         num = len(queries)
         if not num:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import scann
 
+from ssp_jax.retrieval.base import check_vector_query
+
 _CONFIG = "ssp_scann.json"
 
 
@@ -78,12 +80,7 @@ class ScannIndex:
         """Top-min(k, n) (scores [q, k], row ids [q, k]), best first; id -1 (score -inf) where the
         searched leaves held fewer rows. `leaves_to_search` overrides the configured recall / speed
         trade-off for this call."""
-        queries = np.ascontiguousarray(queries, np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"queries must be [q, {self.dim}], got {queries.shape}")
-        if k < 1:
-            raise ValueError(f"k must be positive, got {k}")
-        k = min(k, self.num_rows)
+        queries, k = check_vector_query(queries, self.dim, k, self.num_rows)
         if not len(queries):
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         if self.brute_force:
