@@ -49,6 +49,7 @@ from ssp_jax.selfplay.pool import QuestionPool
 from ssp_jax.selfplay.step import GameResult, SelfPlayConfig, SelfPlayGame
 from ssp_jax.tokenizer import get_chat_template
 from ssp_jax.warmstart.build import WarmStartConfig, warm_start_checkpoint
+from ssp_jax.warmstart.demos import DemoFormat
 from ssp_jax.warmstart.sft import SFTConfig
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "path to a configs/*.py file", lock_config=True)
@@ -141,8 +142,9 @@ class Trainer:
         checkpoint = warm_start_checkpoint(
             self.workdir / "warm_start", world, make_retriever(self.config.retrieval, self.index_dir),
             model.init.to_dict(), warm,
-            typed(SFTConfig, model.sft, "model.sft"), templates=templates, chat_template=self.config.chat_template,
-            seed=model.seed)
+            typed(SFTConfig, model.sft, "model.sft"),
+            fmt=DemoFormat(get_chat_template(self.config.chat_template), templates, self.config.rollout.topk),
+            num_examples=self.selfplay.num_examples, seed=model.seed)
         model = model.copy_and_resolve_references()
         with model.unlocked():
             model.hf_path = str(checkpoint)

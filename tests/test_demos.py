@@ -13,10 +13,11 @@ from ssp_jax.retrieval.corpus import Corpus
 from ssp_jax.selfplay.filters import check_proposal
 from ssp_jax.selfplay.rewards import generated_text
 from ssp_jax.tokenizer import Tokenizer, get_chat_template, information_block
-from ssp_jax.warmstart.demos import (Demo, build_demos, passage_demos, proposer_demos, reader_demos,
+from ssp_jax.warmstart.demos import (Demo, DemoFormat, build_demos, passage_demos, proposer_demos, reader_demos,
                                      solver_demos)
 
 CHAT = get_chat_template("chatml")
+FMT = DemoFormat(CHAT)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def check_format(demo: Demo, tokenizer: Tokenizer, bm25: BM25Retriever) -> list[
 
 def test_solver_format_and_clean_answers(world: World, tokenizer: Tokenizer, bm25: BM25Retriever) -> None:
     questions = world.example_questions(30, seed=5)
-    demos = solver_demos(world, tokenizer, CHAT, bm25, questions, random.Random(0), noise=0.0)
+    demos = solver_demos(world, tokenizer, FMT, bm25, questions, random.Random(0), noise=0.0)
     for demo, question in zip(demos, questions):
         assert question.question in tokenizer.decode(demo.prompt_ids)
         assert check_format(demo, tokenizer, bm25) == [hop.query for hop in question.chain]
@@ -68,7 +69,7 @@ def test_solver_format_and_clean_answers(world: World, tokenizer: Tokenizer, bm2
 
 def test_noise_share(world: World, tokenizer: Tokenizer, bm25: BM25Retriever) -> None:
     questions = world.example_questions(60, seed=6)
-    demos = solver_demos(world, tokenizer, CHAT, bm25, questions, random.Random(1), noise=0.4)
+    demos = solver_demos(world, tokenizer, FMT, bm25, questions, random.Random(1), noise=0.4)
     flawed = 0
     for demo, question in zip(demos, questions):
         queries = check_format(demo, tokenizer, bm25)
@@ -84,7 +85,7 @@ def test_proposer_demos_pass_rule_filters(world: World, tokenizer: Tokenizer, bm
     rng = random.Random(2)
     answers = [a for a in world.answers() if world.example_questions_to(a["entity_id"], a["search_turns"])]
     answers = [a for hops in (1, 2, 3) for a in rng.sample([a for a in answers if a["search_turns"] == hops], 8)]
-    clean = proposer_demos(world, tokenizer, CHAT, bm25, answers, random.Random(3), noise=0.0)
+    clean = proposer_demos(world, tokenizer, FMT, bm25, answers, random.Random(3), noise=0.0)
     assert len(clean) == len(answers)
     for demo, record in zip(clean, answers):
         queries = check_format(demo, tokenizer, bm25)
@@ -92,7 +93,7 @@ def test_proposer_demos_pass_rule_filters(world: World, tokenizer: Tokenizer, bm
         assert queries[0] == world.entity(record["entity_id"]).name
         check = check_proposal(response(demo, tokenizer), queries, record["ground_truth"])
         assert check.valid, (check, queries)
-    noisy = proposer_demos(world, tokenizer, CHAT, bm25, answers, random.Random(3), noise=0.5)
+    noisy = proposer_demos(world, tokenizer, FMT, bm25, answers, random.Random(3), noise=0.5)
     verdicts = [check_proposal(response(d, tokenizer), check_format(d, tokenizer, bm25), a["ground_truth"]).valid
                 for d, a in zip(noisy, answers)]
     assert verdicts == [d.flaw is None for d in noisy] and verdicts.count(False) == 12
@@ -100,7 +101,7 @@ def test_proposer_demos_pass_rule_filters(world: World, tokenizer: Tokenizer, bm
 
 def test_reader_and_passage_demos(world: World, tokenizer: Tokenizer) -> None:
     questions = world.example_questions(12, seed=7)
-    for demo, question in zip(reader_demos(world, tokenizer, CHAT, questions, random.Random(4)), questions):
+    for demo, question in zip(reader_demos(world, tokenizer, FMT, questions, random.Random(4)), questions):
         prompt = tokenizer.decode(demo.prompt_ids)
         assert prompt.count("Doc ") == question.hops + 4
         assert prompt.endswith("Answer:<|im_end|>\n<|im_start|>assistant\n")
@@ -114,9 +115,9 @@ def test_reader_and_passage_demos(world: World, tokenizer: Tokenizer) -> None:
 def test_build_demos_mix_no_heldout_and_deterministic(world: World, tokenizer: Tokenizer,
                                                       bm25: BM25Retriever) -> None:
     kwargs = dict(seed=3, num_solver=40, num_proposer=20, num_reader=20)
-    demos = build_demos(world, tokenizer, CHAT, bm25, **kwargs)
-    assert demos == build_demos(world, tokenizer, CHAT, bm25, **kwargs)
-    assert demos != build_demos(world, tokenizer, CHAT, bm25, **{**kwargs, "seed": 4})
+    demos = build_demos(world, tokenizer, FMT, bm25, **kwargs)
+    assert demos == build_demos(world, tokenizer, FMT, bm25, **kwargs)
+    assert demos != build_demos(world, tokenizer, FMT, bm25, **{**kwargs, "seed": 4})
     roles = [d.role for d in demos]
     assert (roles.count("solver"), roles.count("proposer"), roles.count("reader"), roles.count("passage")) == (
         40, 20, 20, len(world.entities))

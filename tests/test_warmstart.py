@@ -3,20 +3,21 @@
 import sys
 from pathlib import Path
 
-from ssp_jax.agent.prompts import DEFAULT_TEMPLATES
 from ssp_jax.data.microworld import World, WorldConfig
 from ssp_jax.data.prepare import prepare_microworld
 from ssp_jax.models.hf_import import load_hf_decoder
 from ssp_jax.retrieval.index import load_retriever
-from ssp_jax.tokenizer import Tokenizer
+from ssp_jax.tokenizer import Tokenizer, get_chat_template
 from ssp_jax.train import Trainer
 from ssp_jax.warmstart.build import WarmStartConfig, warm_start_checkpoint
+from ssp_jax.warmstart.demos import DemoFormat
 from ssp_jax.warmstart.sft import SFTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "configs"))
 import tiny  # noqa: E402
 
+FMT = DemoFormat(get_chat_template("chatml"))
 SMALL = dict(enabled=True, num_solver=6, num_proposer=4, num_reader=4, passage_repeats=1)
 SFT = dict(steps=3, batch_size=4, length_buckets=(2048,), warmup_steps=1)
 
@@ -26,14 +27,14 @@ def test_checkpoint_is_built_once_with_the_world_tokenizer(tmp_path):
     _, index = prepare_microworld(tmp_path / "world", WorldConfig())
     init = tiny.get_config().model.init.to_dict()
     path = warm_start_checkpoint(tmp_path / "warm", world, load_retriever(index), init, WarmStartConfig(**SMALL),
-                                 SFTConfig(**SFT), templates=DEFAULT_TEMPLATES, progress=False)
+                                 SFTConfig(**SFT), fmt=FMT, progress=False)
     model, hf_config = load_hf_decoder(path)
     tokenizer = Tokenizer.load(path)
     assert model.cfg.vocab_size >= tokenizer.vocab_size and hf_config["eos_token_id"] == tokenizer.eos_id
     assert len(tokenizer.encode("</search>")) == 1  # tags are single tokens of the world's BPE
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     assert warm_start_checkpoint(path, world, load_retriever(index), init, WarmStartConfig(**SMALL),
-                                 SFTConfig(**SFT), templates=DEFAULT_TEMPLATES) == path
+                                 SFTConfig(**SFT), fmt=FMT) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # cached, not rebuilt
 
 

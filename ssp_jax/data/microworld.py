@@ -52,6 +52,7 @@ class WorldConfig:
     alumni_fraction: float = 0.75
     employed_fraction: float = 0.6  # of the people who founded no company
     templates_per_fact: int = 4  # passage wordings in use per relation (1 makes reading trivial)
+    details_per_passage: int = 6  # attribute sentences (distractor facts) per passage; fewer = shorter passages
     num_test_questions: int = 360
     num_dev_questions: int = 240
     heldout_style: str = "direct"  # question wording of dev/test; example questions use the other style
@@ -63,6 +64,8 @@ class WorldConfig:
             raise ValueError("need num_cities >= num_countries and num_companies <= num_people")
         if not 1 <= self.templates_per_fact <= min(len(t) for t in FACT_TEMPLATES.values()):
             raise ValueError(f"templates_per_fact must be in 1..{min(len(t) for t in FACT_TEMPLATES.values())}")
+        if self.details_per_passage < 0:
+            raise ValueError(f"details_per_passage must be >= 0, got {self.details_per_passage}")
         if self.heldout_style not in QUESTION_STYLES:
             raise ValueError(f"heldout_style must be one of {QUESTION_STYLES}, got {self.heldout_style!r}")
         for name in ("married_fraction", "alumni_fraction", "employed_fraction"):
@@ -246,7 +249,8 @@ class World:
         s, k = entity.name, self.config.templates_per_fact
         body = [rng.choice(FACT_TEMPLATES[r][:k]).format(s=s, o=self._by_id[obj].name)
                 for r, obj in self.facts(entity.id)]
-        body += [rng.choice(group).format(s=s, **entity.attributes) for group in DETAIL_TEMPLATES[entity.kind]]
+        details = [rng.choice(group).format(s=s, **entity.attributes) for group in DETAIL_TEMPLATES[entity.kind]]
+        body += rng.sample(details, min(len(details), self.config.details_per_passage))
         for relation, subjects in self.back_references(entity.id):
             names = join_names([self._by_id[i].name for i in subjects])
             body.append(rng.choice(BACKREF_TEMPLATES[relation]).format(o=s, list=names))

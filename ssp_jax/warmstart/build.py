@@ -15,40 +15,44 @@ from typing import Any
 
 from flax import nnx
 
-from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.data.microworld import World
 from ssp_jax.data.microworld_tokenizer import train_tokenizer
 from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import decoder_config_from_hf, export_hf_decoder
 from ssp_jax.retrieval.base import Retriever
-from ssp_jax.tokenizer import get_chat_template
-from ssp_jax.warmstart.demos import build_demos
+from ssp_jax.warmstart.demos import NUM_EXAMPLES, SOLVER_FLAWS, DemoFormat, build_demos
 from ssp_jax.warmstart.sft import SFTConfig, sft
 
 
 @dataclasses.dataclass(frozen=True)
 class WarmStartConfig:
     enabled: bool = False
-    noise: float = 0.4  # share of deliberately flawed demonstrations
+    noise: float = 0.4  # share of deliberately flawed proposer demonstrations
+    solver_noise: float = 0.4  # share of flawed solver demonstrations, of the kinds below
+    solver_flaws: tuple[str, ...] = SOLVER_FLAWS  # drawn uniformly; repeat a kind to weight it
     num_solver: int = 600
     num_proposer: int = 300
     num_reader: int = 300
     passage_repeats: int = 1
+    reader_distractors: int = 4  # unrelated passages among the gold ones in a reader demo
     vocab_size: int = 2048  # of the world's BPE tokenizer (the model's embedding is padded to x64)
 
 
 def warm_start_checkpoint(out_dir: str | Path, world: World, retriever: Retriever, init: dict[str, Any],
-                          config: WarmStartConfig, sft_config: SFTConfig, *, templates: PromptTemplates,
-                          chat_template: str = "chatml", seed: int = 0, progress: bool = True) -> Path:
+                          config: WarmStartConfig, sft_config: SFTConfig, *, fmt: DemoFormat,
+                          num_examples: int = NUM_EXAMPLES, seed: int = 0, progress: bool = True) -> Path:
     """The cached checkpoint directory; built on first use (written aside, then renamed into place)."""
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
         return out_dir
+    templates = fmt.templates
     tokenizer = train_tokenizer(world, extra_texts=(templates.proposer, templates.solver, templates.reader),
                                 vocab_size=config.vocab_size)
-    demos = build_demos(world, tokenizer, get_chat_template(chat_template), retriever, seed=seed, noise=config.noise,
+    demos = build_demos(world, tokenizer, fmt, retriever, seed=seed, noise=config.noise,
+                        solver_noise=config.solver_noise, solver_flaws=config.solver_flaws,
                         num_solver=config.num_solver, num_proposer=config.num_proposer, num_reader=config.num_reader,
-                        passage_repeats=config.passage_repeats)
+                        passage_repeats=config.passage_repeats, num_examples=num_examples,
+                        reader_distractors=config.reader_distractors)
     hf_config = {**init, "vocab_size": -(-tokenizer.vocab_size // 64) * 64,
                  "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
     model = Decoder(decoder_config_from_hf(hf_config, source="config model.init"), rngs=nnx.Rngs(seed))

@@ -16,13 +16,13 @@ import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 
-from ssp_jax.agent.prompts import proposer_prompt, reader_prompt, solver_prompt
+from ssp_jax.agent.prompts import DEFAULT_TEMPLATES, PromptTemplates, proposer_prompt, reader_prompt, solver_prompt
 from ssp_jax.data.microworld import Hop, Question, World
 from ssp_jax.data.microworld_text import ASK
 from ssp_jax.retrieval.base import Passage, Retriever
 from ssp_jax.tokenizer import ChatTemplate, Tokenizer, format_passages, information_block
 
-TOPK = 3  # passages per search, as in SSP.md section 1
+TOPK = 3  # passages per search by default, as in SSP.md section 1 (match the rollout config's topk)
 NUM_EXAMPLES = 3  # example questions in a proposer prompt, as `prepare_microworld` writes them
 MIN_QUESTION_WORDS = 10  # `check_proposal`'s default
 # What a hop's relation yields, for the short reasoning text.
@@ -38,6 +38,16 @@ SOLVER_FLAWS = ("wrong_search", "early_answer", "wrong_answer")
 PROPOSER_FLAWS = ("too_short", "leaks_answer")
 
 Span = tuple[list[int], bool]  # (token ids, trained)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoFormat:
+    """How demos are rendered: the same chat template, role prompts and passages per search as
+    the rollouts they teach, so the warm start and SSP see identical formats."""
+
+    chat: ChatTemplate
+    templates: PromptTemplates = DEFAULT_TEMPLATES
+    topk: int = TOPK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,17 +71,17 @@ class Demo:
 class _Builder:
     """Accumulates one trajectory's text turns into spans, tokenizing each piece on its own."""
 
-    def __init__(self, tokenizer: Tokenizer, chat: ChatTemplate, retriever: Retriever | None = None) -> None:
-        self.tokenizer, self.chat, self.retriever = tokenizer, chat, retriever
-        self.end_id = tokenizer.token_to_id(chat.end_of_turn) or tokenizer.eos_id
+    def __init__(self, tokenizer: Tokenizer, fmt: DemoFormat, retriever: Retriever | None = None) -> None:
+        self.tokenizer, self.fmt, self.retriever = tokenizer, fmt, retriever
+        self.end_id = tokenizer.token_to_id(fmt.chat.end_of_turn) or tokenizer.eos_id
         self.spans: list[Span] = []
 
     def prompt(self, text: str) -> list[int]:
-        return self.chat.render_ids(self.tokenizer, [{"role": "user", "content": text}])
+        return self.fmt.chat.render_ids(self.tokenizer, [{"role": "user", "content": text}])
 
     def search(self, think: str, query: str) -> list[Passage]:
         """A generated `<think>..</think><search>q</search>` and the untrained information block."""
-        passages = self.retriever.search([query], TOPK)[0]
+        passages = self.retriever.search([query], self.fmt.topk)[0]
         self.spans.append((self.tokenizer.encode(f"<think>{think}</think><search>{query}</search>"), True))
         block = information_block([(p.title, p.text) for p in passages])
         self.spans.append((self.tokenizer.encode(block), False))
@@ -97,28 +107,36 @@ def _decoy(world: World, entity_id: str, rng: random.Random) -> str:
     return rng.choice([e.name for e in world.entities if e.kind == kind and e.id != entity_id])
 
 
-def solver_demos(world: World, tokenizer: Tokenizer, chat: ChatTemplate, retriever: Retriever,
-                 questions: Sequence[Question], rng: random.Random, noise: float) -> list[Demo]:
-    """Search each hop of the gold chain, then answer; a `noise` share searches a wrong entity
-    first, stops early with a wrong answer, or reads the chain right but answers wrongly."""
+def solver_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: Retriever,
+                 questions: Sequence[Question], rng: random.Random, noise: float,
+                 flaws: Sequence[str] = SOLVER_FLAWS) -> list[Demo]:
+    """Search each hop of the gold chain, then answer. A `noise` share is flawed, each with a kind
+    drawn from `flaws` (repeat a kind to weight it): search a wrong entity first; answer a
+    plausible wrong entity right after the first search (a consistent early-answer habit, which
+    1-hop questions cannot show, so they answer wrongly instead); or read the chain right but
+    answer wrongly."""
+    unknown = set(flaws) - set(SOLVER_FLAWS)
+    if unknown or not flaws:
+        raise ValueError(f"solver flaws must be a non-empty selection of {SOLVER_FLAWS}, got {tuple(flaws)}")
     demos = []
-    for question, flaw in zip(questions, _flaws(len(questions), noise, SOLVER_FLAWS, rng)):
-        b = _Builder(tokenizer, chat, retriever)
+    for question, flaw in zip(questions, _flaws(len(questions), noise, flaws, rng)):
+        b = _Builder(tokenizer, fmt, retriever)
         chain: Sequence[Hop] = question.chain
         answer = question.golden_answers[0]
+        if flaw == "early_answer" and len(chain) == 1:
+            flaw = "wrong_answer"
         if flaw == "wrong_search":
-            b.search(f"I need the {GOAL[chain[0].relation]} of an entity in the question.",
-                     _decoy(world, chain[0].passage_id, rng))
+            b.search(f"Find the {GOAL[chain[0].relation]} of {chain[0].query}.", _decoy(world, chain[0].passage_id, rng))
         elif flaw == "early_answer":
-            chain = chain[:rng.randrange(len(chain))]
+            chain = chain[:1]
         if flaw in ("early_answer", "wrong_answer"):
             answer = _decoy(world, question.answer_id, rng)
-        note = "That was not the right entity. " if flaw == "wrong_search" else ""
+        note = "Wrong entity. " if flaw == "wrong_search" else ""
         for hop in chain:
-            b.search(f"{note}I need the {GOAL[hop.relation]} of {hop.query}, so I search for it.", hop.query)
-            note = f"The passage says the {GOAL[hop.relation]} of {hop.query} is {hop.answer}. "
-        text = f"<think>{note}So the answer is {answer}.</think><answer>{answer}</answer>"
-        demos.append(Demo(b.prompt(solver_prompt(question.question)), b.finish(text), "solver", flaw))
+            b.search(f"{note}Find the {GOAL[hop.relation]} of {hop.query}.", hop.query)
+            note = f"The {GOAL[hop.relation]} of {hop.query} is {hop.answer}. "
+        text = f"<think>{note.strip()}</think><answer>{answer}</answer>"
+        demos.append(Demo(b.prompt(solver_prompt(question.question, fmt.templates)), b.finish(text), "solver", flaw))
     return demos
 
 
@@ -132,13 +150,14 @@ def chain_question(world: World, question: Question) -> str:
     return question.question.replace(start.name, described, 1).replace(",?", "?")
 
 
-def proposer_demos(world: World, tokenizer: Tokenizer, chat: ChatTemplate, retriever: Retriever,
-                   answers: Sequence[Mapping[str, object]], rng: random.Random, noise: float) -> list[Demo]:
+def proposer_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: Retriever,
+                   answers: Sequence[Mapping[str, object]], rng: random.Random, noise: float,
+                   num_examples: int = NUM_EXAMPLES) -> list[Demo]:
     """Search backwards from each answer (the answer, then each bridging entity found in a
     back-reference or fact) for max(n, 2) searches, then ask the forward chain question. Answers
     with no n-hop chain outside dev/test are skipped. A `noise` share writes a question that is
     too short or leaks the answer, which the rule filters reject."""
-    pool = [q.question for q in world.example_questions(3 * NUM_EXAMPLES)]
+    pool = [q.question for q in world.example_questions(3 * max(num_examples, 1))]
     demos = []
     for i, (record, flaw) in enumerate(zip(answers, _flaws(len(answers), noise, PROPOSER_FLAWS, rng))):
         hops = int(record["search_turns"])
@@ -147,27 +166,26 @@ def proposer_demos(world: World, tokenizer: Tokenizer, chat: ChatTemplate, retri
             continue
         question = rng.choice(candidates)
         chain = question.chain
-        examples = record.get("examples") or [pool[(i + j) % len(pool)] for j in range(NUM_EXAMPLES)]
-        b = _Builder(tokenizer, chat, retriever)
+        examples = (record.get("examples") or [pool[(i + j) % len(pool)] for j in range(NUM_EXAMPLES)])[:num_examples]
+        b = _Builder(tokenizer, fmt, retriever)
         answer = chain[-1].answer
-        b.search(f"I start from the target answer, {answer}, and look for an entity linked to it.", answer)
+        b.search(f"Start from {answer}.", answer)
         for hop in reversed(chain[1:] if hops > 1 else chain):
-            b.search(f"The passage of {hop.answer} names {hop.query}: the {GOAL[hop.relation]} of {hop.query} "
-                     f"is {hop.answer}. Next I search {hop.query}.", hop.query)
+            b.search(f"The {GOAL[hop.relation]} of {hop.query} is {hop.answer}. Search {hop.query}.", hop.query)
         text = chain_question(world, question)
         if flaw == "too_short":
             text = min(ASK[question.style][chain[-1].relation], key=lambda t: len(t.split())).format(x=chain[-1].query)
         elif flaw == "leaks_answer":
             text = f"{text[:-1]}, {answer} or another?"
         path = " -> ".join([chain[0].query, *(hop.answer for hop in chain)])
-        think = f"The chain {path} is complete. I ask for its end without naming the entities in between."
-        prompt = proposer_prompt(record["ground_truth"], hops, examples)  # type: ignore[arg-type]
+        think = f"Chain: {path}. Ask for its end."
+        prompt = proposer_prompt(record["ground_truth"], hops, examples, fmt.templates)  # type: ignore[arg-type]
         demos.append(Demo(b.prompt(prompt), b.finish(f"<think>{think}</think><question>{text}</question>"),
                           "proposer", flaw))
     return demos
 
 
-def reader_demos(world: World, tokenizer: Tokenizer, chat: ChatTemplate, questions: Sequence[Question],
+def reader_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, questions: Sequence[Question],
                  rng: random.Random, num_distractors: int = 4) -> list[Demo]:
     """The RAG check's reader: the gold chain's passages among shuffled distractors, answered
     with the bare gold answer."""
@@ -178,8 +196,8 @@ def reader_demos(world: World, tokenizer: Tokenizer, chat: ChatTemplate, questio
         others = [pid for pid in passages if pid not in gold]
         docs = [passages[pid] for pid in gold + rng.sample(others, num_distractors)]
         rng.shuffle(docs)
-        b = _Builder(tokenizer, chat)
-        prompt = reader_prompt(format_passages([(p.title, p.text) for p in docs]), question.question)
+        b = _Builder(tokenizer, fmt)
+        prompt = reader_prompt(format_passages([(p.title, p.text) for p in docs]), question.question, fmt.templates)
         demos.append(Demo(b.prompt(prompt), b.finish(question.golden_answers[0]), "reader"))
     return demos
 
@@ -196,17 +214,18 @@ def passage_demos(world: World, tokenizer: Tokenizer) -> list[Demo]:
     return demos
 
 
-def build_demos(world: World, tokenizer: Tokenizer, chat: ChatTemplate, retriever: Retriever, *, seed: int,
-                noise: float = 0.4, num_solver: int = 600, num_proposer: int = 300, num_reader: int = 300,
-                passage_repeats: int = 1) -> list[Demo]:
+def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: Retriever, *, seed: int,
+                noise: float = 0.4, solver_noise: float = 0.4, solver_flaws: Sequence[str] = SOLVER_FLAWS,
+                num_solver: int = 600, num_proposer: int = 300, num_reader: int = 300, passage_repeats: int = 1,
+                num_examples: int = NUM_EXAMPLES, reader_distractors: int = 4) -> list[Demo]:
     """The shuffled warm-start mix of all four kinds; a pure function of `seed` and the world."""
     rng = random.Random(f"warmstart:{seed}")
     questions = world.example_questions(max(num_solver, num_reader), seed=seed)
     answers = [a for a in world.answers() if world.example_questions_to(str(a["entity_id"]), int(a["search_turns"]))]
-    demos = (solver_demos(world, tokenizer, chat, retriever, questions[:num_solver], rng, noise)
-             + proposer_demos(world, tokenizer, chat, retriever, rng.sample(answers, min(num_proposer, len(answers))),
-                              rng, noise)
-             + reader_demos(world, tokenizer, chat, rng.sample(questions, num_reader), rng)
+    demos = (solver_demos(world, tokenizer, fmt, retriever, questions[:num_solver], rng, solver_noise, solver_flaws)
+             + proposer_demos(world, tokenizer, fmt, retriever, rng.sample(answers, min(num_proposer, len(answers))),
+                              rng, noise, num_examples)
+             + reader_demos(world, tokenizer, fmt, rng.sample(questions, num_reader), rng, reader_distractors)
              + passage_demos(world, tokenizer) * passage_repeats)
     rng.shuffle(demos)
     return demos

@@ -1,0 +1,48 @@
+"""The embedded default: SSP on a generated micro world, small enough for a 2-core CPU.
+
+A tiny policy of the production decoder class is first warm-started by SFT on deliberately
+imperfect demonstrations (the stand-in for an instruct model; see ssp_jax/warmstart). Self-play
+then trains it with no gold question at all: the proposer builds questions from the answer list,
+the RAG check gates them, and the solver learns from them. Held-out EM (greedy, the world's test
+split, which no SSP step or demonstration ever sees) is reported before and after.
+
+Sizes differ from SSP.md's defaults where the CPU budget demands it (short prompts, one passage
+per search, one distractor block); the algorithm is unchanged.
+"""
+
+from ssp_jax.config import base_config
+
+PROPOSER = """\
+Write a question whose only answer is {answer}, built backwards with {num_searches} searches. \
+Use <search> query </search>; end with <question> ... </question>, naming neither the answer nor \
+the entities in between.
+Examples:
+{examples}"""
+SOLVER = """\
+Answer the question. Search with <search> query </search>; answer with <answer> ... </answer>.
+Question: {question}"""
+READER = """\
+{documents}
+Question: {question}
+Answer:"""
+
+
+def get_config():
+    config = base_config()
+    config.data.source = "microworld"
+    config.data.microworld.details_per_passage = 1
+    config.prompts.proposer, config.prompts.solver, config.prompts.reader = PROPOSER, SOLVER, READER
+    config.model.init.update(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, head_dim=32)
+    config.model.warm_start.update(enabled=True, num_solver=1200, num_proposer=400, num_reader=400,
+                                   passage_repeats=2, reader_distractors=2)
+    config.model.sft.update(steps=600, batch_size=32, lr=3e-3, warmup_steps=30, length_buckets=(128, 256, 384, 512, 640))
+    config.selfplay.update(batch_size=16, solver_samples=4, num_distractor_blocks=1, reader_max_tokens=12,
+                           num_examples=2)
+    config.rollout.update(topk=1, max_turns=4, max_prompt_tokens=512, max_response_tokens=48)
+    config.engine.update(num_slots=64, max_cache_len=640, prefill_buckets=(128, 256, 512),
+                         extend_buckets=(64, 128), extend_group=16, decode_steps=16)
+    config.rl.update(lr=3e-4, warmup_steps=1)
+    config.rl.length_buckets = (256, 384, 512, 640)
+    config.train.update(steps=60, save_every=20, eval_every=0)
+    return config
