@@ -1,16 +1,14 @@
 """Validation of one input record (a jsonl line or a parquet row) with a reason a user can act on.
 
 Every data file we read (corpus, QA benchmarks, answer lists) reports a bad record as
-`path:line: reason`, and the reason names the field and what it must be. The checks live here so
-that the builders and the plain loaders accept exactly the same records.
+`path:line: reason`, and the reason names the field and what it must be. The generic checks live
+here, importing nothing of ours, so that the corpus (under retrieval/) can use them too.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
-
-from ssp_jax.selfplay.rewards import as_answer_list
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
@@ -22,15 +20,16 @@ def json_object(raw: bytes) -> dict[str, Any]:
     if not text.strip():
         raise ValueError("empty line")
     try:
-        record = json.loads(text)
+        record = json.loads(text.rstrip("\r\n"))  # a cut line then reads "Unterminated string"
     except json.JSONDecodeError as e:
-        raise ValueError(f"malformed JSON ({e.msg} at column {e.colno})") from None
+        raise ValueError(f"malformed JSON: {e.msg} (column {e.colno})") from None
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
     return record
 
 
 def required(record: dict[str, Any], field: str) -> Any:
+    """The value of `field`; a missing field is reported by name rather than as a bare KeyError."""
     if field not in record:
         raise ValueError(f"missing field {field!r}")
     return record[field]
@@ -47,14 +46,6 @@ def text_field(record: dict[str, Any], field: str, *, allow_int: bool = False) -
     raise ValueError(f"field {field!r} must be {expected}, got {type(value).__name__}")
 
 
-def answers_field(record: dict[str, Any], field: str) -> list[str]:
-    """Gold answer(s) given as a string or a list of strings, normalised by `as_answer_list`
-    (blank aliases dropped), so every reader agrees on which golds are usable."""
-    value = required(record, field)
-    try:
-        if isinstance(value, (str, list, tuple)):
-            return as_answer_list(value)
-    except (TypeError, ValueError):
-        pass
-    raise ValueError(f"field {field!r} must be a string or a list of strings with at least one "
-                     f"non-blank answer, got {value!r:.100}")
+def as_str(value: bytes | str) -> str:
+    """A Text feature read back from a TFDS data source (which returns UTF-8 bytes)."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value
