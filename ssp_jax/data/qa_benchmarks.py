@@ -45,11 +45,10 @@ Question = dict[str, Any]  # the features of one row: id, question, golden_answe
 
 def parse_question(record: dict[str, Any]) -> Question:
     """The features of one benchmark record; raises ValueError naming the bad field."""
-    question = text_field(record, "question")
+    qid, question = text_field(record, "id", allow_int=True), text_field(record, "question")
     if not question.strip():
         raise ValueError("field 'question' must be a non-blank string, got a blank one")
-    return {"id": text_field(record, "id", allow_int=True), "question": question,
-            "golden_answers": answers_field(record, "golden_answers")}
+    return {"id": qid, "question": question, "golden_answers": answers_field(record, "golden_answers")}
 
 
 def read_jsonl(path: Path) -> list[tuple[int, Question]]:
