@@ -10,18 +10,23 @@ each, read back together as split `"all"`. The reason: TFDS's generator writer b
 memory up to 1 GB and then spills it to disk through `tf.io.gfile`, which needs TensorFlow
 (PITFALLS.md: no TF here). Parts below that limit never spill, so a 14 GB Wikipedia dump is
 written part by part and never held in memory.
+
+This is also the Wikipedia-2018 ("wiki18") corpus builder: wiki-18.jsonl is a Search-R1 corpus.
+There is deliberately no `wiki18_corpus` alias: TFDS stores a dataset under its builder's name,
+so an alias would be a second directory that `retrieval.corpus.Corpus.load` does not read.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
+
+from ssp_jax.data.records import json_object, text_field
 
 BUILDER_NAME = "search_r1_corpus"
 PART_BYTES = 512 << 20  # well under TFDS's 1 GB in-memory buffer (shuffle.MAX_MEM_BUFFER_SIZE)
@@ -34,27 +39,8 @@ def parse_line(raw: bytes) -> tuple[str, str]:
 
     Integer ids (some Search-R1-format corpora use them) are accepted and kept as strings.
     """
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
-    if not text.strip():
-        raise ValueError("empty line")
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"malformed JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-    for field in ("id", "contents"):
-        if field not in record:
-            raise ValueError(f"missing field {field!r}")
-    pid, contents = record["id"], record["contents"]
-    if isinstance(pid, bool) or not isinstance(pid, (str, int)):
-        raise ValueError(f"field 'id' must be a string or an integer, got {type(pid).__name__}")
-    if not isinstance(contents, str):
-        raise ValueError(f"field 'contents' must be a string, got {type(contents).__name__}")
-    return str(pid), contents
+    record = json_object(raw)
+    return text_field(record, "id", allow_int=True), text_field(record, "contents")
 
 
 @dataclasses.dataclass(frozen=True)

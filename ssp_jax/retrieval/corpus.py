@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ssp_jax.data.records import as_str
 from ssp_jax.data.wiki_corpus import PART_BYTES, CorpusReport, SearchR1Corpus
 from ssp_jax.retrieval.base import Passage
 
@@ -66,7 +67,7 @@ class Corpus:
         if rows.min() < 0 or rows.max() >= self._len:
             raise IndexError(f"row ids must be in [0, {self._len}), got {rows.min()}..{rows.max()}")
         records = self._source.__getitems__(rows.tolist())
-        return [Passage(id=_text(r["id"]), contents=_text(r["contents"])) for r in records]
+        return [Passage(id=as_str(r["id"]), contents=as_str(r["contents"])) for r in records]
 
     def iter_chunks(self, chunk_size: int, start: int = 0) -> Iterator[tuple[int, list[Passage]]]:
         """(first row, passages) for consecutive row ranges of `chunk_size`, from row `start`."""
@@ -74,7 +75,3 @@ class Corpus:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         for first in range(start, self._len, chunk_size):
             yield first, self.get_batch(np.arange(first, min(first + chunk_size, self._len)))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
