@@ -39,10 +39,10 @@ def get_config():
     config.model.sft.update(steps=600, batch_size=32, lr=3e-3, warmup_steps=30, length_buckets=(128, 256, 384, 512, 640))
     config.selfplay.update(batch_size=16, solver_samples=4, num_distractor_blocks=1, reader_max_tokens=12,
                            num_examples=2)
-    config.rollout.update(topk=1, max_turns=4, max_prompt_tokens=512, max_response_tokens=48)
-    config.engine.update(num_slots=64, max_cache_len=640, prefill_buckets=(128, 256, 512),
+    config.rollout.update(topk=1, max_turns=4, max_prompt_tokens=384, max_response_tokens=384)
+    config.engine.update(num_slots=64, max_cache_len=768, prefill_buckets=(128, 256, 384),
                          extend_buckets=(64, 128), extend_group=16, decode_steps=16)
     config.rl.update(lr=3e-4, warmup_steps=1)
-    config.rl.length_buckets = (256, 384, 512, 640)
-    config.train.update(steps=60, save_every=20, eval_every=0)
+    config.rl.length_buckets = (256, 384, 512, 768)
+    config.train.update(steps=60, save_every=20, eval_every=0, eval_at_ends=True)
     return config

@@ -60,7 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
         answers="",  # jsonl: {"ground_truth": str | [str], "search_turns": int, "examples": [str]}
         shuffle_seed=0,
         microworld=dataclasses.asdict(WorldConfig()),  # the generated world, when source="microworld"
-        eval_questions="",  # FlashRAG-style QA jsonl for periodic eval; microworld: its dev split
+        eval_questions="",  # FlashRAG-style QA jsonl for evaluation; microworld: the split below
+        eval_split="test",  # microworld held-out split evaluated: "dev" for tuning, "test" for reporting
         eval_limit=500,  # questions per periodic evaluation (fixed-seed subsample)
     ))
     config.selfplay = ml_collections.ConfigDict(dataclasses.asdict(SelfPlayConfig()))
@@ -73,5 +74,6 @@ def base_config() -> ml_collections.ConfigDict:
         save_every=10,  # checkpoint every N steps (and on SIGTERM)
         max_to_keep=3,
         eval_every=0,  # greedy solver EM/F1 every N steps (and at the end); 0 = never
+        eval_at_ends=False,  # greedy eval before the first and after the last step, then summary.json/.png
     ))
     return config

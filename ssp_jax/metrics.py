@@ -43,14 +43,15 @@ class MetricsWriter:
             self._tb.close()
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every record of a JSONL file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def read_metrics(workdir: str | Path) -> list[dict[str, float | None]]:
     """All steps written so far, in order (later duplicates of a step, after a resume, win)."""
     path = Path(workdir) / METRICS_FILE
     if not path.is_file():
         return []
-    by_step: dict[int, dict] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            by_step[record["step"]] = record
+    by_step = {record["step"]: record for record in read_jsonl(path)}
     return [by_step[s] for s in sorted(by_step)]

@@ -11,6 +11,7 @@ Config overrides: `--config.rl.lr=1e-6`; gin overrides of the registered losses 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import signal
@@ -34,7 +35,7 @@ from ssp_jax.data.answers import answers_for_step, load_answers
 from ssp_jax.data.microworld import World, WorldConfig
 from ssp_jax.data.prepare import prepare_microworld
 from ssp_jax.engine.engine import Engine, EngineConfig
-from ssp_jax.metrics import MetricsWriter
+from ssp_jax.metrics import MetricsWriter, read_jsonl, read_metrics
 from ssp_jax.models.policy import Policy, load_policy
 from ssp_jax.models.sharding import MeshConfig, make_mesh
 from ssp_jax.retrieval.base import Retriever
@@ -44,7 +45,8 @@ from ssp_jax.rl.advantages import get_advantage
 from ssp_jax.rl.batch import RLBatch, pack_batch
 from ssp_jax.rl.config import RLConfig
 from ssp_jax.rl.update import Learner
-from ssp_jax.selfplay.evaluate import QAItem, evaluate, load_qa_jsonl, summarize
+from ssp_jax.report import summarize_run, write_summary
+from ssp_jax.selfplay.evaluate import QAItem, evaluate, load_qa_jsonl, result_record, summarize
 from ssp_jax.selfplay.pool import QuestionPool
 from ssp_jax.selfplay.step import GameResult, SelfPlayConfig, SelfPlayGame
 from ssp_jax.tokenizer import get_chat_template
@@ -110,8 +112,9 @@ class Trainer:
         reader_cfg = dataclasses.replace(rollout_cfg, max_turns=1, max_response_tokens=self.selfplay.reader_max_tokens)
         reader = RolloutRunner(reader_engine, tokenizer, None, reader_cfg)
         self.game = SelfPlayGame(self.selfplay, tokenizer, chat, runner, reader, templates)
-        self._evaluate = lambda params: summarize(evaluate(runner, tokenizer, chat, params, self.eval_items, templates))
-        self.eval_items = self._eval_items() if config.train.eval_every else []
+        self._evaluate = lambda params, progress=False: evaluate(runner, tokenizer, chat, params, self.eval_items,
+                                                                 templates, progress=progress)
+        self.eval_items = self._eval_items() if config.train.eval_every or config.train.eval_at_ends else []
         self.pool = QuestionPool(self.selfplay.pool_clear_every)
         self.checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.max_to_keep)
         self.metrics = MetricsWriter(workdir)
@@ -156,9 +159,9 @@ class Trainer:
             items = load_qa_jsonl(data.eval_questions)
         elif data.source == "microworld":
             world = World(typed(WorldConfig, data.microworld, "data.microworld"))
-            items = [QAItem(q.question, q.golden_answers, q.hops) for q in world.heldout_questions("dev")]
+            items = [QAItem(q.question, q.golden_answers, q.hops) for q in world.heldout_questions(data.eval_split)]
         else:
-            raise ValueError("config.train.eval_every is set but config.data.eval_questions is empty")
+            raise ValueError("config.train.eval_every or eval_at_ends is set but config.data.eval_questions is empty")
         if len(items) > data.eval_limit:
             keep = np.random.default_rng(self.config.seed).choice(len(items), data.eval_limit, replace=False)
             items = [items[i] for i in sorted(keep)]
@@ -201,8 +204,30 @@ class Trainer:
 
     def run(self) -> dict[str, float]:
         self.resume()
+        steps, at_ends = self.config.train.steps, self.config.train.eval_at_ends
+        if at_ends and self.step == 0:
+            self._held_out_eval("before")
+        metrics = self._train_loop(steps)
+        if at_ends and self.step == steps:
+            after = self._held_out_eval("after")
+            before = read_jsonl(self.workdir / "eval_before.jsonl")
+            summary = summarize_run(before, after, read_metrics(self.workdir))
+            write_summary(self.workdir, summary)
+            metrics |= {f"heldout/em_{k}_{when}": v for when in ("before", "after")
+                        for k, v in summary[f"em_{when}"].items()}
+        return metrics
+
+    def _held_out_eval(self, when: str) -> list[dict[str, Any]]:
+        """Greedy EM on the eval questions, kept per question in eval_<when>.jsonl."""
+        records = [result_record(r) for r in self._evaluate(self.learner.params, progress=True)]
+        if jax.process_index() == 0:
+            (self.workdir / f"eval_{when}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        logging.info("held-out EM %s SSP: %.3f", when, np.mean([r["em"] for r in records]))
+        return records
+
+    def _train_loop(self, steps: int) -> dict[str, float]:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        steps, metrics = self.config.train.steps, {}
+        metrics = {}
         bar = tqdm(total=steps, initial=self.step, desc="ssp", dynamic_ncols=True)
         try:
             while self.step < steps and not self._stop_requested:
@@ -210,7 +235,7 @@ class Trainer:
                 self.step += 1
                 every = self.config.train.eval_every
                 if every and (self.step % every == 0 or self.step == steps):
-                    metrics |= self._evaluate(self.learner.params)
+                    metrics |= summarize(self._evaluate(self.learner.params))
                 self.metrics.write(self.step, metrics)
                 bar.update(1)
                 bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in
@@ -228,19 +253,24 @@ class Trainer:
         self._stop_requested = True
 
     def train_step(self) -> dict[str, float]:
-        seed = self.config.seed
-        self.pool.maybe_clear(self.step)
+        seed, mode = self.config.seed, self.selfplay.proposer_mode
+        if mode == "fixed":
+            self._fill_fixed_set()
+        else:
+            self.pool.maybe_clear(self.step)
         answers = answers_for_step(self.answers, self.step, self.selfplay.batch_size, self.config.data.shuffle_seed)
         rng = np.random.default_rng([seed, self.step])
         params = self.learner.params
-        reader_params = params if self.reader_policy is None else self._reader_params()
-        game = self.game.play(params, reader_params, answers, self.pool, rng, seed=seed * 100_003 + self.step)
+        proposer_params = params if mode == "selfplay" else self.learner.reference_params
+        reader_params = proposer_params if self.reader_policy is None else self._reader_params()
+        game = self.game.play(params, reader_params, answers, self.pool, rng, seed=seed * 100_003 + self.step,
+                              proposer_params=proposer_params, fixed=mode == "fixed")
         start = time.perf_counter()
         proposer, solver = self._batches(game)
         timing = {"time/logprobs": time.perf_counter() - start}
         start = time.perf_counter()
-        update = {f"proposer/{k}": v for k, v in
-                  self.learner.update(proposer, mini_batches=self.rl.proposer_mini_batches).items()}
+        update = {} if mode != "selfplay" else {
+            f"proposer/{k}": v for k, v in self.learner.update(proposer, mini_batches=self.rl.proposer_mini_batches).items()}
         update |= {f"solver/{k}": v for k, v in
                    self.learner.update(solver, mini_batches=self.rl.solver_mini_batches).items()}
         timing["time/update"] = time.perf_counter() - start
@@ -252,26 +282,49 @@ class Trainer:
             logging.warning("step %d: non-finite metrics %s", self.step, bad)
         return metrics
 
+    def _fill_fixed_set(self) -> None:
+        """The fixed-set control: valid questions from the frozen proposer, made once before the
+        first step (the pool is checkpointed, so a resume reuses the same set)."""
+        size, rounds = self.selfplay.fixed_set_size, 0
+        reference = self.learner.reference_params
+        while len(self.pool) < size:
+            if rounds == 50:
+                raise RuntimeError(f"the frozen proposer made only {len(self.pool)} valid questions in {rounds} "
+                                   f"rounds; lower selfplay.fixed_set_size={size}")
+            answers = answers_for_step(self.answers, rounds, self.selfplay.batch_size, self.config.data.shuffle_seed + 1)
+            proposals = self.game.propose(reference, reference, answers,
+                                          np.random.default_rng([self.config.seed, rounds, 1]), seed=-1 - rounds)
+            self.pool.add(q for q in proposals.questions if q is not None)
+            rounds += 1
+
     def _reader_params(self) -> nnx.State:
         return nnx.state(self.reader_policy.model)
 
-    def _batches(self, game: GameResult) -> tuple[RLBatch, RLBatch]:
+    def _batches(self, game: GameResult) -> tuple[RLBatch | None, RLBatch]:
         """RL batches with behaviour and reference log-probs, both computed before any update."""
-        proposer_adv = np.asarray(get_advantage(self.rl.proposer_advantage)(game.proposer_rewards[:, None]))[:, 0]
+        proposer_adv = (np.asarray(get_advantage(self.rl.proposer_advantage)(game.proposer_rewards[:, None]))[:, 0]
+                        if len(game.proposer_rewards) else game.proposer_rewards)
         solver_adv = np.asarray(get_advantage(self.rl.solver_advantage)(game.solver_rewards))  # [batch, samples]
         solver_adv = np.where(game.solver_trainable[:, None], solver_adv, 0.0).reshape(-1)
-        batches = []
+        batches, from_engine = [], self.rl.behaviour_logprobs == "engine"
         for trajs, advantages, mini in ((game.proposer, proposer_adv, self.rl.proposer_mini_batches),
                                         (game.solver, solver_adv, self.rl.solver_mini_batches)):
+            if not trajs or (trajs is game.proposer and self.selfplay.proposer_mode != "selfplay"):
+                batches.append(None)  # a role that is not trained this run
+                continue
+            engine = [[0.0] * len(t.prompt_ids) + t.logprobs for t in trajs] if from_engine else None
             batch = pack_batch([t.tokens for t in trajs], [[0] * len(t.prompt_ids) + t.loss_mask for t in trajs],
-                               None, advantages, self.config.rl.length_buckets,
+                               engine, advantages, self.config.rl.length_buckets,
                                batch_multiple=mini * math.lcm(self.rl.micro_batch_size or 1, self._batch_shards()))
             batches.append(batch)
         with_logprobs = []
         for batch in batches:  # behaviour log-probs of BOTH roles before either update (SSP.md section 4)
+            if batch is None:
+                with_logprobs.append(None)
+                continue
+            old = batch.old_logprobs if from_engine else self.learner.logprobs(self.learner.params, batch)
             with_logprobs.append(dataclasses.replace(
-                batch, old_logprobs=self.learner.logprobs(self.learner.params, batch),
-                ref_logprobs=self.learner.logprobs(self.learner.reference_params, batch)))
+                batch, old_logprobs=old, ref_logprobs=self.learner.logprobs(self.learner.reference_params, batch)))
         jax.block_until_ready(with_logprobs)  # so time/logprobs is not billed to the update
         return with_logprobs[0], with_logprobs[1]
 

@@ -13,7 +13,7 @@ from ssp_jax.retrieval.corpus import Corpus
 from ssp_jax.selfplay.filters import check_proposal
 from ssp_jax.selfplay.rewards import generated_text
 from ssp_jax.tokenizer import Tokenizer, get_chat_template, information_block
-from ssp_jax.warmstart.demos import (Demo, DemoFormat, build_demos, passage_demos, proposer_demos, reader_demos,
+from ssp_jax.warmstart.demos import (GOAL, Demo, DemoFormat, build_demos, passage_demos, proposer_demos, reader_demos,
                                      solver_demos)
 
 CHAT = get_chat_template("chatml")
@@ -107,7 +107,7 @@ def test_reader_and_passage_demos(world: World, tokenizer: Tokenizer) -> None:
         assert prompt.endswith("Answer:<|im_end|>\n<|im_start|>assistant\n")
         assert all(world.entity(hop.passage_id).name in prompt for hop in question.chain)
         assert demo.spans == [(tokenizer.encode(question.golden_answers[0]) + [tokenizer.eos_id], True)]
-    passages = passage_demos(world, tokenizer)
+    passages = passage_demos(world, tokenizer, random.Random(5))
     assert len(passages) == len(world.entities)
     assert all(len(d.prompt_ids) == 1 and d.loss_mask[0] == 0 and all(d.loss_mask[1:]) for d in passages)
 
@@ -126,3 +126,11 @@ def test_build_demos_mix_no_heldout_and_deterministic(world: World, tokenizer: T
         text = tokenizer.decode(demo.tokens)
         assert not any(q in text for q in heldout)
         assert demo.loss_mask[0] == 0  # the first token has no context: never a training target
+
+
+def test_passage_demos_restate_every_fact(world: World, tokenizer: Tokenizer) -> None:
+    entity = next(e for e in world.entities if e.kind == "person" and len(world.facts(e.id)) >= 3)
+    demo = passage_demos(world, tokenizer, random.Random(0))[world.entities.index(entity)]
+    restated = tokenizer.decode(demo.tokens).split("\n")[-1]
+    expected = {f"The {GOAL[r]} of {entity.name} is {world.entity(o).name}." for r, o in world.facts(entity.id)}
+    assert set(restated.replace(". ", ".|").split("|")) == expected

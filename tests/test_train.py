@@ -25,7 +25,7 @@ import tiny  # noqa: E402
 # Smaller than configs/tiny.py, on one of the 8 test devices, so the runs here stay quick
 # (sharded updates are checked against single-device ones in tests/test_rl_update.py).
 OVERRIDES = {"selfplay.batch_size": 2, "rollout.max_response_tokens": 24, "train.steps": 3, "mesh.fsdp": 1,
-             "train.eval_every": 3, "data.eval_limit": 8}
+             "train.eval_every": 3, "data.eval_limit": 8, "data.eval_split": "dev"}
 VOLATILE = ("time/", "throughput/")  # wall-clock metrics differ between runs
 
 
@@ -136,3 +136,39 @@ def test_frozen_reader_checkpoint(uninterrupted, tmp_path):
     assert trainer.reader_policy is not None and trainer.reader_policy.checkpoint_dir == reader
     metrics = trainer.run()
     assert math.isfinite(metrics["selfplay/rag_pass_rate"])
+
+
+def test_engine_behaviour_logprobs_match_the_training_forward(tmp_path):
+    """`rl.behaviour_logprobs="engine"` saves a forward only because the engine's per-token
+    log-probs equal the recomputed ones on every trained token."""
+    trainer = Trainer(small_config(**{"rl.behaviour_logprobs": "engine"}), tmp_path)
+    game = trainer.game.play(trainer.learner.params, trainer.learner.params, trainer.answers[:2], trainer.pool,
+                             np.random.default_rng(0), seed=0)
+    for batch in trainer._batches(game):
+        recomputed = np.asarray(trainer.learner.logprobs(trainer.learner.params, batch))
+        mask = batch.loss_mask > 0
+        assert mask.sum() > 0
+        np.testing.assert_allclose(np.asarray(batch.old_logprobs)[mask], recomputed[mask], atol=2e-4)
+
+
+def test_frozen_proposer_control_updates_the_solver_only(tmp_path):
+    trainer = Trainer(small_config(**{"selfplay.proposer_mode": "frozen"}), tmp_path)
+    reference = jax.tree.map(np.asarray, nnx.to_pure_dict(trainer.learner.reference_params))
+    metrics = trainer.train_step()
+    assert "solver/loss" in metrics and "proposer/loss" not in metrics and "selfplay/valid_rate" in metrics
+    after = jax.tree.map(np.asarray, nnx.to_pure_dict(trainer.learner.reference_params))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(after)))
+
+
+def test_fixed_set_control_draws_every_question_from_the_set(tmp_path):
+    from ssp_jax.selfplay.pool import PoolQuestion
+
+    trainer = Trainer(small_config(**{"selfplay.proposer_mode": "fixed", "selfplay.fixed_set_size": 2}), tmp_path)
+    fixed = [PoolQuestion("Which city is the capital of Gilvel in the micro world?", "Rokgru"),
+             PoolQuestion("In which country does the river Orvzinvor rise in the micro world?", "Jortov")]
+    trainer.pool.add(fixed)  # as if the frozen proposer had made them before the first step
+    for _ in range(2):
+        metrics = trainer.train_step()
+        trainer.step += 1
+        assert "proposer/loss" not in metrics and "selfplay/valid_rate" not in metrics and "solver/loss" in metrics
+    assert trainer.pool.state_dict()["records"] == [{"question": q.question, "gold": list(q.gold)} for q in fixed]

@@ -13,6 +13,8 @@ from typing import Any
 from ssp_jax.rl.advantages import ADVANTAGES
 from ssp_jax.rl.losses import LOSSES
 
+BEHAVIOUR_LOGPROBS = ("recompute", "engine")
+
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
@@ -42,6 +44,9 @@ class RLConfig:
     proposer_mini_batches: int = 1
     micro_batch_size: int = 0  # rows per gradient-accumulation step; 0 = the whole mini-batch
     logprob_chunk: int = 0  # positions per vocabulary-projection chunk; 0 = unchunked
+    # Behaviour log-probs for the PPO ratio: "recompute" them with the training forward, or take the
+    # "engine"'s (the same untempered policy log-probs, from the KV-cached decode: one forward fewer).
+    behaviour_logprobs: str = "recompute"
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -66,6 +71,9 @@ class RLConfig:
         if self.dual_clip <= 1 + self.eps_high:
             raise ValueError(f"RLConfig.dual_clip={self.dual_clip} must exceed 1 + eps_high = {1 + self.eps_high} "
                              "(it bounds ratios the ordinary clip already lets through)")
+        if self.behaviour_logprobs not in BEHAVIOUR_LOGPROBS:
+            raise ValueError(f"RLConfig.behaviour_logprobs={self.behaviour_logprobs!r}; expected one of "
+                             f"{BEHAVIOUR_LOGPROBS}")
         if self.loss not in LOSSES:
             raise ValueError(f"RLConfig.loss={self.loss!r} is not registered; known: {LOSSES.names()}")
         for name in ("solver_advantage", "proposer_advantage"):

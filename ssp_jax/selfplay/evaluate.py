@@ -10,6 +10,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flax import nnx
@@ -58,17 +59,25 @@ def load_qa_jsonl(path: str | Path) -> list[QAItem]:
 
 def evaluate(runner: RolloutRunner, tokenizer: Tokenizer, chat: ChatTemplate, params: nnx.State,
              items: Sequence[QAItem], templates: prompts.PromptTemplates = prompts.DEFAULT_TEMPLATES,
-             ) -> list[QAResult]:
+             *, progress: bool = False) -> list[QAResult]:
     """One greedy solver trajectory per question, scored by EM and F1 of its last `<answer>`."""
     requests = [RolloutRequest(chat.render_ids(tokenizer, [{"role": "user",
                                                             "content": prompts.solver_prompt(item.question, templates)}]),
                                sampling=GREEDY) for item in items]
     results = []
-    for item, traj in zip(items, runner.run(params, requests)):
+    for item, traj in zip(items, runner.run(params, requests, progress=progress)):
         prediction = last_tag(generated_text(traj.response_text), "answer").content
         results.append(QAResult(item, prediction, float(exact_match(prediction, item.golden_answers)),
                                 f1_score(prediction, item.golden_answers), len(traj.queries), traj.finish_reason))
     return results
+
+
+def result_record(result: QAResult) -> dict[str, Any]:
+    """One question's result as a JSON-ready dict (the per-question eval files)."""
+    golds = [result.item.golden_answers] if isinstance(result.item.golden_answers, str) else list(result.item.golden_answers)
+    return {"question": result.item.question, "golden_answers": golds, "hops": result.item.hops,
+            "prediction": result.prediction, "em": result.em, "f1": result.f1, "searches": result.searches,
+            "finish_reason": result.finish_reason}
 
 
 def summarize(results: Sequence[QAResult], prefix: str = "eval") -> dict[str, float]:

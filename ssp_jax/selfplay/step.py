@@ -26,6 +26,8 @@ from ssp_jax.selfplay.pool import PoolQuestion, QuestionPool, is_dummy
 from ssp_jax.selfplay.rewards import PROPOSER_REWARD_SHAPES, Gold, exact_match, proposer_reward, solver_reward
 from ssp_jax.tokenizer import ChatTemplate, Tokenizer
 
+PROPOSER_MODES = ("selfplay", "frozen", "fixed")
+
 
 @dataclasses.dataclass(frozen=True)
 class SelfPlayConfig:
@@ -44,6 +46,12 @@ class SelfPlayConfig:
     max_answer_tags: int = 10
     spam_reward: float = 0.25
     num_examples: int = 3  # example questions shown to the proposer
+    # Controls for the co-evolution claim (SSP.md section 6): "selfplay" is SSP; "frozen" proposes
+    # (and RAG-checks) with the initial weights and updates the solver only; "fixed" draws the
+    # solver's questions from one set of `fixed_set_size` valid questions made by the frozen
+    # proposer before training.
+    proposer_mode: str = "selfplay"
+    fixed_set_size: int = 64
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "solver_samples", "reader_max_tokens", "pool_clear_every"):
@@ -51,6 +59,10 @@ class SelfPlayConfig:
                 raise ValueError(f"selfplay.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_distractor_blocks < 0 or self.num_examples < 0:
             raise ValueError("selfplay.num_distractor_blocks and selfplay.num_examples must be >= 0")
+        if self.proposer_mode not in PROPOSER_MODES:
+            raise ValueError(f"selfplay.proposer_mode={self.proposer_mode!r}; expected one of {PROPOSER_MODES}")
+        if self.fixed_set_size < 1:
+            raise ValueError(f"selfplay.fixed_set_size must be >= 1, got {self.fixed_set_size}")
         if self.proposer_reward not in PROPOSER_REWARD_SHAPES:
             raise ValueError(f"selfplay.proposer_reward={self.proposer_reward!r}; known: {PROPOSER_REWARD_SHAPES.names()}")
 
@@ -65,8 +77,15 @@ class AnswerRecord:
 
 
 @dataclasses.dataclass
+class Proposals:
+    trajectories: list[Trajectory]  # one per answer
+    questions: list[PoolQuestion | None]  # per answer: its question if valid, else None
+    metrics: dict[str, float]
+
+
+@dataclasses.dataclass
 class GameResult:
-    proposer: list[Trajectory]  # one per answer
+    proposer: list[Trajectory]  # one per answer (none in the fixed-set control)
     proposer_rewards: np.ndarray  # [batch]
     solver: list[Trajectory]  # batch * solver_samples, grouped by question
     solver_rewards: np.ndarray  # [batch, solver_samples]
@@ -84,62 +103,79 @@ class SelfPlayGame:
     def _prompt_ids(self, text: str) -> list[int]:
         return self.chat.render_ids(self.tokenizer, [{"role": "user", "content": text}])
 
-    def play(self, params: nnx.State, reader_params: nnx.State, answers: Sequence[AnswerRecord],
-             pool: QuestionPool, rng: np.random.Generator, seed: int) -> GameResult:
+    def propose(self, params: nnx.State, reader_params: nnx.State, answers: Sequence[AnswerRecord],
+                rng: np.random.Generator, seed: int) -> Proposals:
+        """Proposer rollouts, rule filters and (if enabled) the RAG check: which questions are valid."""
         cfg = self.config
         sampling = SamplingParams(temperature=cfg.temperature)
-        timings: dict[str, float] = {}
         start = time.perf_counter()
-        proposer = self.runner.run(params, [
+        trajectories = self.runner.run(params, [
             RolloutRequest(self._prompt_ids(prompts.proposer_prompt(a.gold, a.search_turns,
                                                                     a.examples[:cfg.num_examples], self.templates)),
                            seed=seed * 1_000_003 + i, sampling=sampling, meta=a)
             for i, a in enumerate(answers)])
-        timings["time/proposer_rollout"] = time.perf_counter() - start
-
+        rollout_s = time.perf_counter() - start
         start = time.perf_counter()
         checks = [check_proposal(t.response_text, t.queries, a.gold, min_words=cfg.min_question_words,
-                                 min_searches=cfg.min_searches) for t, a in zip(proposer, answers)]
+                                 min_searches=cfg.min_searches) for t, a in zip(trajectories, answers)]
         rule_valid = [c.valid for c in checks]
-        rag_pass = self._rag_check(reader_params, proposer, answers, checks, rng) if cfg.rag_check else rule_valid
+        rag_pass = self._rag_check(reader_params, trajectories, answers, checks, rng) if cfg.rag_check else rule_valid
         valid = [r and p for r, p in zip(rule_valid, rag_pass)]
-        timings["time/rag_check"] = time.perf_counter() - start
+        questions = [PoolQuestion(c.question, a.gold) if v else None for c, a, v in zip(checks, answers, valid)]
+        metrics = {
+            "time/proposer_rollout": rollout_s,
+            "time/rag_check": time.perf_counter() - start,
+            "selfplay/valid_rate": float(np.mean(valid)),
+            "selfplay/rule_valid_rate": float(np.mean(rule_valid)),
+            "selfplay/rag_pass_rate": float(np.mean([p for p, r in zip(rag_pass, rule_valid) if r] or [0.0])),
+            **_filter_breakdown(checks),
+            **_trajectory_stats("proposer", trajectories),
+        }
+        return Proposals(trajectories, questions, metrics)
 
-        fresh = [PoolQuestion(c.question, a.gold) for c, a, v in zip(checks, answers, valid) if v]
+    def play(self, params: nnx.State, reader_params: nnx.State, answers: Sequence[AnswerRecord],
+             pool: QuestionPool, rng: np.random.Generator, seed: int, *, proposer_params: nnx.State | None = None,
+             fixed: bool = False) -> GameResult:
+        """One round. `proposer_params` (default `params`) play the proposer; `fixed=True` skips
+        proposing and draws every solver question from `pool` (the fixed-question-set control)."""
+        cfg = self.config
+        if fixed:
+            proposals = Proposals([], [None] * len(answers), {})
+        else:
+            proposals = self.propose(params if proposer_params is None else proposer_params, reader_params, answers,
+                                     rng, seed)
+        fresh = [q for q in proposals.questions if q is not None]
         refills = iter(pool.sample(len(answers) - len(fresh), rng))
-        questions = [PoolQuestion(c.question, a.gold) if v else next(refills)
-                     for c, a, v in zip(checks, answers, valid)]
-        pool.add(fresh)
+        questions = [q if q is not None else next(refills) for q in proposals.questions]
+        if not fixed:
+            pool.add(fresh)
 
         start = time.perf_counter()
         solver = self.runner.run(params, [
             RolloutRequest(self._prompt_ids(prompts.solver_prompt(q.question, self.templates)),
                            num_samples=cfg.solver_samples, seed=seed * 1_000_003 + len(answers) + i,
-                           sampling=sampling, meta=q)
+                           sampling=SamplingParams(temperature=cfg.temperature), meta=q)
             for i, q in enumerate(questions)])
-        timings["time/solver_rollout"] = time.perf_counter() - start
+        solver_s = time.perf_counter() - start
 
         solver_rewards = np.array([solver_reward(t.response_text, t.meta.gold, max_answer_tags=cfg.max_answer_tags,
                                                  spam_reward=cfg.spam_reward) for t in solver],
                                   np.float32).reshape(len(questions), cfg.solver_samples)
         solve_rate = solver_rewards.mean(axis=1)  # [batch]; a spammed correct answer counts 0.25
-        proposer_rewards = np.array([proposer_reward(v, float(s), cfg.proposer_reward)
-                                     for v, s in zip(valid, solve_rate)], np.float32)
+        proposer_rewards = np.array([proposer_reward(q is not None, float(s), cfg.proposer_reward)
+                                     for q, s in zip(proposals.questions, solve_rate)] if proposals.trajectories
+                                    else [], np.float32)
         trainable = np.array([not is_dummy(q) for q in questions])
         metrics = {
-            **timings,
-            "selfplay/valid_rate": float(np.mean(valid)),
-            "selfplay/rule_valid_rate": float(np.mean(rule_valid)),
-            "selfplay/rag_pass_rate": float(np.mean([p for p, r in zip(rag_pass, rule_valid) if r] or [0.0])),
+            **proposals.metrics,
+            "time/solver_rollout": solver_s,
             "selfplay/pool_size": float(len(pool)),
             "selfplay/dummy_groups": float((~trainable).sum()),
             "solver/reward": float(solver_rewards.mean()),
-            "proposer/reward": float(proposer_rewards.mean()),
-            **_filter_breakdown(checks),
-            **_trajectory_stats("proposer", proposer),
+            **({"proposer/reward": float(proposer_rewards.mean())} if len(proposer_rewards) else {}),
             **_trajectory_stats("solver", solver),
         }
-        return GameResult(proposer, proposer_rewards, solver, solver_rewards, trainable, metrics)
+        return GameResult(proposals.trajectories, proposer_rewards, solver, solver_rewards, trainable, metrics)
 
     def _rag_check(self, reader_params: nnx.State, proposer: list[Trajectory], answers: Sequence[AnswerRecord],
                    checks: list[Any], rng: np.random.Generator) -> list[bool]:

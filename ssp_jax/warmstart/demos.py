@@ -202,14 +202,18 @@ def reader_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, questions:
     return demos
 
 
-def passage_demos(world: World, tokenizer: Tokenizer) -> list[Demo]:
-    """Every passage as the policy reads it (`Doc 1 (Title: ...)`), trained after its first token
-    (which has no context to be predicted from): it teaches the world's facts and wordings, so the
-    policy can read retrieved text."""
+def passage_demos(world: World, tokenizer: Tokenizer, rng: random.Random) -> list[Demo]:
+    """Every passage as the policy reads it (`Doc 1 (Title: ...)`), followed by its facts restated
+    in the words of a solver's thought ("The birthplace of X is Y."), in random order. All of it is
+    trained after the first token (which has no context to be predicted from): the passage teaches
+    the world's wordings, and the restatements are dense practice of the one skill search needs,
+    finding a fact in retrieved text and copying its entity."""
     demos = []
-    for record in world.passages():
+    for entity, record in zip(world.entities, world.passages()):
         p = Passage(record["id"], record["contents"])
-        ids = tokenizer.encode(format_passages([(p.title, p.text)]))
+        facts = [f"The {GOAL[r]} of {entity.name} is {world.entity(o).name}." for r, o in world.facts(entity.id)]
+        rng.shuffle(facts)
+        ids = tokenizer.encode(format_passages([(p.title, p.text)]) + ("\n" + " ".join(facts) if facts else ""))
         demos.append(Demo(ids[:1], [(ids[1:], True)], "passage"))
     return demos
 
@@ -226,6 +230,6 @@ def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: 
              + proposer_demos(world, tokenizer, fmt, retriever, rng.sample(answers, min(num_proposer, len(answers))),
                               rng, noise, num_examples)
              + reader_demos(world, tokenizer, fmt, rng.sample(questions, num_reader), rng, reader_distractors)
-             + passage_demos(world, tokenizer) * passage_repeats)
+             + [d for _ in range(passage_repeats) for d in passage_demos(world, tokenizer, rng)])
     rng.shuffle(demos)
     return demos

@@ -2,8 +2,10 @@
 
 Next-token NLL, token-mean over each sequence's loss mask (retrieved passages and prompts are
 masked out exactly as in RL), AdamW with linear warm-up then cosine decay, global-norm clip.
-Batches are sampled with a seeded generator and padded to length buckets, so a run is
-deterministic and compiles once per bucket.
+Each batch is drawn from one length bucket (the bucket chosen with probability proportional to
+its share of the sequences, so every sequence is equally likely), so short demos are not padded to
+the longest one's bucket: on CPU this halves the cost of a typical mix. A seeded generator makes a
+run deterministic, and it compiles once per bucket.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.sharding import DEFAULT_RULES, Rules, shard_batch
-from ssp_jax.rl.batch import pack_batch
+from ssp_jax.rl.batch import bucket_for, pack_batch
 from ssp_jax.rl.update import token_logprobs
 
 
@@ -66,11 +68,15 @@ def sft(model: Decoder, sequences: Sequence[Sequence[int]], loss_masks: Sequence
         return loss
 
     rng = np.random.default_rng(cfg.seed)
+    widths = np.array([bucket_for(len(s), cfg.length_buckets) for s in sequences])
+    groups = [np.flatnonzero(widths == w) for w in np.unique(widths)]
+    share = np.array([len(g) for g in groups]) / len(sequences)
     shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
     losses = []
     with tqdm(total=cfg.steps, desc="warm start (SFT)", disable=not progress) as bar:
         for _ in range(cfg.steps):
-            rows = rng.choice(len(sequences), cfg.batch_size, replace=len(sequences) < cfg.batch_size)
+            group = groups[rng.choice(len(groups), p=share)]
+            rows = rng.choice(group, cfg.batch_size, replace=len(group) < cfg.batch_size)
             batch = pack_batch([sequences[i] for i in rows], [loss_masks[i] for i in rows], None,
                                np.zeros(len(rows)), cfg.length_buckets, batch_multiple=shards)
             arrays = (batch.tokens, batch.attention_mask, batch.loss_mask)
