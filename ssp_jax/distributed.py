@@ -28,12 +28,13 @@ T = TypeVar("T")
 
 def initialize(requested: bool = False, coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> bool:
-    """Join a multi-process run when asked (flag, explicit coordinator, or JAX_COORDINATOR_ADDRESS).
+    """Join a multi-process run when asked: the flag, any explicit setting, or JAX_COORDINATOR_ADDRESS.
 
-    Must run before any other JAX call. Without an address, `jax.distributed.initialize()`
-    auto-detects the cluster (Cloud TPU, SLURM, ...). Returns whether it initialized.
+    Must run before any other JAX call. Settings left None are auto-detected by
+    `jax.distributed.initialize` (Cloud TPU, SLURM, ...). Returns whether it initialized.
     """
-    if not (requested or coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+    explicit = (coordinator_address, num_processes, process_id)
+    if not (requested or any(v is not None for v in explicit) or os.environ.get("JAX_COORDINATOR_ADDRESS")):
         return False
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
     logging.info("process %d of %d: %d local of %d global devices", jax.process_index(), jax.process_count(),

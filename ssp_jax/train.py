@@ -60,7 +60,8 @@ _GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files overriding reg
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'grpo.eps=1e-5'")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "join a multi-process run (jax.distributed.initialize(); "
                                "the cluster is auto-detected on Cloud TPU)")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --multihost)")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (it, --num_processes or --process_id imply --multihost)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in a multi-process run")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index in a multi-process run")
 

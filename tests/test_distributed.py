@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import search_world as world
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRequest, RolloutRunner, stop_token_sequences
-from ssp_jax.distributed import global_array, initialize
+from ssp_jax.distributed import any_process, global_array, host_value, initialize, leader_first
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.engine.sampling import SamplingParams
 from ssp_jax.models.hf_import import load_hf_decoder
@@ -74,6 +74,18 @@ def train_command(workdir: Path) -> list[str]:
 def stable_metrics(workdir: Path) -> list[dict]:
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in records]
+
+
+def test_one_process_needs_no_cluster(monkeypatch):
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    assert not initialize()  # no flag, no settings: a plain single-process run
+    mesh = make_mesh(MeshConfig(**MESH))
+    value = np.arange(8, dtype=np.float32).reshape(4, 2)
+    placed = global_array(value, NamedSharding(mesh, PartitionSpec(("data", "fsdp"), "tensor")))
+    assert placed.sharding.spec == PartitionSpec(("data", "fsdp"), "tensor")
+    np.testing.assert_array_equal(host_value(placed), value)
+    assert any_process(True) and not any_process(False)
+    assert leader_first(lambda: "built", "test") == "built"
 
 
 @pytest.mark.slow
