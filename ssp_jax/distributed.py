@@ -43,7 +43,7 @@ def initialize(requested: bool = False, coordinator_address: str | None = None, 
 
 
 def is_leader() -> bool:
-    """Process 0: the one that writes metrics, logs and shared files."""
+    """Process 0: the one that writes metrics and builds the shared workdir files."""
     return jax.process_index() == 0
 
 
