@@ -6,6 +6,7 @@ batch and then on the solver batch (SSP.md section 4). Checkpoints are saved eve
 `train.save_every` steps and on SIGTERM; a restart in the same workdir resumes from the latest.
 Config overrides: `--config.rl.lr=1e-6`; gin overrides of the registered losses / advantages:
 `--gin_file=configs/sweeps/x.gin --gin_bindings='grpo.eps=1e-5'`.
+Multi-host: run the same command on every host with `--multihost` (see ssp_jax/distributed.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ssp_jax.checkpoint import Checkpointer, abstract_like
 from ssp_jax.data.answers import answers_for_step, load_answers
 from ssp_jax.data.microworld import World, WorldConfig
 from ssp_jax.data.prepare import prepare_microworld
+from ssp_jax.distributed import any_process, initialize, is_leader, leader_first
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.metrics import MetricsWriter, read_jsonl, read_metrics
 from ssp_jax.models.policy import Policy, load_policy
@@ -58,6 +60,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "path to a configs/*.p
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics and generated data (default workdir/<config>)")
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files overriding registered functions")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'grpo.eps=1e-5'")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "join a multi-process run (jax.distributed.initialize(); "
+                               "the cluster is auto-detected on Cloud TPU)")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (it, --num_processes or --process_id imply --multihost)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in a multi-process run")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index in a multi-process run")
 
 
 def typed(cls: type, section: ml_collections.ConfigDict, name: str, drop: tuple[str, ...] = ()) -> Any:
@@ -129,8 +137,8 @@ class Trainer:
         if data.source != "microworld":
             raise ValueError(f"config.data.source={data.source!r}; expected 'files' or 'microworld'")
         world = typed(WorldConfig, data.microworld, "data.microworld")
-        answers, index = prepare_microworld(self.workdir / "microworld", world,
-                                            num_examples=self.selfplay.num_examples)
+        answers, index = leader_first(lambda: prepare_microworld(self.workdir / "microworld", world,
+                                                                 num_examples=self.selfplay.num_examples), "microworld")
         return str(answers), "" if self.config.retrieval.url else str(index)
 
     def _policy_config(self, templates: PromptTemplates) -> ml_collections.ConfigDict:
@@ -142,12 +150,12 @@ class Trainer:
         if self.config.data.source != "microworld":
             raise ValueError("config.model.warm_start.enabled needs config.data.source='microworld'")
         world = World(typed(WorldConfig, self.config.data.microworld, "data.microworld"))
-        checkpoint = warm_start_checkpoint(
+        checkpoint = leader_first(lambda: warm_start_checkpoint(
             self.workdir / "warm_start", world, make_retriever(self.config.retrieval, self.index_dir),
             model.init.to_dict(), warm,
             typed(SFTConfig, model.sft, "model.sft"),
             fmt=DemoFormat(get_chat_template(self.config.chat_template), templates, self.config.rollout.topk),
-            num_examples=self.selfplay.num_examples, seed=model.seed)
+            num_examples=self.selfplay.num_examples, seed=model.seed), "warm start")
         model = model.copy_and_resolve_references()
         with model.unlocked():
             model.hf_path = str(checkpoint)
@@ -212,7 +220,8 @@ class Trainer:
             after = self._held_out_eval("after")
             before = read_jsonl(self.workdir / "eval_before.jsonl")
             summary = summarize_run(before, after, read_metrics(self.workdir))
-            write_summary(self.workdir, summary)
+            if is_leader():
+                write_summary(self.workdir, summary)
             metrics |= {f"heldout/em_{k}_{when}": v for when in ("before", "after")
                         for k, v in summary[f"em_{when}"].items()}
         return metrics
@@ -220,7 +229,7 @@ class Trainer:
     def _held_out_eval(self, when: str) -> list[dict[str, Any]]:
         """Greedy EM on the eval questions, kept per question in eval_<when>.jsonl."""
         records = [result_record(r) for r in self._evaluate(self.learner.params, progress=True)]
-        if jax.process_index() == 0:
+        if is_leader():
             (self.workdir / f"eval_{when}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         logging.info("held-out EM %s SSP: %.3f", when, np.mean([r["em"] for r in records]))
         return records
@@ -228,11 +237,13 @@ class Trainer:
     def _train_loop(self, steps: int) -> dict[str, float]:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         metrics = {}
-        bar = tqdm(total=steps, initial=self.step, desc="ssp", dynamic_ncols=True)
+        bar = tqdm(total=steps, initial=self.step, desc="ssp", dynamic_ncols=True, disable=not is_leader())
+        stop = False
         try:
-            while self.step < steps and not self._stop_requested:
+            while self.step < steps and not stop:
                 metrics = self.train_step()
                 self.step += 1
+                stop = any_process(self._stop_requested)  # every process stops after the same step
                 every = self.config.train.eval_every
                 if every and (self.step % every == 0 or self.step == steps):
                     metrics |= summarize(self._evaluate(self.learner.params))
@@ -240,7 +251,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in
                                  ("selfplay/valid_rate", "selfplay/rag_pass_rate", "solver/reward", "proposer/reward")})
-                if self.step % self.config.train.save_every == 0 or self._stop_requested or self.step == steps:
+                if self.step % self.config.train.save_every == 0 or stop or self.step == steps:
                     self.save()
         finally:
             bar.close()
@@ -334,6 +345,7 @@ class Trainer:
 
 def main(argv: list[str]) -> None:
     del argv
+    initialize(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     gin.parse_config_files_and_bindings(_GIN_FILES.value, _GIN_BINDINGS.value)
     config = _CONFIG.value
     workdir = Path(_WORKDIR.value or Path("workdir") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ssp_jax.agent import trajectory as tj
 from ssp_jax.agent.tags import search_query
 from ssp_jax.agent.trajectory import Trajectory
+from ssp_jax.distributed import host_value
 from ssp_jax.engine.engine import STOP_BUDGET, STOP_EOS, STOP_SEQUENCE, DecodeState, Engine, Prefix
 from ssp_jax.engine.sampling import SamplingParams
 from ssp_jax.retrieval.base import Passage, Retriever, RetrieverError
@@ -113,8 +114,8 @@ class RolloutRunner:
             if not any(slots):
                 break
             state, out = engine.generate(params, state)
-            tokens, logprobs, emitted = (np.asarray(x) for x in (out.tokens, out.logprobs, out.emitted))
-            active, reasons, stop_index = (np.asarray(x) for x in (state.active, state.stop_reason, state.stop_index))
+            tokens, logprobs, emitted = (host_value(x) for x in (out.tokens, out.logprobs, out.emitted))
+            active, reasons, stop_index = (host_value(x) for x in (state.active, state.stop_reason, state.stop_index))
             searches: list[tuple[int, Trajectory, str]] = []
             for slot, traj in enumerate(slots):
                 if traj is None:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ssp_jax.engine.sampling import SamplingParams, sample
 from ssp_jax.models.decoder import Decoder, KVCache
@@ -126,8 +126,10 @@ class Engine:
         self._prefill = jax.jit(self._prefill_fn)
         self._insert = jax.jit(self._insert_fn, donate_argnums=1, out_shardings=shardings)
         self._extend = jax.jit(self._extend_fn, donate_argnums=1, out_shardings=shardings)
+        # The host reads every StepOutput: replicated, each process holds all of it (multi-host).
+        replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
         self._generate = jax.jit(self._generate_fn, donate_argnums=1,
-                                 out_shardings=None if shardings is None else (shardings, None))
+                                 out_shardings=None if shardings is None else (shardings, replicated))
 
     # -- public API -------------------------------------------------------------------------------
 

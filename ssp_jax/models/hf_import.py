@@ -20,11 +20,11 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from ssp_jax.distributed import host_value
 from ssp_jax.models.decoder import Decoder, DecoderConfig, RopeScaling
 from ssp_jax.models.sharding import DEFAULT_RULES, Rules, state_shardings
 
@@ -246,17 +246,10 @@ def load_hf_decoder(model_dir: str | Path, *, mesh: Mesh | None = None, rules: R
     return model, hf_config
 
 
-def _host_copy(x: jax.Array) -> np.ndarray:
-    """The full value of a (possibly multi-host sharded) array on this host."""
-    if jax.process_count() > 1 and not x.is_fully_addressable:
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
-
-
 def _hf_tensors(model: Decoder) -> Iterator[tuple[str, np.ndarray]]:
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     for path, (name, hf_shape, transposed) in hf_layout(model.cfg).items():
-        value = _host_copy(flat[path].get_value())
+        value = host_value(flat[path].get_value())
         yield name, (value.reshape(hf_shape[::-1]).T if transposed else value.reshape(hf_shape))
 
 

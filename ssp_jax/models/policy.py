@@ -15,6 +15,7 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
+from ssp_jax.distributed import leader_first
 from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import decoder_config_from_hf, export_hf_decoder, load_hf_decoder
 from ssp_jax.models.sharding import Rules
@@ -54,7 +55,8 @@ def load_policy(model_cfg: ml_collections.ConfigDict, *, mesh: Mesh, rules: Rule
     if model_cfg.hf_path:
         checkpoint = Path(model_cfg.hf_path)
     else:
-        checkpoint = random_checkpoint(model_cfg.init.to_dict(), workdir / "random_init", model_cfg.seed)
+        checkpoint = leader_first(lambda: random_checkpoint(model_cfg.init.to_dict(), workdir / "random_init",
+                                                            model_cfg.seed), "random init")
     model, hf_config = load_hf_decoder(checkpoint, mesh=mesh, rules=rules, dtype=model_cfg.dtype,
                                        param_dtype=model_cfg.param_dtype, remat=model_cfg.remat)
     tokenizer_dir = Path(model_cfg.tokenizer_path or checkpoint)

@@ -18,6 +18,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from ssp_jax.distributed import global_array, put_global
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical name -> mesh axis / axes / None. FSDP shards the embed dimension of every weight; tensor
@@ -121,9 +123,10 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
 
 
 def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules) -> nnx.Module:
-    """Place an existing model's variables on the mesh according to the rules (in place)."""
+    """Place an existing model's variables on the mesh according to the rules (in place). On a
+    multi-process mesh every process must hold the same (host-local) model."""
     state = nnx.state(model)
-    nnx.update(model, jax.device_put(state, state_shardings(state, mesh, rules)))
+    nnx.update(model, put_global(state, state_shardings(state, mesh, rules)))
     return model
 
 
@@ -143,5 +146,6 @@ def batch_sharding(mesh: Mesh, rules: Rules, ndim: int) -> NamedSharding:
 
 
 def shard_batch(batch: Any, mesh: Mesh, rules: Rules) -> Any:
-    """Put every array of a pytree batch on the mesh, split along its leading (batch) dimension."""
-    return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, rules, np.ndim(x))), batch)
+    """Put every array of a pytree batch on the mesh, split along its leading (batch) dimension.
+    On a multi-process mesh a host array must be the whole batch, the same on every process."""
+    return jax.tree.map(lambda x: global_array(x, batch_sharding(mesh, rules, np.ndim(x))), batch)
