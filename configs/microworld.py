@@ -36,13 +36,13 @@ def get_config():
                              num_key_value_heads=2, head_dim=32)
     config.model.warm_start.update(enabled=True, num_solver=1200, num_proposer=400, num_reader=400,
                                    passage_repeats=2, reader_distractors=2)
-    config.model.sft.update(steps=600, batch_size=32, lr=3e-3, warmup_steps=30, length_buckets=(128, 256, 384, 512, 640))
+    config.model.sft.update(steps=800, batch_size=16, lr=3e-3, warmup_steps=30, length_buckets=(128, 256, 384, 512, 640))
     config.selfplay.update(batch_size=16, solver_samples=4, num_distractor_blocks=1, reader_max_tokens=12,
                            num_examples=2)
     config.rollout.update(topk=1, max_turns=4, max_prompt_tokens=384, max_response_tokens=384)
     config.engine.update(num_slots=64, max_cache_len=768, prefill_buckets=(128, 256, 384),
                          extend_buckets=(64, 128), extend_group=16, decode_steps=16)
-    config.rl.update(lr=3e-4, warmup_steps=1)
+    config.rl.update(lr=3e-4, warmup_steps=1, behaviour_logprobs="engine")
     config.rl.length_buckets = (256, 384, 512, 768)
-    config.train.update(steps=60, save_every=20, eval_every=0, eval_at_ends=True)
+    config.train.update(steps=30, save_every=10, eval_every=0, eval_at_ends=True)
     return config

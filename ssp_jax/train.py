@@ -285,7 +285,7 @@ class Trainer:
         update |= {f"solver/{k}": v for k, v in
                    self.learner.update(solver, mini_batches=self.rl.solver_mini_batches).items()}
         timing["time/update"] = time.perf_counter() - start
-        rollout_s = game.metrics["time/proposer_rollout"] + game.metrics["time/solver_rollout"]
+        rollout_s = game.metrics.get("time/proposer_rollout", 0.0) + game.metrics["time/solver_rollout"]
         generated = sum(sum(t.loss_mask) for t in game.proposer + game.solver)
         metrics = {**game.metrics, **update, **timing, "throughput/rollout_tokens_per_s": generated / max(rollout_s, 1e-9)}
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))

@@ -35,6 +35,7 @@ class WarmStartConfig:
     num_reader: int = 300
     passage_repeats: int = 1
     reader_distractors: int = 4  # unrelated passages among the gold ones in a reader demo
+    reading_worlds: int = 0  # other generated worlds whose passages teach reading rather than memorising
     vocab_size: int = 2048  # of the world's BPE tokenizer (the model's embedding is padded to x64)
 
 
@@ -52,7 +53,9 @@ def warm_start_checkpoint(out_dir: str | Path, world: World, retriever: Retrieve
                         solver_noise=config.solver_noise, solver_flaws=config.solver_flaws,
                         num_solver=config.num_solver, num_proposer=config.num_proposer, num_reader=config.num_reader,
                         passage_repeats=config.passage_repeats, num_examples=num_examples,
-                        reader_distractors=config.reader_distractors)
+                        reader_distractors=config.reader_distractors,
+                        reading_worlds=[World(dataclasses.replace(world.config, seed=world.config.seed + 1000 * (i + 1)))
+                                        for i in range(config.reading_worlds)])
     hf_config = {**init, "vocab_size": -(-tokenizer.vocab_size // 64) * 64,
                  "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
     model = Decoder(decoder_config_from_hf(hf_config, source="config model.init"), rngs=nnx.Rngs(seed))

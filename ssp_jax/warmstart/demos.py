@@ -221,8 +221,13 @@ def passage_demos(world: World, tokenizer: Tokenizer, rng: random.Random) -> lis
 def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: Retriever, *, seed: int,
                 noise: float = 0.4, solver_noise: float = 0.4, solver_flaws: Sequence[str] = SOLVER_FLAWS,
                 num_solver: int = 600, num_proposer: int = 300, num_reader: int = 300, passage_repeats: int = 1,
-                num_examples: int = NUM_EXAMPLES, reader_distractors: int = 4) -> list[Demo]:
-    """The shuffled warm-start mix of all four kinds; a pure function of `seed` and the world."""
+                num_examples: int = NUM_EXAMPLES, reader_distractors: int = 4,
+                reading_worlds: Sequence[World] = ()) -> list[Demo]:
+    """The shuffled warm-start mix of all four kinds; a pure function of `seed` and the worlds.
+
+    `reading_worlds` add passage demos from other generated worlds: their facts cannot be
+    memorised for the main world, so the only way to predict the restated facts is to read them
+    from the passage (a tiny policy otherwise memorises the main world's passages instead)."""
     rng = random.Random(f"warmstart:{seed}")
     questions = world.example_questions(max(num_solver, num_reader), seed=seed)
     answers = [a for a in world.answers() if world.example_questions_to(str(a["entity_id"]), int(a["search_turns"]))]
@@ -230,6 +235,7 @@ def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: 
              + proposer_demos(world, tokenizer, fmt, retriever, rng.sample(answers, min(num_proposer, len(answers))),
                               rng, noise, num_examples)
              + reader_demos(world, tokenizer, fmt, rng.sample(questions, num_reader), rng, reader_distractors)
-             + [d for _ in range(passage_repeats) for d in passage_demos(world, tokenizer, rng)])
+             + [d for _ in range(passage_repeats) for d in passage_demos(world, tokenizer, rng)]
+             + [d for other in reading_worlds for d in passage_demos(other, tokenizer, rng)])
     rng.shuffle(demos)
     return demos
