@@ -20,6 +20,12 @@ from ssp_jax.config import base_config
 def get_config():
     config = base_config()
     config.model.hf_path = ""  # e.g. /mnt/ckpt/Qwen2.5-7B-Instruct (config.json + safetensors shards)
+    # Qwen2.5-7B-Instruct's config.json shape, so `python -m ssp_jax.aot` checks the real size before
+    # a checkpoint is at hand (with hf_path empty the trainer would random-init this shape).
+    config.model.init = dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                             num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, head_dim=128,
+                             rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                             max_position_embeddings=32768, architectures=["Qwen2ForCausalLM"])
     config.model.dtype = "bfloat16"
     config.model.param_dtype = "float32"  # fp32 master weights; bf16 compute
     config.model.remat = True

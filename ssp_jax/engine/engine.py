@@ -197,6 +197,11 @@ class Engine:
         """Sample `decode_steps` tokens in every active slot."""
         return self._generate(params, state)
 
+    def lower_generate(self, params: nnx.State, state: DecodeState) -> jax.stages.Lowered:
+        """`generate` lowered but not run; params and state may be `jax.ShapeDtypeStruct`s with
+        shardings, so `ssp_jax.aot` can compile it for a TPU topology without weights or a cache."""
+        return self._generate.lower(params, state)
+
     # -- compiled bodies --------------------------------------------------------------------------
 
     def _traced(self, name: str, *shape: int) -> None:
