@@ -55,8 +55,10 @@ def tpu_topology_devices(topology: str) -> list[jax.Device]:
     """The devices of a TPU slice such as "v5p:4x4x4" (compile-only: nothing runs on them).
 
     On a host without TPU chips, libtpu's init looks for the VM's accelerator type and worker
-    list and logs errors when it cannot find them; harmless defaults silence that. A real TPU
-    host is left alone, since there those variables configure its own chips.
+    list and logs errors when it cannot find them; harmless defaults silence that. It also takes a
+    host-wide lock (/tmp/libtpu_lockfile) that would make a second compiling process fail; with no
+    chips to guard, the lock is waived. A real TPU host is left alone: there these variables
+    configure its own chips.
     """
     from jax._src import hardware_utils  # jax's own PCI probe for attached TPU chips (jax is pinned)
     from jax.experimental import topologies
@@ -64,6 +66,7 @@ def tpu_topology_devices(topology: str) -> list[jax.Device]:
     if hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0:
         os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
     except RuntimeError as e:
@@ -127,6 +130,7 @@ class StepReport:
     resident_bytes: int
     flops: float  # XLA cost analysis, per device; a loop body counts once
     compile_seconds: float
+    refused: str = ""  # XLA's out-of-memory error when no schedule of the step fits HBM (sizes then 0)
 
     @property
     def total_bytes(self) -> int:
@@ -153,7 +157,13 @@ class FitReport:
         return 6.0 * self.num_params * self.update_tokens
 
     def over_budget(self) -> list[StepReport]:
-        return [s for s in self.steps if s.total_bytes > self.hbm_bytes]
+        return [s for s in self.steps if s.refused or s.total_bytes > self.hbm_bytes]
+
+    def shortfall(self, step: StepReport) -> str:
+        if step.refused:
+            return f"{step.name} cannot be compiled to fit: {step.refused}"
+        return (f"{step.name} needs {step.total_bytes} bytes ({_size(step.total_bytes)}) per device, "
+                f"{self.hbm_bytes} ({_size(self.hbm_bytes)}) available")
 
     def format(self) -> str:
         mesh = " ".join(f"{k}={v}" for k, v in self.mesh.items())
@@ -164,16 +174,16 @@ class FitReport:
                  f"{'step':<20}{'shape':<28}{'args':>11}{'output':>11}{'aliased':>11}{'temp':>11}"
                  f"{'resident':>11}{'total':>11}{'of HBM':>8}{'compile':>9}"]
         for s in self.steps:
-            lines.append(f"{s.name:<20}{s.shape:<28}{_size(s.argument_bytes):>11}{_size(s.output_bytes):>11}"
-                         f"{_size(s.alias_bytes):>11}{_size(s.temp_bytes):>11}{_size(s.resident_bytes):>11}"
-                         f"{_size(s.total_bytes):>11}{s.total_bytes / self.hbm_bytes:>8.0%}{s.compile_seconds:>8.0f}s")
+            sizes = [s.argument_bytes, s.output_bytes, s.alias_bytes, s.temp_bytes, s.resident_bytes, s.total_bytes]
+            cells = ["-"] * 4 + [_size(s.resident_bytes), "refused", "-"] if s.refused else (
+                [_size(n) for n in sizes] + [f"{s.total_bytes / self.hbm_bytes:.0%}"])
+            lines.append(f"{s.name:<20}{s.shape:<28}" + "".join(f"{c:>11}" for c in cells[:-1])
+                         + f"{cells[-1]:>8}{s.compile_seconds:>8.0f}s")
         if self.update_flops is not None:
             lines.append(f"update FLOPs: {self.update_flops:.3e} (XLA, all devices) vs 6*N*tokens = "
                          f"{self.analytic_update_flops:.3e} (N={self.num_params:.3e}, tokens={self.update_tokens}): "
                          f"ratio {self.update_flops / self.analytic_update_flops:.2f}")
-        for s in self.over_budget():
-            lines.append(f"DOES NOT FIT: {s.name} needs {_size(s.total_bytes)} per device, "
-                         f"{_size(self.hbm_bytes)} available")
+        lines += [f"DOES NOT FIT: {self.shortfall(s)}" for s in self.over_budget()]
         return "\n".join(lines)
 
 
@@ -185,7 +195,18 @@ def _size(n: float) -> str:
 
 
 def _compile(name: str, shape: str, lowered: jax.stages.Lowered, resident_bytes: int, start: float) -> StepReport:
-    compiled = lowered.compile()
+    """Compile and read XLA's memory and cost analyses. XLA's TPU compiler rematerialises to fit
+    HBM and raises RESOURCE_EXHAUSTED when nothing fits; that is a finding, not a crash."""
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        message = str(e).split("Memory usage report")[0].strip()
+        logging.info("aot: %s (%s) does not fit: %s", name, shape, message)
+        return StepReport(name=name, shape=shape, argument_bytes=0, output_bytes=0, alias_bytes=0, temp_bytes=0,
+                          code_bytes=0, resident_bytes=resident_bytes, flops=0.0,
+                          compile_seconds=time.perf_counter() - start, refused=message)
     memory = compiled.memory_analysis()
     seconds = time.perf_counter() - start
     logging.info("aot: compiled %s (%s) in %.1f s", name, shape, seconds)
@@ -237,8 +258,9 @@ class _Plan:
         if resident > self.hbm_bytes:
             parts = ", ".join(f"{k} {v}" for k, v in self.resident.items())
             raise ValueError(f"resident state (policy params + AdamW state + reference params) needs {resident} "
-                             f"bytes ({_size(resident)}) per device but {self.hbm_bytes} bytes ({_size(self.hbm_bytes)}) are "
-                             f"available ({parts}); add devices, shard more (config.mesh) or use bf16 params")
+                             f"bytes ({_size(resident)}) per device but {self.hbm_bytes} bytes "
+                             f"({_size(self.hbm_bytes)}) are available ({parts}); add devices, shard more "
+                             "(config.mesh) or use bf16 params")
 
     def update(self) -> StepReport:
         start = time.perf_counter()
@@ -267,17 +289,19 @@ class _Plan:
                         lowered, self.resident["optimizer"] + self.resident["reference"], start)
 
     def update_flops(self) -> float:
-        """All devices' FLOPs of one update: one accumulation step compiled with every loop of
-        length 1 (XLA counts loop bodies once) and the vocabulary projection unchunked, times the
-        number of accumulation steps in the update."""
-        micro = self.rl.micro_batch_size or self.rows // self.mini_batches
+        """All devices' FLOPs of one update. XLA counts a loop body once, so this compiles one
+        accumulation step of one row per batch shard with every scan of length 1 (and the vocabulary
+        projection unchunked), then scales to the update's rows and epochs."""
+        rows = self.steps.batch_shards()
         rl = dataclasses.replace(self.rl, ppo_epochs=1, micro_batch_size=0, logprob_chunk=0)
         steps = LearnerSteps(self.model, self.optimizer, rl, mesh=self.mesh, rules=self.rules)
-        batch = _abstract_batch(micro, self.length, self.mesh, self.rules)
+        start = time.perf_counter()
+        batch = _abstract_batch(rows, self.length, self.mesh, self.rules)
         compiled = steps.update.lower(self.state, batch, 1).compile()
-        accumulation_steps = self.rl.ppo_epochs * self.rows // micro
-        return float(compiled.cost_analysis()["flops"]) * self.mesh.devices.size * accumulation_steps
-
+        logging.info("aot: compiled the loop-free update (%dx%d) in %.1f s", rows, self.length,
+                     time.perf_counter() - start)
+        per_step = float(compiled.cost_analysis()["flops"]) * self.mesh.devices.size
+        return per_step * self.rl.ppo_epochs * self.rows / rows
 
     def report(self, count_flops: bool) -> FitReport:
         return FitReport(topology=self.topology, device_kind=self.device_kind, num_devices=self.mesh.devices.size,
@@ -306,9 +330,7 @@ def check_fits(config: ml_collections.ConfigDict, topology: str, *, hbm_bytes: i
     if over:
         raise ValueError(f"config does not fit {topology} ({report.device_kind}, {report.hbm_bytes} bytes = "
                          f"{_size(report.hbm_bytes)} HBM per device): "
-                         + "; ".join(f"{s.name} needs {s.total_bytes} bytes ({_size(s.total_bytes)}) per device"
-                                     for s in over)
-                         + "\n" + report.format())
+                         + "; ".join(report.shortfall(s) for s in over) + "\n" + report.format())
     return report
 
 
