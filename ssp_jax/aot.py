@@ -118,7 +118,8 @@ def _abstract_batch(rows: int, length: int, mesh: Mesh, rules: Rules) -> RLBatch
 @dataclasses.dataclass(frozen=True)
 class StepReport:
     """One compiled step, per device. `resident_bytes` is long-lived state that is not an argument
-    of the step but stays in HBM while it runs (e.g. the reference weights during the update)."""
+    of the step but stays in HBM while it runs (e.g. the reference weights during the update); it
+    is counted unpadded, while XLA's argument sizes include TPU tile padding of small dimensions."""
 
     name: str
     shape: str  # the step's batch shape, for the table
