@@ -10,8 +10,9 @@ device's argument, output and scratch bytes; `check_fits` compares them, plus th
 each step does not take as an argument, with the chip's HBM, and refuses a config that cannot fit
 before a slice is ever booked. The trainer runs it at start-up when `config.aot_topology` is set.
 
-XLA's cost analysis counts a loop body once, whatever its trip count, so the update's FLOPs come
-from a separate loop-free compile of one accumulation step (`count_flops=True`).
+XLA's TPU compiler rematerialises to fit HBM and refuses a step that cannot fit at all; the report
+records that refusal with XLA's byte counts. XLA's cost analysis counts a loop body once, whatever
+its trip count, so the update's FLOPs come from a separate loop-free compile (`count_flops=True`).
 """
 
 from __future__ import annotations
