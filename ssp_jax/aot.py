@@ -285,7 +285,7 @@ class _Plan:
         stops = [[1] * len(s.encode()) for s in self.config.rollout.stop_strings]
         engine = Engine(self.model, self.engine_cfg, stop_sequences=stops, eos_ids=[0], mesh=self.mesh,
                         rules=self.rules)
-        lowered = engine.lower_generate(self.params, jax.eval_shape(engine.init_decode_state))
+        lowered = engine.lower_generate(self.params, engine.abstract_decode_state())
         cfg = self.engine_cfg
         return _compile("generate", f"{cfg.num_slots} slots x {cfg.max_cache_len}, {cfg.decode_steps} steps",
                         lowered, self.resident["optimizer"] + self.resident["reference"], start)

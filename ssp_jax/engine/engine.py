@@ -197,6 +197,10 @@ class Engine:
         """Sample `decode_steps` tokens in every active slot."""
         return self._generate(params, state)
 
+    def abstract_decode_state(self) -> DecodeState:
+        """`init_decode_state`'s shapes, dtypes and shardings, with nothing allocated."""
+        return jax.eval_shape(self._init)
+
     def lower_generate(self, params: nnx.State, state: DecodeState) -> jax.stages.Lowered:
         """`generate` lowered but not run; params and state may be `jax.ShapeDtypeStruct`s with
         shardings, so `ssp_jax.aot` can compile it for a TPU topology without weights or a cache."""
