@@ -101,7 +101,7 @@ class Trainer:
         rollout_cfg = typed(RolloutConfig, config.rollout, "rollout")
         templates = typed(PromptTemplates, config.prompts, "prompts")
         self._check_sizes()
-        if config.aot_topology:  # before any weight loads: a config too big for its slice fails in seconds
+        if config.aot_topology:  # before any weight loads: a config that cannot fit its slice stops here
             logging.info("AOT fit check:\n%s", check_fits(config, config.aot_topology).format())
         self.mesh = make_mesh(typed(MeshConfig, config.mesh, "mesh"))
         self.rules = tuple(tuple(rule) for rule in config.sharding_rules)
