@@ -12,6 +12,12 @@ Mesh (64 chips, 95 GB HBM each), chosen as follows:
 - data=1: everything else is FSDP, which also spreads the 256 decode slots' KV cache
   (28 layers x 12288 positions x 4 KV heads x 128 x 2 x bf16 = 0.7 GB per slot, 180 GB in all,
   ~2.8 GB per chip with slots over data x fsdp and KV heads over tensor).
+
+Checked without a TPU (`python -m ssp_jax.aot --config configs/qwen2_5_7b.py --topology v5p:4x4x4`,
+XLA's per-chip figures): the solver update (1280 x 12288 tokens) needs 72.1 GiB of 95 GiB, mostly
+attention scratch of the 64-row micro-batches; the decode step 10.0 GiB. The behaviour/reference
+log-prob pass over the whole solver batch does NOT fit: it is not micro-batched, and XLA needs
+340 GiB of temporaries for it.
 """
 
 from ssp_jax.config import base_config
@@ -20,6 +26,12 @@ from ssp_jax.config import base_config
 def get_config():
     config = base_config()
     config.model.hf_path = ""  # e.g. /mnt/ckpt/Qwen2.5-7B-Instruct (config.json + safetensors shards)
+    # Qwen2.5-7B-Instruct's config.json shape, so `python -m ssp_jax.aot` checks the real size before
+    # a checkpoint is at hand (with hf_path empty the trainer would random-init this shape).
+    config.model.init = dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                             num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, head_dim=128,
+                             rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                             max_position_embeddings=32768, architectures=["Qwen2ForCausalLM"])
     config.model.dtype = "bfloat16"
     config.model.param_dtype = "float32"  # fp32 master weights; bf16 compute
     config.model.remat = True

@@ -27,6 +27,10 @@ from ssp_jax.warmstart.sft import SFTConfig
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
+    # TPU slice to compile the update, reference log-probs and decode step for at start-up, e.g.
+    # "v5p:4x4x4" (ssp_jax/aot.py; needs libtpu, requirements-tpu.txt): a config that would not fit
+    # its chips' HBM fails before any weight is loaded. Empty = skip the check.
+    config.aot_topology = ""
     config.model = ml_collections.ConfigDict(dict(
         hf_path="",  # local HF checkpoint dir (config.json + safetensors); empty = random `init`
         tokenizer_path="",  # tokenizer.json or its dir; empty = the checkpoint dir

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner, stop_token_sequences
+from ssp_jax.aot import check_fits
 from ssp_jax.checkpoint import Checkpointer, abstract_like
 from ssp_jax.data.answers import answers_for_step, load_answers
 from ssp_jax.data.microworld import World, WorldConfig
@@ -100,6 +101,8 @@ class Trainer:
         rollout_cfg = typed(RolloutConfig, config.rollout, "rollout")
         templates = typed(PromptTemplates, config.prompts, "prompts")
         self._check_sizes()
+        if config.aot_topology:  # before any weight loads: a config that cannot fit its slice stops here
+            logging.info("AOT fit check:\n%s", check_fits(config, config.aot_topology).format())
         self.mesh = make_mesh(typed(MeshConfig, config.mesh, "mesh"))
         self.rules = tuple(tuple(rule) for rule in config.sharding_rules)
         answers_path, self.index_dir = self._data_paths()

@@ -173,6 +173,19 @@ def test_sharded_engine_matches_single_device(qwen2):
     assert results[0] == results[1]
 
 
+def test_remat_policy_generates_like_plain(qwen2):
+    """Training configs rematerialise layers (model.remat); the same module must still decode."""
+    _, model, path = qwen2
+    remat, _ = load_hf_decoder(path, remat=True)
+    results = []
+    for m in (model, remat):
+        engine, params = Engine(m, CONFIG), nnx.state(m)
+        state = engine.insert(engine.prefill(params, PROMPTS[0]), engine.init_decode_state(), 0, seed=0,
+                              sampling=GREEDY, budget=8)
+        results.append(run_to_completion(engine, params, state, 1)[1])
+    assert results[0] == results[1] and len(results[0][0]) == 8
+
+
 def test_sample_filters_by_hand():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4))
     keys = jax.random.split(jax.random.key(0), 4)

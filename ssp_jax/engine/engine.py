@@ -197,6 +197,15 @@ class Engine:
         """Sample `decode_steps` tokens in every active slot."""
         return self._generate(params, state)
 
+    def abstract_decode_state(self) -> DecodeState:
+        """`init_decode_state`'s shapes, dtypes and shardings, with nothing allocated."""
+        return jax.eval_shape(self._init)
+
+    def lower_generate(self, params: nnx.State, state: DecodeState) -> jax.stages.Lowered:
+        """`generate` lowered but not run; params and state may be `jax.ShapeDtypeStruct`s with
+        shardings, so `ssp_jax.aot` can compile it for a TPU topology without weights or a cache."""
+        return self._generate.lower(params, state)
+
     # -- compiled bodies --------------------------------------------------------------------------
 
     def _traced(self, name: str, *shape: int) -> None:
@@ -274,9 +283,12 @@ class Engine:
 
     def _generate_fn(self, params: nnx.State, state: DecodeState) -> tuple[DecodeState, StepOutput]:
         self._traced("generate", self.config.decode_steps)
-        model = self._model(params)
 
-        def step(state: DecodeState, _: None) -> tuple[DecodeState, tuple[jax.Array, ...]]:
+        def step(carry: tuple[nnx.State, DecodeState], _: None) -> tuple[tuple, tuple[jax.Array, ...]]:
+            # The weights ride in the carry, unchanged: under `nnx.remat` (model.remat=True) a module
+            # must be built from values of the scan's own trace, not closed over from jit's.
+            params, state = carry
+            model = self._model(params)
             hidden, cache = model(state.tokens[:, None], state.positions[:, None], state.active[:, None],
                                   state.cache)
             logits = model.logits(hidden)[:, 0]  # [slots, vocab]
@@ -299,9 +311,10 @@ class Engine:
                 stop_reason=jnp.where(finished, reason, state.stop_reason),
                 stop_index=jnp.where(finished & (reason == STOP_SEQUENCE), jnp.argmax(matches, -1),
                                      state.stop_index))
-            return state, (new, logprobs, emitted)
+            return (params, state), (new, logprobs, emitted)
 
-        state, (tokens, logprobs, emitted) = jax.lax.scan(step, state, None, length=self.config.decode_steps)
+        (_, state), (tokens, logprobs, emitted) = jax.lax.scan(step, (params, state), None,
+                                                               length=self.config.decode_steps)
         return state, StepOutput(tokens=tokens, logprobs=logprobs, emitted=emitted)
 
     def _state_shardings(self) -> DecodeState | None:

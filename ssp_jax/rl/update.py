@@ -7,7 +7,9 @@ gradient of the mini-batch token-mean, whatever `micro_batch_size` is.
 
 Params and optimizer state are laid out by the logical-axis rules and donated to the update;
 batches split over the "batch" rule. Shapes are static per (rows, length, mini_batches), so a
-fixed padded shape compiles once (`compile_counts`).
+fixed padded shape compiles once (`compile_counts`). The compiled functions live in `LearnerSteps`,
+which needs only the model's structure, so `ssp_jax.aot` can compile them for a TPU topology
+without materialising weights.
 """
 
 from __future__ import annotations
@@ -62,60 +64,44 @@ def token_logprobs(model: Decoder, tokens: jax.Array, attention_mask: jax.Array,
     return (align(nxt), align(entropy)) if with_entropy else align(nxt)
 
 
-class Learner:
-    """Owns the policy, its AdamW state and a frozen reference copy; runs compiled updates.
+class LearnerSteps:
+    """The learner's compiled functions, built from the structure of the model and its optimizer
+    alone, so they accept either concrete modules or abstract ones from `nnx.eval_shape`.
 
-    The policy module is updated in place; arrays from an earlier `params` are donated by each
-    update, so fetch `learner.params` again after updating (e.g. for the sampling engine).
+    `Learner` runs them on real weights; `ssp_jax.aot` lowers them on `jax.ShapeDtypeStruct`s for a
+    TPU topology this machine does not have. `update` donates its state argument.
     """
 
-    def __init__(self, model: Decoder, cfg: RLConfig, *, mesh: Mesh | None = None,
-                 rules: Rules = DEFAULT_RULES, reference_params: nnx.State | None = None):
+    def __init__(self, model: Decoder, optimizer: nnx.Optimizer, cfg: RLConfig, *, mesh: Mesh | None = None,
+                 rules: Rules = DEFAULT_RULES):
         self.cfg, self.mesh, self.rules = cfg, mesh, rules
-        self.model = model
-        self.optimizer = nnx.Optimizer(model, make_optimizer(cfg), wrt=nnx.Param)
-        self._graphdef, state = nnx.split((model, self.optimizer))
-        self._model_graphdef, _, self._model_rest = nnx.split(model, nnx.Param, ...)
+        self._graphdef, state = nnx.split((model, optimizer))
+        self._model_graphdef, params, self._model_rest = nnx.split(model, nnx.Param, ...)
         self._schedule = learning_rate(cfg)
         self._loss = get_loss(cfg.loss)
-        self._shardings = None if mesh is None else state_shardings(state, mesh, rules)
-        self._param_shardings = None if mesh is None else state_shardings(self.params, mesh, rules)
-        if mesh is not None:
-            nnx.update((model, self.optimizer), jax.device_put(state, self._shardings))
-        # A copy, never the policy's own buffers: those are donated by every update.
-        reference = self.params if reference_params is None else reference_params
-        self.reference_params = self._place_params(jax.tree.map(jnp.copy, reference))
+        self.state_shardings = None if mesh is None else state_shardings(state, mesh, rules)
+        self.param_shardings = None if mesh is None else state_shardings(params, mesh, rules)
         self.compile_counts: collections.Counter[str] = collections.Counter()
-        self._logprobs = jax.jit(self._logprobs_fn)
-        self._update = jax.jit(self._update_fn, static_argnums=2, donate_argnums=0,
-                               out_shardings=(self._shardings, None))
+        self.logprobs = jax.jit(self._logprobs_fn)
+        self.update = jax.jit(self._update_fn, static_argnums=2, donate_argnums=0,
+                              out_shardings=(self.state_shardings, None))
 
-    # -- public API -------------------------------------------------------------------------------
+    def batch_shards(self) -> int:
+        """Devices a batch's rows are split over (the mesh axes of the "batch" rule)."""
+        if self.mesh is None:
+            return 1
+        spec = logical_to_spec(("batch",), self.rules)[0]
+        axes = () if spec is None else ((spec,) if isinstance(spec, str) else spec)
+        return math.prod(self.mesh.shape[a] for a in axes)
 
-    @property
-    def params(self) -> nnx.State:
-        return nnx.state(self.model, nnx.Param)
+    def check_rows(self, rows: int) -> None:
+        if rows % self.batch_shards():
+            raise ValueError(f"a batch of {rows} rows does not split over the mesh's {self.batch_shards()} "
+                             "batch shards; pad it with pack_batch(batch_multiple=...)")
 
-    @property
-    def step(self) -> int:
-        """Optimizer steps taken so far."""
-        return int(self.optimizer.step[...])
-
-    def logprobs(self, params_or_model: nnx.State | Decoder, batch: RLBatch) -> jax.Array:
-        """Per-token log-probs [B, T] of `batch.tokens` under the given weights (behaviour or reference)."""
-        params = nnx.state(params_or_model, nnx.Param) if isinstance(params_or_model, nnx.Module) else params_or_model
-        self._check_rows(batch.tokens.shape[0])
-        tokens, mask = self._place_batch((batch.tokens, batch.attention_mask))
-        return self._logprobs(params, tokens, mask)
-
-    def update(self, batch: RLBatch, *, mini_batches: int = 1) -> dict[str, float]:
-        """`ppo_epochs` x `mini_batches` optimizer steps on `batch`; returns metrics averaged over steps.
-
-        Metrics: loss, pg_loss, kl, clip_frac, dual_clip_frac, ratio, entropy (token-means), grad_norm
-        (before clipping), lr (of the last step), tokens (trained tokens in the batch).
-        """
-        rows = batch.tokens.shape[0]
-        self._check_rows(rows)
+    def check_update(self, rows: int, mini_batches: int) -> None:
+        """Shape errors of `update`, raised before tracing with the field to change."""
+        self.check_rows(rows)
         if mini_batches < 1 or rows % mini_batches:
             raise ValueError(f"a batch of {rows} rows does not split into mini_batches={mini_batches}")
         mini = rows // mini_batches
@@ -123,31 +109,9 @@ class Learner:
         if mini % micro:
             raise ValueError(f"mini-batch of {mini} rows ({rows} / mini_batches={mini_batches}) is not a "
                              f"multiple of RLConfig.micro_batch_size={micro}")
-        if micro % self._batch_shards():
-            raise ValueError(f"RLConfig.micro_batch_size={micro} is not a multiple of the {self._batch_shards()} "
+        if micro % self.batch_shards():
+            raise ValueError(f"RLConfig.micro_batch_size={micro} is not a multiple of the {self.batch_shards()} "
                              "batch shards of the mesh")
-        state = nnx.state((self.model, self.optimizer))
-        new_state, metrics = self._update(state, self._place_batch(batch), mini_batches)
-        nnx.update((self.model, self.optimizer), new_state)
-        return {k: float(v) for k, v in jax.device_get(metrics).items()}
-
-    def state(self) -> dict[str, Any]:
-        """Checkpointable pure-dict pytree: policy params, optimizer state (with step), reference params."""
-        return {"policy": nnx.to_pure_dict(self.params),
-                "optimizer": nnx.to_pure_dict(nnx.state(self.optimizer)),
-                "reference": nnx.to_pure_dict(self.reference_params)}
-
-    def restore(self, tree: dict[str, Any]) -> None:
-        """Load a `state()` pytree (e.g. from orbax), placing it with this learner's shardings."""
-        state = nnx.state((self.model, self.optimizer))
-        nnx.replace_by_pure_dict(state[0], tree["policy"])
-        nnx.replace_by_pure_dict(state[1], tree["optimizer"])
-        if self.mesh is None:
-            nnx.update((self.model, self.optimizer), jax.tree.map(jnp.asarray, state))
-        else:
-            nnx.update((self.model, self.optimizer), jax.device_put(state, self._shardings))
-        nnx.replace_by_pure_dict(self.reference_params, tree["reference"])
-        self.reference_params = self._place_params(self.reference_params)
 
     # -- compiled bodies --------------------------------------------------------------------------
 
@@ -218,29 +182,7 @@ class Learner:
         metrics["tokens"] = jnp.sum(batch.loss_mask)
         return state, metrics
 
-    # -- placement --------------------------------------------------------------------------------
-
-    def _batch_shards(self) -> int:
-        if self.mesh is None:
-            return 1
-        spec = logical_to_spec(("batch",), self.rules)[0]
-        axes = () if spec is None else ((spec,) if isinstance(spec, str) else spec)
-        return math.prod(self.mesh.shape[a] for a in axes)
-
-    def _check_rows(self, rows: int) -> None:
-        if rows % self._batch_shards():
-            raise ValueError(f"a batch of {rows} rows does not split over the mesh's {self._batch_shards()} "
-                             "batch shards; pad it with pack_batch(batch_multiple=...)")
-
-    def _place_batch(self, tree: Any) -> Any:
-        if self.mesh is None:
-            return jax.tree.map(jnp.asarray, tree)
-        return shard_batch(tree, self.mesh, self.rules)
-
-    def _place_params(self, params: nnx.State) -> nnx.State:
-        if self.mesh is None:
-            return jax.tree.map(jnp.asarray, params)
-        return jax.device_put(params, self._param_shardings)
+    # -- layout constraints (inside jit) ------------------------------------------------------------
 
     def _constrain(self, x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
         if self.mesh is None:
@@ -251,9 +193,91 @@ class Learner:
     def _constrain_params(self, tree: nnx.State) -> nnx.State:
         if self.mesh is None:
             return tree
-        return jax.lax.with_sharding_constraint(tree, self._param_shardings)
+        return jax.lax.with_sharding_constraint(tree, self.param_shardings)
 
     def _constrain_state(self, state: nnx.State) -> nnx.State:
         if self.mesh is None:
             return state
-        return jax.lax.with_sharding_constraint(state, self._shardings)
+        return jax.lax.with_sharding_constraint(state, self.state_shardings)
+
+
+class Learner:
+    """Owns the policy, its AdamW state and a frozen reference copy; runs compiled updates.
+
+    The policy module is updated in place; arrays from an earlier `params` are donated by each
+    update, so fetch `learner.params` again after updating (e.g. for the sampling engine).
+    """
+
+    def __init__(self, model: Decoder, cfg: RLConfig, *, mesh: Mesh | None = None,
+                 rules: Rules = DEFAULT_RULES, reference_params: nnx.State | None = None):
+        self.cfg, self.mesh, self.rules = cfg, mesh, rules
+        self.model = model
+        self.optimizer = nnx.Optimizer(model, make_optimizer(cfg), wrt=nnx.Param)
+        self._steps = LearnerSteps(model, self.optimizer, cfg, mesh=mesh, rules=rules)
+        self.compile_counts = self._steps.compile_counts
+        if mesh is not None:
+            state = nnx.state((model, self.optimizer))
+            nnx.update((model, self.optimizer), jax.device_put(state, self._steps.state_shardings))
+        # A copy, never the policy's own buffers: those are donated by every update.
+        reference = self.params if reference_params is None else reference_params
+        self.reference_params = self._place_params(jax.tree.map(jnp.copy, reference))
+
+    # -- public API -------------------------------------------------------------------------------
+
+    @property
+    def params(self) -> nnx.State:
+        return nnx.state(self.model, nnx.Param)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken so far."""
+        return int(self.optimizer.step[...])
+
+    def logprobs(self, params_or_model: nnx.State | Decoder, batch: RLBatch) -> jax.Array:
+        """Per-token log-probs [B, T] of `batch.tokens` under the given weights (behaviour or reference)."""
+        params = nnx.state(params_or_model, nnx.Param) if isinstance(params_or_model, nnx.Module) else params_or_model
+        self._steps.check_rows(batch.tokens.shape[0])
+        tokens, mask = self._place_batch((batch.tokens, batch.attention_mask))
+        return self._steps.logprobs(params, tokens, mask)
+
+    def update(self, batch: RLBatch, *, mini_batches: int = 1) -> dict[str, float]:
+        """`ppo_epochs` x `mini_batches` optimizer steps on `batch`; returns metrics averaged over steps.
+
+        Metrics: loss, pg_loss, kl, clip_frac, dual_clip_frac, ratio, entropy (token-means), grad_norm
+        (before clipping), lr (of the last step), tokens (trained tokens in the batch).
+        """
+        self._steps.check_update(batch.tokens.shape[0], mini_batches)
+        state = nnx.state((self.model, self.optimizer))
+        new_state, metrics = self._steps.update(state, self._place_batch(batch), mini_batches)
+        nnx.update((self.model, self.optimizer), new_state)
+        return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+    def state(self) -> dict[str, Any]:
+        """Checkpointable pure-dict pytree: policy params, optimizer state (with step), reference params."""
+        return {"policy": nnx.to_pure_dict(self.params),
+                "optimizer": nnx.to_pure_dict(nnx.state(self.optimizer)),
+                "reference": nnx.to_pure_dict(self.reference_params)}
+
+    def restore(self, tree: dict[str, Any]) -> None:
+        """Load a `state()` pytree (e.g. from orbax), placing it with this learner's shardings."""
+        state = nnx.state((self.model, self.optimizer))
+        nnx.replace_by_pure_dict(state[0], tree["policy"])
+        nnx.replace_by_pure_dict(state[1], tree["optimizer"])
+        if self.mesh is None:
+            nnx.update((self.model, self.optimizer), jax.tree.map(jnp.asarray, state))
+        else:
+            nnx.update((self.model, self.optimizer), jax.device_put(state, self._steps.state_shardings))
+        nnx.replace_by_pure_dict(self.reference_params, tree["reference"])
+        self.reference_params = self._place_params(self.reference_params)
+
+    # -- placement --------------------------------------------------------------------------------
+
+    def _place_batch(self, tree: Any) -> Any:
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, tree)
+        return shard_batch(tree, self.mesh, self.rules)
+
+    def _place_params(self, params: nnx.State) -> nnx.State:
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, params)
+        return jax.device_put(params, self._steps.param_shardings)

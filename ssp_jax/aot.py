@@ -1,0 +1,363 @@
+"""Will a config fit its TPU slice? Compile the trainer's heavy steps for that slice, on any host.
+
+`python -m ssp_jax.aot --config configs/<x>.py --topology v5p:4x4x4`
+
+With `libtpu` installed (requirements-tpu.txt), jax describes any TPU slice
+(`get_topology_desc`) and compiles for it on a CPU host. The RL update, the reference log-prob
+pass and the engine's decode step are lowered on `jax.ShapeDtypeStruct`s laid out on the config's
+mesh over those devices, so no weight is read or allocated. XLA's memory analysis then gives each
+device's argument, output and scratch bytes; `check_fits` compares them, plus the long-lived state
+each step does not take as an argument, with the chip's HBM, and refuses a config that cannot fit
+before a slice is ever booked. The trainer runs it at start-up when `config.aot_topology` is set.
+
+XLA's TPU compiler rematerialises to fit HBM and refuses a step that cannot fit at all; the report
+records that refusal with XLA's byte counts. XLA's cost analysis counts a loop body once, whatever
+its trip count, so the update's FLOPs come from a separate loop-free compile (`count_flops=True`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags
+from flax import nnx
+from jax.sharding import Mesh
+from ml_collections import config_flags
+
+from ssp_jax.engine.engine import Engine, EngineConfig
+from ssp_jax.models.decoder import Decoder, DecoderConfig
+from ssp_jax.models.hf_import import decoder_config_from_hf, read_hf_config
+from ssp_jax.models.sharding import MeshConfig, Rules, batch_sharding, make_mesh
+from ssp_jax.rl.batch import RLBatch
+from ssp_jax.rl.config import RLConfig
+from ssp_jax.rl.update import LearnerSteps, make_optimizer
+
+GiB = 1 << 30
+# HBM per chip by `device_kind` (both the names jax devices report and the marketing names).
+HBM_PER_CHIP: dict[str, int] = {
+    "TPU v4": 32 * GiB,
+    "TPU v5 lite": 16 * GiB, "TPU v5e": 16 * GiB,
+    "TPU v5": 95 * GiB, "TPU v5p": 95 * GiB,
+    "TPU v6 lite": 32 * GiB, "TPU v6e": 32 * GiB,
+}
+
+
+def tpu_topology_devices(topology: str) -> list[jax.Device]:
+    """The devices of a TPU slice such as "v5p:4x4x4" (compile-only: nothing runs on them).
+
+    On a host without TPU chips, libtpu's init looks for the VM's accelerator type and worker
+    list and logs errors when it cannot find them; harmless defaults silence that. It also takes a
+    host-wide lock (/tmp/libtpu_lockfile) that would make a second compiling process fail; with no
+    chips to guard, the lock is waived. A real TPU host is left alone: there these variables
+    configure its own chips.
+    """
+    from jax._src import hardware_utils  # jax's own PCI probe for attached TPU chips (jax is pinned)
+    from jax.experimental import topologies
+
+    if hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0:
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    try:
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+    except RuntimeError as e:
+        if "not installed" in str(e):
+            raise RuntimeError("TPU ahead-of-time compilation needs libtpu: "
+                               "pip install -r requirements-tpu.txt") from e
+        raise ValueError(f"TPU topology {topology!r}: {e}") from e
+
+
+def hbm_per_device(devices: Sequence[jax.Device]) -> int:
+    """Chip HBM divided by the devices sharing a chip (v4 topologies list each TensorCore)."""
+    kind = devices[0].device_kind
+    if kind not in HBM_PER_CHIP:
+        raise ValueError(f"no HBM size known for device kind {kind!r}; known: {sorted(HBM_PER_CHIP)} "
+                         "(pass hbm_bytes)")
+    chips = len({tuple(d.coords) for d in devices})
+    return HBM_PER_CHIP[kind] * chips // len(devices)
+
+
+def model_config(config: ml_collections.ConfigDict) -> DecoderConfig:
+    """The policy's shape: the checkpoint's config.json if `model.hf_path` is set, else `model.init`."""
+    model = config.model
+    hf = read_hf_config(model.hf_path) if model.hf_path else model.init.to_dict()
+    return decoder_config_from_hf(hf, dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat,
+                                  source=f"{model.hf_path}/config.json" if model.hf_path else "config.model.init")
+
+
+def _per_device_bytes(tree: Any) -> int:
+    """Bytes one device holds of a pytree of sharded `jax.ShapeDtypeStruct`s (the largest shard)."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def _with_shardings(state: nnx.State, shardings: nnx.State) -> nnx.State:
+    """Abstract variables whose `jax.ShapeDtypeStruct`s carry the given shardings."""
+    return jax.tree.map(lambda var, s: var.replace(jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=s)),
+                        state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _abstract_batch(rows: int, length: int, mesh: Mesh, rules: Rules) -> RLBatch:
+    def array(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, rules, len(shape)))
+
+    per_token = (rows, length)
+    return RLBatch(tokens=array(per_token, jnp.int32), attention_mask=array(per_token, jnp.int32),
+                   loss_mask=array(per_token, jnp.float32), old_logprobs=array(per_token, jnp.float32),
+                   ref_logprobs=array(per_token, jnp.float32), advantages=array((rows,), jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepReport:
+    """One compiled step, per device. `resident_bytes` is long-lived state that is not an argument
+    of the step but stays in HBM while it runs (e.g. the reference weights during the update); it
+    is counted unpadded, while XLA's argument sizes include TPU tile padding of small dimensions."""
+
+    name: str
+    shape: str  # the step's batch shape, for the table
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int  # outputs written into donated arguments
+    temp_bytes: int
+    code_bytes: int
+    resident_bytes: int
+    flops: float  # XLA cost analysis, per device; a loop body counts once
+    compile_seconds: float
+    refused: str = ""  # XLA's out-of-memory error when no schedule of the step fits HBM (sizes then 0)
+
+    @property
+    def total_bytes(self) -> int:
+        return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+                + self.resident_bytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitReport:
+    topology: str
+    device_kind: str
+    num_devices: int
+    mesh: dict[str, int]
+    hbm_bytes: int  # per device
+    num_params: int
+    resident: dict[str, int]  # per device: policy params, optimizer state, reference params
+    steps: tuple[StepReport, ...]
+    update_tokens: int  # tokens one update processes (epochs x rows x length, padding included)
+    update_flops: float | None = None  # all devices, from the loop-free compile; None if not counted
+
+    @property
+    def analytic_update_flops(self) -> float:
+        """6 N tokens: forward + backward of every parameter once per token."""
+        return 6.0 * self.num_params * self.update_tokens
+
+    def over_budget(self) -> list[StepReport]:
+        return [s for s in self.steps if s.refused or s.total_bytes > self.hbm_bytes]
+
+    def shortfall(self, step: StepReport) -> str:
+        if step.refused:
+            return f"{step.name} cannot be compiled to fit: {step.refused}"
+        return (f"{step.name} needs {step.total_bytes} bytes ({_size(step.total_bytes)}) per device, "
+                f"{self.hbm_bytes} ({_size(self.hbm_bytes)}) available")
+
+    def format(self) -> str:
+        mesh = " ".join(f"{k}={v}" for k, v in self.mesh.items())
+        lines = [f"{self.topology}: {self.num_devices} x {self.device_kind!r}, mesh {mesh}, "
+                 f"HBM {_size(self.hbm_bytes)} per device",
+                 f"policy {self.num_params:,} params; resident per device: "
+                 + ", ".join(f"{k} {_size(v)}" for k, v in self.resident.items()),
+                 f"{'step':<20}{'shape':<28}{'args':>11}{'output':>11}{'aliased':>11}{'temp':>11}"
+                 f"{'resident':>11}{'total':>11}{'of HBM':>8}{'compile':>9}"]
+        for s in self.steps:
+            sizes = [s.argument_bytes, s.output_bytes, s.alias_bytes, s.temp_bytes, s.resident_bytes, s.total_bytes]
+            cells = ["-"] * 4 + [_size(s.resident_bytes), "refused", "-"] if s.refused else (
+                [_size(n) for n in sizes] + [f"{s.total_bytes / self.hbm_bytes:.0%}"])
+            lines.append(f"{s.name:<20}{s.shape:<28}" + "".join(f"{c:>11}" for c in cells[:-1])
+                         + f"{cells[-1]:>8}{s.compile_seconds:>8.0f}s")
+        if self.update_flops is not None:
+            lines.append(f"update FLOPs: {self.update_flops:.3e} (XLA, all devices) vs 6*N*tokens = "
+                         f"{self.analytic_update_flops:.3e} (N={self.num_params:.3e}, tokens={self.update_tokens}): "
+                         f"ratio {self.update_flops / self.analytic_update_flops:.2f}")
+        lines += [f"DOES NOT FIT: {self.shortfall(s)}" for s in self.over_budget()]
+        return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", GiB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _compile(name: str, shape: str, lowered: jax.stages.Lowered, resident_bytes: int, start: float) -> StepReport:
+    """Compile and read XLA's memory and cost analyses. XLA's TPU compiler rematerialises to fit
+    HBM and raises RESOURCE_EXHAUSTED when nothing fits; that is a finding, not a crash."""
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        message = str(e).split("Memory usage report")[0].strip()
+        logging.info("aot: %s (%s) does not fit: %s", name, shape, message)
+        return StepReport(name=name, shape=shape, argument_bytes=0, output_bytes=0, alias_bytes=0, temp_bytes=0,
+                          code_bytes=0, resident_bytes=resident_bytes, flops=0.0,
+                          compile_seconds=time.perf_counter() - start, refused=message)
+    memory = compiled.memory_analysis()
+    seconds = time.perf_counter() - start
+    logging.info("aot: compiled %s (%s) in %.1f s", name, shape, seconds)
+    return StepReport(name=name, shape=shape, argument_bytes=memory.argument_size_in_bytes,
+                      output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
+                      temp_bytes=memory.temp_size_in_bytes, code_bytes=memory.generated_code_size_in_bytes,
+                      resident_bytes=resident_bytes, flops=float(compiled.cost_analysis().get("flops", 0.0)),
+                      compile_seconds=seconds)
+
+
+class _Plan:
+    """The config's model, mesh and batch shapes over a topology, as abstract state."""
+
+    def __init__(self, config: ml_collections.ConfigDict, topology: str, hbm_bytes: int | None):
+        self.config, self.topology = config, topology
+        devices = tpu_topology_devices(topology)
+        self.device_kind = devices[0].device_kind
+        self.hbm_bytes = hbm_bytes or hbm_per_device(devices)
+        self.model_cfg = model_config(config)
+        self.rl = RLConfig.from_dict({k: v for k, v in config.rl.to_dict().items() if k != "length_buckets"})
+        self.engine_cfg = EngineConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                          for k, v in config.engine.to_dict().items()})
+        self.mesh = make_mesh(MeshConfig(**config.mesh.to_dict()), devices)
+        self.rules: Rules = tuple(tuple(rule) for rule in config.sharding_rules)
+
+        def init() -> tuple[Decoder, nnx.Optimizer]:
+            model = Decoder(self.model_cfg, rngs=nnx.Rngs(0))
+            return model, nnx.Optimizer(model, make_optimizer(self.rl), wrt=nnx.Param)
+
+        self.model, self.optimizer = nnx.eval_shape(init)
+        self.steps = LearnerSteps(self.model, self.optimizer, self.rl, mesh=self.mesh, rules=self.rules)
+        self.state = _with_shardings(nnx.state((self.model, self.optimizer)), self.steps.state_shardings)
+        self.params = _with_shardings(nnx.state(self.model, nnx.Param), self.steps.param_shardings)
+        params_bytes = _per_device_bytes(self.params)
+        self.resident = {"params": params_bytes, "optimizer": _per_device_bytes(self.state) - params_bytes,
+                         "reference": params_bytes}
+        self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.params))
+        # The solver batch, the larger of the two updates, padded as Trainer._batches pads it.
+        selfplay = config.selfplay
+        self.mini_batches = self.rl.solver_mini_batches
+        multiple = self.mini_batches * math.lcm(self.rl.micro_batch_size or 1, self.steps.batch_shards())
+        self.rows = -(-selfplay.batch_size * selfplay.solver_samples // multiple) * multiple
+        self.length = max(config.rl.length_buckets)
+        self.steps.check_update(self.rows, self.mini_batches)
+
+    def memory_precheck(self) -> None:
+        """Weights, AdamW moments and the reference copy alone: no compile needed to refuse these."""
+        resident = sum(self.resident.values())
+        if resident > self.hbm_bytes:
+            parts = ", ".join(f"{k} {v}" for k, v in self.resident.items())
+            raise ValueError(f"resident state (policy params + AdamW state + reference params) needs {resident} "
+                             f"bytes ({_size(resident)}) per device but {self.hbm_bytes} bytes "
+                             f"({_size(self.hbm_bytes)}) are available ({parts}); add devices, shard more "
+                             "(config.mesh) or use bf16 params")
+
+    def update(self) -> StepReport:
+        start = time.perf_counter()
+        batch = _abstract_batch(self.rows, self.length, self.mesh, self.rules)
+        lowered = self.steps.update.lower(self.state, batch, self.mini_batches)
+        return _compile("update", f"{self.rows}x{self.length}, {self.mini_batches} minis", lowered,
+                        self.resident["reference"], start)
+
+    def reference_logprobs(self) -> StepReport:
+        start = time.perf_counter()
+        batch = _abstract_batch(self.rows, self.length, self.mesh, self.rules)
+        lowered = self.steps.logprobs.lower(self.params, batch.tokens, batch.attention_mask)
+        return _compile("reference_logprobs", f"{self.rows}x{self.length}", lowered,
+                        self.resident["params"] + self.resident["optimizer"], start)
+
+    def generate(self) -> StepReport:
+        start = time.perf_counter()
+        # Stop strings as byte-length placeholders: a token spans >= 1 byte, so this bounds the
+        # stop table's width without loading a tokenizer.
+        stops = [[1] * len(s.encode()) for s in self.config.rollout.stop_strings]
+        engine = Engine(self.model, self.engine_cfg, stop_sequences=stops, eos_ids=[0], mesh=self.mesh,
+                        rules=self.rules)
+        lowered = engine.lower_generate(self.params, engine.abstract_decode_state())
+        cfg = self.engine_cfg
+        return _compile("generate", f"{cfg.num_slots} slots x {cfg.max_cache_len}, {cfg.decode_steps} steps",
+                        lowered, self.resident["optimizer"] + self.resident["reference"], start)
+
+    def update_flops(self) -> float:
+        """All devices' FLOPs of one update. XLA counts a loop body once, so this compiles one
+        accumulation step of one row per batch shard with every scan of length 1 (and the vocabulary
+        projection unchunked), then scales to the update's rows and epochs."""
+        rows = self.steps.batch_shards()
+        rl = dataclasses.replace(self.rl, ppo_epochs=1, micro_batch_size=0, logprob_chunk=0)
+        steps = LearnerSteps(self.model, self.optimizer, rl, mesh=self.mesh, rules=self.rules)
+        start = time.perf_counter()
+        batch = _abstract_batch(rows, self.length, self.mesh, self.rules)
+        compiled = steps.update.lower(self.state, batch, 1).compile()
+        logging.info("aot: compiled the loop-free update (%dx%d) in %.1f s", rows, self.length,
+                     time.perf_counter() - start)
+        per_step = float(compiled.cost_analysis()["flops"]) * self.mesh.devices.size
+        return per_step * self.rl.ppo_epochs * self.rows / rows
+
+    def report(self, count_flops: bool) -> FitReport:
+        return FitReport(topology=self.topology, device_kind=self.device_kind, num_devices=self.mesh.devices.size,
+                         mesh=dict(self.mesh.shape), hbm_bytes=self.hbm_bytes, num_params=self.num_params,
+                         resident=self.resident, steps=(self.update(), self.reference_logprobs(), self.generate()),
+                         update_tokens=self.rl.ppo_epochs * self.rows * self.length,
+                         update_flops=self.update_flops() if count_flops else None)
+
+
+def fit_report(config: ml_collections.ConfigDict, topology: str, *, hbm_bytes: int | None = None,
+               count_flops: bool = False) -> FitReport:
+    """Compile the update, reference log-prob and generate steps of `config` for `topology` and
+    report per-device memory; never raises for not fitting (see `check_fits`). `hbm_bytes`
+    overrides the chip table."""
+    return _Plan(config, topology, hbm_bytes).report(count_flops)
+
+
+def check_fits(config: ml_collections.ConfigDict, topology: str, *, hbm_bytes: int | None = None,
+               count_flops: bool = False) -> FitReport:
+    """`fit_report`, raising ValueError naming each step that needs more bytes per device than the
+    chip has. Resident state that alone exceeds HBM is refused before anything compiles."""
+    plan = _Plan(config, topology, hbm_bytes)
+    plan.memory_precheck()
+    report = plan.report(count_flops)
+    over = report.over_budget()
+    if over:
+        raise ValueError(f"config does not fit {topology} ({report.device_kind}, {report.hbm_bytes} bytes = "
+                         f"{_size(report.hbm_bytes)} HBM per device): "
+                         + "; ".join(report.shortfall(s) for s in over) + "\n" + report.format())
+    return report
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    # Compile-only: never claim this host's accelerators (a TPU VM may be training right now).
+    if "JAX_PLATFORMS" not in os.environ:
+        jax.config.update("jax_platforms", "cpu")
+    logging.getLogger().setLevel(logging.INFO)
+    args = flags.FLAGS
+    report = fit_report(args.config, args.topology, hbm_bytes=int(args.hbm_gib * GiB) or None,
+                        count_flops=args.flops)
+    print(report.format())
+    sys.exit(1 if report.over_budget() else 0)
+
+
+def _define_flags() -> None:
+    """CLI flags, defined only when run as a program: the trainer imports this module and owns --config."""
+    config_flags.DEFINE_config_file("config", None, "path to a configs/*.py file", lock_config=True)
+    flags.DEFINE_string("topology", "v5p:4x4x4", "TPU slice to compile for, e.g. v5p:4x4x4, v5e:2x2, v6e:4x4")
+    flags.DEFINE_float("hbm_gib", 0.0, "HBM per device in GiB; 0 = the table entry of the topology's chip")
+    flags.DEFINE_bool("flops", True, "also compile one loop-free accumulation step to count the update's FLOPs")
+    flags.mark_flags_as_required(["config"])
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,139 @@
+"""Ahead-of-time compilation for TPU slices this CPU host does not have (ssp_jax/aot.py).
+
+The tiny config's update, reference log-prob and decode steps compile for v5e:2x2 with positive
+per-device memory and update FLOPs near 6*N*tokens; a config that cannot fit is refused naming the
+step and the bytes; installing libtpu leaves ordinary CPU jax alone.
+"""
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import pytest
+
+pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -r requirements-tpu.txt); "
+                                     "TPU ahead-of-time compilation needs it")
+
+from ssp_jax.aot import GiB, check_fits, hbm_per_device, tpu_topology_devices  # noqa: E402
+from ssp_jax.train import Trainer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "configs"))
+import tiny  # noqa: E402
+
+QWEN_7B = dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+               num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, head_dim=128,
+               tie_word_embeddings=False)
+
+
+def short_config(length: int = 128, rows: int = 8):
+    """configs/tiny.py with short sequences, so attention is a small part of the FLOPs and 6*N*tokens
+    is a close estimate. `rows` solver trajectories per step (2 per question)."""
+    config = tiny.get_config()
+    config.selfplay.batch_size = rows // config.selfplay.solver_samples
+    config.rl.length_buckets = (length,)
+    config.engine.max_cache_len = length
+    config.engine.prefill_buckets = (length // 2,)
+    config.engine.extend_buckets = (length // 4,)
+    return config
+
+
+@pytest.fixture(scope="module")
+def tiny_report():
+    return check_fits(short_config(), "v5e:2x2", count_flops=True)
+
+
+def test_topology_devices_and_hbm_per_device():
+    devices = tpu_topology_devices("v5e:2x2")
+    assert len(devices) == 4 and devices[0].device_kind == "TPU v5 lite" and devices[0].platform == "tpu"
+    assert hbm_per_device(devices) == 16 * GiB
+    assert hbm_per_device(tpu_topology_devices("v5p:2x2x1")) == 95 * GiB
+    # v4 slices list each of a chip's two TensorCores as a device, so each gets half the chip.
+    assert hbm_per_device(tpu_topology_devices("v4:2x2x1")) == 16 * GiB
+    assert jax.devices()[0].platform == "cpu" and jax.device_count() == 8  # the tests' CPU devices are intact
+
+
+def test_tiny_config_compiles_for_v5e_with_positive_memory(tiny_report):
+    report = tiny_report
+    assert (report.device_kind, report.num_devices, report.hbm_bytes) == ("TPU v5 lite", 4, 16 * GiB)
+    assert report.mesh == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert [s.name for s in report.steps] == ["update", "reference_logprobs", "generate"]
+    for step in report.steps:  # (scratch this small stays in on-chip memory: temp_bytes may be 0)
+        assert step.argument_bytes > 0 and step.output_bytes > 0 and step.temp_bytes >= 0, step
+        assert step.flops > 0 and 0 < step.total_bytes < report.hbm_bytes, step
+    update, logprobs, generate = report.steps
+    # fp32 weights split 4 ways (norm scales replicated); AdamW holds two moments per weight.
+    params = report.resident["params"]
+    assert report.num_params * 4 / 4 <= params < report.num_params * 4 / 2
+    assert 2 * params <= report.resident["optimizer"] < 2 * params + 1024
+    assert update.argument_bytes >= params + report.resident["optimizer"]
+    assert update.alias_bytes >= params and generate.alias_bytes > 0  # donated state is updated in place
+    assert update.resident_bytes == report.resident["reference"]
+    assert logprobs.argument_bytes >= params and logprobs.output_bytes == 8 * 128 * 4 // 4
+    assert "update" in report.format() and "6*N*tokens" in report.format()
+
+
+def test_update_flops_are_close_to_six_n_tokens(tiny_report):
+    assert tiny_report.update_tokens == 8 * 128
+    ratio = tiny_report.update_flops / tiny_report.analytic_update_flops
+    # Above 1: attention scores and the optimizer; well below 2: no step is compiled twice.
+    assert 1.0 < ratio < 1.5, tiny_report.format()
+
+
+def test_model_too_big_for_the_slice_is_refused_before_compiling():
+    config = short_config()
+    config.model.init = QWEN_7B
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"resident state \(policy params \+ AdamW state \+ reference params\) "
+                                         r"needs \d+ bytes \(\d+\.\d+ GiB\) per device but 17179869184 bytes "
+                                         r"\(16\.00 GiB\) are available"):
+        check_fits(config, "v5e:2x2")
+    assert time.perf_counter() - start < 60
+
+
+def test_activations_that_cannot_fit_are_refused_naming_the_step():
+    # 32 rows of 16k tokens: each device's 8 rows hold [8, 4 heads, 16k, 16k] fp32 attention scores.
+    # XLA rematerialises to fit HBM and, when nothing fits, refuses the step with the bytes it needs.
+    with pytest.raises(ValueError, match=r"does not fit v5e:2x2 \(TPU v5 lite, 17179869184 bytes = 16\.00 GiB HBM "
+                                         r"per device\): .*reference_logprobs cannot be compiled to fit: "
+                                         r"RESOURCE_EXHAUSTED: .*required for HLO temporaries \(\d+\.\d+G\) "
+                                         r"exceeds available HBM") as refused:
+        check_fits(short_config(length=16384, rows=32), "v5e:2x2")
+    assert "generate" not in str(refused.value).splitlines()[0]  # 8 slots of 16k cache fit easily
+
+
+def test_compiled_steps_over_the_budget_are_named_with_their_bytes(tiny_report):
+    """A step XLA compiled whose total (with the resident state) still exceeds the chip's HBM."""
+    update = tiny_report.steps[0]
+    small_chip = dataclasses.replace(tiny_report, hbm_bytes=update.total_bytes - 1)
+    assert update in small_chip.over_budget()
+    assert small_chip.shortfall(update) == (f"update needs {update.total_bytes} bytes "
+                                            f"({update.total_bytes / 2**20:.2f} MiB) per device, "
+                                            f"{update.total_bytes - 1} ({(update.total_bytes - 1) / 2**20:.2f} MiB) "
+                                            "available")
+    assert "DOES NOT FIT: update needs" in small_chip.format()
+
+
+def test_trainer_runs_the_check_when_config_names_a_topology(tmp_path):
+    config = short_config()
+    config.model.init = QWEN_7B
+    config.aot_topology = "v5e:2x2"
+    with pytest.raises(ValueError, match="resident state"):
+        Trainer(config, tmp_path)
+    assert not (tmp_path / "random_init").exists()  # refused before any weight was written
+
+
+def test_libtpu_leaves_plain_cpu_jax_alone():
+    """Without JAX_PLATFORMS, jax probes the TPU plugin, finds no chip (and no metadata server is
+    queried: jax sets TPU_SKIP_MDS_QUERY when no TPU is on the PCI bus) and falls back to CPU."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "TPU_", "XLA_"))}
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend(), jax.device_count())"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["cpu", "1"]
+    assert time.perf_counter() - start < 30
