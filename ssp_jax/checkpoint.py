@@ -45,7 +45,8 @@ class Checkpointer:
         one handler per item, and `save` / `restore` bind another."""
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
-                arrays=ocp.args.PyTreeRestore(abstract_arrays, partial_restore=True)))
+                arrays=ocp.args.PyTreeRestore(abstract_arrays, partial_restore=True,
+                                              restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_arrays))))
         except Exception as e:  # orbax raises many types for missing/corrupt files
             raise ValueError(f"{self.directory / str(step)}: checkpoint cannot be restored ({type(e).__name__}: "
                              f"{e})") from e
