@@ -43,10 +43,10 @@ class Checkpointer:
         """Restore only the arrays in `abstract_arrays`, a subtree of the saved one (e.g. the policy
         for evaluation), so the optimizer state is never read. Use a fresh Checkpointer: orbax binds
         one handler per item, and `save` / `restore` bind another."""
+        placement = ocp.checkpoint_utils.construct_restore_args(abstract_arrays)  # the shardings to restore into
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
-                arrays=ocp.args.PyTreeRestore(abstract_arrays, partial_restore=True,
-                                              restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_arrays))))
+                arrays=ocp.args.PyTreeRestore(abstract_arrays, partial_restore=True, restore_args=placement)))
         except Exception as e:  # orbax raises many types for missing/corrupt files
             raise ValueError(f"{self.directory / str(step)}: checkpoint cannot be restored ({type(e).__name__}: "
                              f"{e})") from e

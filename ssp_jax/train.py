@@ -121,7 +121,8 @@ class Trainer:
         policy = load_policy(self._policy_config(templates), mesh=self.mesh, rules=self.rules, workdir=workdir)
         self.learner = Learner(policy.model, self.rl, mesh=self.mesh, rules=self.rules)
         tokenizer, chat = policy.tokenizer, get_chat_template(config.chat_template)
-        self.engine = make_engine(policy, config.chat_template, engine_cfg, rollout_cfg, mesh=self.mesh, rules=self.rules)
+        self.engine = make_engine(policy, config.chat_template, engine_cfg, rollout_cfg, mesh=self.mesh,
+                                  rules=self.rules)
         self.reader_policy: Policy | None = None
         reader_engine = self.engine
         if config.selfplay.reader_path:
