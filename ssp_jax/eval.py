@@ -58,10 +58,14 @@ _SHARD_SIZE = flags.DEFINE_integer("shard_size", 100, "questions per resumable s
 def load_questions(spec: str, data_dir: str | None, split: str | None = None) -> tuple[str, list[QAItem]]:
     """(name, questions) of a benchmark name (TFDS `ssp_qa`) or a FlashRAG jsonl path."""
     if spec.endswith(".jsonl"):
-        return Path(spec).stem, load_qa_jsonl(spec)
-    if not data_dir:
+        name, items = Path(spec).stem, load_qa_jsonl(spec)
+    elif not data_dir:
         raise ValueError(f"benchmark {spec!r} needs --data_dir (the TFDS dir of the prepared ssp_qa benchmarks)")
-    return spec, load_benchmark(spec, data_dir, split)
+    else:
+        name, items = spec, load_benchmark(spec, data_dir, split)
+    if not items:  # an empty benchmark would put NaN into the mean
+        raise ValueError(f"{spec}: holds no question")
+    return name, items
 
 
 def load_eval_policy(config: ml_collections.ConfigDict, checkpoint: Path, *, mesh: Mesh, rules: Rules) -> Policy:
@@ -160,7 +164,10 @@ def run_eval(config: ml_collections.ConfigDict, checkpoint: str | Path, benchmar
     _check_run(out_dir, {"checkpoint": str(Path(checkpoint).resolve()), "limit": limit, "seed": config.seed,
                          "shard_size": shard_size, "split": split, "chat_template": config.chat_template,
                          "rollout": config.rollout.to_dict(), "solver_prompt": config.prompts.solver})
-    questions = dict(load_questions(spec, data_dir, split) for spec in benchmarks)
+    loaded = [load_questions(spec, data_dir, split) for spec in benchmarks]
+    questions = dict(loaded)
+    if len(questions) != len(loaded):  # two jsonl files with one stem would share a shard dir
+        raise ValueError(f"benchmark names {[name for name, _ in loaded]} repeat; rename the files")
     questions = {name: subsample(items, limit, config.seed) for name, items in questions.items()}
     engine_cfg = typed(EngineConfig, config.engine, "engine")
     rollout_cfg = typed(RolloutConfig, config.rollout, "rollout")
