@@ -39,6 +39,19 @@ class Checkpointer:
                              f"{e}); move it aside to resume from an earlier step") from e
         return restored["arrays"], restored["host"]
 
+    def restore_subtree(self, step: int, abstract_arrays: Any) -> Any:
+        """Restore only the arrays in `abstract_arrays`, a subtree of the saved one (e.g. the policy
+        for evaluation), so the optimizer state is never read. Use a fresh Checkpointer: orbax binds
+        one handler per item, and `save` / `restore` bind another."""
+        placement = ocp.checkpoint_utils.construct_restore_args(abstract_arrays)  # the shardings to restore into
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                arrays=ocp.args.PyTreeRestore(abstract_arrays, partial_restore=True, restore_args=placement)))
+        except Exception as e:  # orbax raises many types for missing/corrupt files
+            raise ValueError(f"{self.directory / str(step)}: checkpoint cannot be restored ({type(e).__name__}: "
+                             f"{e})") from e
+        return restored["arrays"]
+
     def close(self) -> None:
         self._manager.close()
 

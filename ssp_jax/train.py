@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 from flax import nnx
+from jax.sharding import Mesh
 from ml_collections import config_flags
 from tqdm.auto import tqdm
 
@@ -40,7 +41,7 @@ from ssp_jax.distributed import any_process, initialize, is_leader, leader_first
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.metrics import MetricsWriter, read_jsonl, read_metrics
 from ssp_jax.models.policy import Policy, load_policy
-from ssp_jax.models.sharding import MeshConfig, make_mesh
+from ssp_jax.models.sharding import MeshConfig, Rules, make_mesh
 from ssp_jax.retrieval.base import Retriever
 from ssp_jax.retrieval.index import load_retriever
 from ssp_jax.retrieval.remote import RemoteRetriever
@@ -49,7 +50,7 @@ from ssp_jax.rl.batch import RLBatch, pack_batch
 from ssp_jax.rl.config import RLConfig
 from ssp_jax.rl.update import Learner
 from ssp_jax.report import summarize_run, write_summary
-from ssp_jax.selfplay.evaluate import QAItem, evaluate, load_qa_jsonl, result_record, summarize
+from ssp_jax.selfplay.evaluate import QAItem, evaluate, load_qa_jsonl, result_record, subsample, summarize
 from ssp_jax.selfplay.pool import QuestionPool
 from ssp_jax.selfplay.step import GameResult, SelfPlayConfig, SelfPlayGame
 from ssp_jax.tokenizer import get_chat_template
@@ -92,6 +93,16 @@ def make_retriever(config: ml_collections.ConfigDict, index_dir: str) -> Retriev
     return load_retriever(index_dir)
 
 
+def make_engine(policy: Policy, chat_template: str, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig, *,
+                mesh: Mesh | None, rules: Rules) -> Engine:
+    """The sampling engine of `policy`, stopping at the rollout's stop strings, EOS and end of turn."""
+    tokenizer = policy.tokenizer
+    end_of_turn = tokenizer.token_to_id(get_chat_template(chat_template).end_of_turn)
+    eos = sorted({tokenizer.eos_id} | ({end_of_turn} if end_of_turn is not None else set()))
+    return Engine(policy.model, engine_cfg, stop_sequences=stop_token_sequences(tokenizer, rollout_cfg.stop_strings),
+                  eos_ids=eos, mesh=mesh, rules=rules)
+
+
 class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
         self.config, self.workdir = config, workdir
@@ -110,7 +121,8 @@ class Trainer:
         policy = load_policy(self._policy_config(templates), mesh=self.mesh, rules=self.rules, workdir=workdir)
         self.learner = Learner(policy.model, self.rl, mesh=self.mesh, rules=self.rules)
         tokenizer, chat = policy.tokenizer, get_chat_template(config.chat_template)
-        self.engine = self._engine(policy, engine_cfg, rollout_cfg)
+        self.engine = make_engine(policy, config.chat_template, engine_cfg, rollout_cfg, mesh=self.mesh,
+                                  rules=self.rules)
         self.reader_policy: Policy | None = None
         reader_engine = self.engine
         if config.selfplay.reader_path:
@@ -118,7 +130,8 @@ class Trainer:
             with reader_model.unlocked():
                 reader_model.hf_path = config.selfplay.reader_path
             self.reader_policy = load_policy(reader_model, mesh=self.mesh, rules=self.rules, workdir=workdir)
-            reader_engine = self._engine(self.reader_policy, engine_cfg, rollout_cfg)
+            reader_engine = make_engine(self.reader_policy, config.chat_template, engine_cfg, rollout_cfg,
+                                        mesh=self.mesh, rules=self.rules)
         runner = RolloutRunner(self.engine, tokenizer, make_retriever(config.retrieval, self.index_dir), rollout_cfg)
         reader_cfg = dataclasses.replace(rollout_cfg, max_turns=1, max_response_tokens=self.selfplay.reader_max_tokens)
         reader = RolloutRunner(reader_engine, tokenizer, None, reader_cfg)
@@ -173,17 +186,7 @@ class Trainer:
             items = [QAItem(q.question, q.golden_answers, q.hops) for q in world.heldout_questions(data.eval_split)]
         else:
             raise ValueError("config.train.eval_every or eval_at_ends is set but config.data.eval_questions is empty")
-        if len(items) > data.eval_limit:
-            keep = np.random.default_rng(self.config.seed).choice(len(items), data.eval_limit, replace=False)
-            items = [items[i] for i in sorted(keep)]
-        return items
-
-    def _engine(self, policy: Policy, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig) -> Engine:
-        tokenizer = policy.tokenizer
-        end_of_turn = tokenizer.token_to_id(get_chat_template(self.config.chat_template).end_of_turn)
-        eos = sorted({tokenizer.eos_id} | ({end_of_turn} if end_of_turn is not None else set()))
-        return Engine(policy.model, engine_cfg, stop_sequences=stop_token_sequences(tokenizer, rollout_cfg.stop_strings),
-                      eos_ids=eos, mesh=self.mesh, rules=self.rules)
+        return subsample(items, data.eval_limit, self.config.seed)
 
     def _check_sizes(self) -> None:
         """Inconsistent sizes fail at start-up, naming the fields, not as a shape error mid-run."""

@@ -57,6 +57,15 @@ def load_qa_jsonl(path: str | Path) -> list[QAItem]:
     return items
 
 
+def subsample(items: Sequence[QAItem], limit: int, seed: int) -> list[QAItem]:
+    """At most `limit` items, a fixed-seed sample kept in file order (all of them when fewer), so
+    every run and checkpoint is scored on the same questions."""
+    if len(items) <= limit:
+        return list(items)
+    keep = np.random.default_rng(seed).choice(len(items), limit, replace=False)
+    return [items[i] for i in sorted(keep)]
+
+
 def evaluate(runner: RolloutRunner, tokenizer: Tokenizer, chat: ChatTemplate, params: nnx.State,
              items: Sequence[QAItem], templates: prompts.PromptTemplates = prompts.DEFAULT_TEMPLATES,
              *, progress: bool = False) -> list[QAResult]:

@@ -1,0 +1,215 @@
+"""Benchmark evaluation: `python -m ssp_jax.eval --config configs/<x>.py --checkpoint PATH
+[--benchmarks nq,hotpotqa] [--out DIR]`.
+
+The paper's protocol (SSP.md section 6): greedy decoding, at most `config.rollout.max_turns` turns,
+`config.rollout.topk` passages per search, the solver prompt `config.prompts.solver`, and a fixed-seed
+(`config.seed`) subsample of `--limit` questions per benchmark (all of them when fewer, e.g. Bamboogle).
+Scores are EM and F1; the paper's optional LLM-judge score is not computed.
+
+A benchmark is a name from `BENCHMARKS` (the TFDS `ssp_qa` builder under `--data_dir`) or a path to a
+FlashRAG jsonl (named by its file stem). Questions are scored in shards of `--shard_size`; each
+finished shard's per-question records go to `<out>/<benchmark>/shard_<i>.jsonl`, so a rerun (after a
+preemption) reads those and evaluates only the missing shards. `<out>/results.json` and
+`<out>/results.md` hold the per-benchmark table and the unweighted mean over the benchmarks run.
+
+`--checkpoint` is an HF directory (config.json + safetensors + tokenizer.json), or a training run's
+orbax directory (`<workdir>/checkpoints` for its latest step, or one step's directory): its policy
+weights are loaded into the model of `config.model`, built as in training from the run's workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from jax.sharding import Mesh
+
+from ssp_jax.agent.prompts import PromptTemplates
+from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner
+from ssp_jax.checkpoint import Checkpointer, abstract_like
+from ssp_jax.data.qa_benchmarks import BENCHMARKS, load_benchmark
+from ssp_jax.engine.engine import EngineConfig
+from ssp_jax.models.policy import Policy, load_policy
+from ssp_jax.models.sharding import MeshConfig, Rules, make_mesh
+from ssp_jax.retrieval.base import Retriever
+from ssp_jax.selfplay.evaluate import (QAItem, QAResult, evaluate, load_qa_jsonl, result_record, subsample,
+                                       summarize)
+from ssp_jax.tokenizer import get_chat_template
+from ssp_jax.train import make_engine, make_retriever, typed
+
+Solve = Callable[[list[QAItem]], list[QAResult]]
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF checkpoint dir, or orbax <workdir>/checkpoints[/<step>]")
+_BENCHMARKS = flags.DEFINE_list("benchmarks", list(BENCHMARKS), "benchmark names and/or FlashRAG jsonl paths")
+_OUT = flags.DEFINE_string("out", None, "output dir (default: eval/<checkpoint dir name>)")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir holding the prepared ssp_qa benchmarks")
+_SPLIT = flags.DEFINE_string("split", None, "benchmark split (default: test if built, else dev)")
+_LIMIT = flags.DEFINE_integer("limit", 500, "questions per benchmark (fixed-seed subsample)")
+_SHARD_SIZE = flags.DEFINE_integer("shard_size", 100, "questions per resumable shard")
+
+
+def load_questions(spec: str, data_dir: str | None, split: str | None = None) -> tuple[str, list[QAItem]]:
+    """(name, questions) of a benchmark name (TFDS `ssp_qa`) or a FlashRAG jsonl path."""
+    if spec.endswith(".jsonl"):
+        name, items = Path(spec).stem, load_qa_jsonl(spec)
+    elif not data_dir:
+        raise ValueError(f"benchmark {spec!r} needs --data_dir (the TFDS dir of the prepared ssp_qa benchmarks)")
+    else:
+        name, items = spec, load_benchmark(spec, data_dir, split)
+    if not items:  # an empty benchmark would put NaN into the mean
+        raise ValueError(f"{spec}: holds no question")
+    return name, items
+
+
+def load_eval_policy(config: ml_collections.ConfigDict, checkpoint: Path, *, mesh: Mesh, rules: Rules) -> Policy:
+    """The policy at an HF checkpoint dir, or `config.model` with the policy weights of an orbax one."""
+    if (checkpoint / "config.json").is_file():
+        model = config.model.copy_and_resolve_references()
+        with model.unlocked():
+            model.hf_path = str(checkpoint)
+        return load_policy(model, mesh=mesh, rules=rules, workdir=checkpoint)
+    directory, step = _orbax_step(checkpoint)
+    # The run's workdir, so a random-init model shape is the one training wrote there.
+    policy = load_policy(config.model, mesh=mesh, rules=rules, workdir=directory.parent)
+    params = nnx.state(policy.model, nnx.Param)
+    tree = Checkpointer(directory).restore_subtree(step, {"policy": abstract_like(nnx.to_pure_dict(params))})
+    nnx.replace_by_pure_dict(params, tree["policy"])
+    nnx.update(policy.model, params)
+    return policy
+
+
+def _orbax_step(checkpoint: Path) -> tuple[Path, int]:
+    """(checkpoint manager dir, step): a step's dir, or the latest step of a manager dir."""
+    if checkpoint.name.isdigit():
+        return checkpoint.parent, int(checkpoint.name)
+    step = Checkpointer(checkpoint).latest_step() if checkpoint.is_dir() else None
+    if step is None:
+        raise FileNotFoundError(f"{checkpoint}: neither an HF checkpoint (config.json) nor an orbax checkpoint dir")
+    return checkpoint, step
+
+
+def run_shards(name: str, items: Sequence[QAItem], solve: Solve, out_dir: Path, shard_size: int) -> list[QAResult]:
+    """Results of every item, evaluating only the shards without a records file in `out_dir/name`."""
+    shard_dir = out_dir / name
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for start in range(0, len(items), shard_size):
+        shard = list(items[start:start + shard_size])
+        path = shard_dir / f"shard_{start // shard_size:05d}.jsonl"
+        if path.is_file():
+            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            if [r["question"] for r in records] != [item.question for item in shard]:
+                raise ValueError(f"{path}: holds other questions than this run's shard; use a new --out")
+            results += [_result(r) for r in records]
+            continue
+        shard_results = solve(shard)
+        _write_atomic(path, "".join(json.dumps(result_record(r)) + "\n" for r in shard_results))
+        results += shard_results
+    return results
+
+
+def _result(record: dict[str, Any]) -> QAResult:
+    """The inverse of `result_record`."""
+    item = QAItem(record["question"], record["golden_answers"], record["hops"])
+    return QAResult(item, record["prediction"], record["em"], record["f1"], record["searches"],
+                    record["finish_reason"])
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write then rename, so a killed run never leaves a partial shard that a rerun would trust."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def results_table(results: dict[str, list[QAResult]]) -> dict[str, Any]:
+    """Per-benchmark EM / F1 / searches / n, and the unweighted mean EM and F1 over benchmarks."""
+    rows = {name: {"n": len(rs), **{k.split("/", 1)[1]: v for k, v in summarize(rs, name).items()}}
+            for name, rs in results.items()}
+    mean = {key: float(np.mean([row[key] for row in rows.values()])) for key in ("em", "f1")}
+    return {"benchmarks": rows, "mean": mean}
+
+
+def markdown_table(table: dict[str, Any]) -> str:
+    lines = ["| benchmark | n | EM | F1 | searches |", "|---|---:|---:|---:|---:|"]
+    for name, row in table["benchmarks"].items():
+        lines.append(f"| {name} | {row['n']} | {row['em']:.3f} | {row['f1']:.3f} | {row['searches']:.2f} |")
+    lines.append(f"| **mean** | | {table['mean']['em']:.3f} | {table['mean']['f1']:.3f} | |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_benchmarks(benchmarks: dict[str, list[QAItem]], solve: Solve, out_dir: Path,
+                        shard_size: int) -> dict[str, Any]:
+    """Resumably score each benchmark and write results.json / results.md to `out_dir`."""
+    results = {name: run_shards(name, items, solve, out_dir, shard_size) for name, items in benchmarks.items()}
+    table = results_table(results)
+    _write_atomic(out_dir / "results.json", json.dumps(table, indent=2) + "\n")
+    _write_atomic(out_dir / "results.md", markdown_table(table))
+    return table
+
+
+def run_eval(config: ml_collections.ConfigDict, checkpoint: str | Path, benchmarks: Sequence[str], out_dir: str | Path,
+             *, data_dir: str | None = None, split: str | None = None, limit: int = 500, shard_size: int = 100,
+             retriever: Retriever | None = None) -> dict[str, Any]:
+    """Load questions and the policy, then `evaluate_benchmarks` under the config's rollout protocol.
+    `retriever` replaces `config.retrieval` (tests inject a scripted one)."""
+    out_dir = Path(out_dir)
+    _check_run(out_dir, {"checkpoint": str(Path(checkpoint).resolve()), "limit": limit, "seed": config.seed,
+                         "shard_size": shard_size, "split": split, "chat_template": config.chat_template,
+                         "rollout": config.rollout.to_dict(), "solver_prompt": config.prompts.solver})
+    loaded = [load_questions(spec, data_dir, split) for spec in benchmarks]
+    questions = dict(loaded)
+    if len(questions) != len(loaded):  # two jsonl files with one stem would share a shard dir
+        raise ValueError(f"benchmark names {[name for name, _ in loaded]} repeat; rename the files")
+    questions = {name: subsample(items, limit, config.seed) for name, items in questions.items()}
+    engine_cfg = typed(EngineConfig, config.engine, "engine")
+    rollout_cfg = typed(RolloutConfig, config.rollout, "rollout")
+    templates = typed(PromptTemplates, config.prompts, "prompts")
+    mesh = make_mesh(typed(MeshConfig, config.mesh, "mesh"))
+    rules = tuple(tuple(rule) for rule in config.sharding_rules)
+    policy = load_eval_policy(config, Path(checkpoint), mesh=mesh, rules=rules)
+    engine = make_engine(policy, config.chat_template, engine_cfg, rollout_cfg, mesh=mesh, rules=rules)
+    runner = RolloutRunner(engine, policy.tokenizer,
+                           retriever or make_retriever(config.retrieval, config.retrieval.index), rollout_cfg)
+    chat, params = get_chat_template(config.chat_template), nnx.state(policy.model, nnx.Param)
+    return evaluate_benchmarks(
+        questions, lambda items: evaluate(runner, policy.tokenizer, chat, params, items, templates, progress=True),
+        out_dir, shard_size)
+
+
+def _check_run(out_dir: Path, run: dict[str, Any]) -> None:
+    """Record what `out_dir` evaluates; refuse to resume it with another checkpoint or protocol,
+    which would silently mix two runs' shards in one table."""
+    path = out_dir / "run.json"
+    run = json.loads(json.dumps(run))  # tuples -> lists, as read back
+    if path.is_file():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous != run:
+            changed = sorted(k for k in run.keys() | previous.keys() if run.get(k) != previous.get(k))
+            raise ValueError(f"{out_dir} holds an evaluation with other {changed}; use a new --out")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, json.dumps(run, indent=2) + "\n")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    checkpoint = Path(_CHECKPOINT.value)
+    out_dir = Path(_OUT.value or Path("eval") / checkpoint.resolve().name)
+    # --config is ssp_jax.train's flag (defined on import, for its builders): the same config file.
+    table = run_eval(flags.FLAGS.config, checkpoint, _BENCHMARKS.value, out_dir, data_dir=_DATA_DIR.value,
+                     split=_SPLIT.value, limit=_LIMIT.value, shard_size=_SHARD_SIZE.value)
+    print(markdown_table(table), end="")
+    print(f"written to {out_dir}/results.json and results.md")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "checkpoint"])
+    app.run(main)
