@@ -1,0 +1,41 @@
+"""Export a trained policy as a Hugging Face checkpoint, for serving or for `transformers`:
+
+    python -m ssp_jax.export --config configs/<x>.py --checkpoint <workdir>/checkpoints --hf_out DIR
+
+`--checkpoint` takes what `python -m ssp_jax.eval` takes (an orbax `checkpoints[/<step>]` dir of a
+training run, or an HF dir); the output is config.json + safetensors shards + tokenizer files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+from absl import app, flags
+
+from ssp_jax.eval import load_eval_policy
+from ssp_jax.models.hf_import import export_hf_decoder
+from ssp_jax.models.sharding import MeshConfig, make_mesh
+from ssp_jax.train import typed
+
+_HF_OUT = flags.DEFINE_string("hf_out", None, "output HF checkpoint directory")
+
+
+def export_policy(config: ml_collections.ConfigDict, checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """The policy at `checkpoint` (under `config.model`'s shape) written as an HF checkpoint."""
+    mesh = make_mesh(typed(MeshConfig, config.mesh, "mesh"))
+    rules = tuple(tuple(rule) for rule in config.sharding_rules)
+    policy = load_eval_policy(config, Path(checkpoint), mesh=mesh, rules=rules)
+    return export_hf_decoder(policy.model, out_dir, hf_config=policy.hf_config, tokenizer_dir=policy.checkpoint_dir)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    # --config and --checkpoint are the flags ssp_jax.train and ssp_jax.eval define on import.
+    out = export_policy(flags.FLAGS.config, flags.FLAGS.checkpoint, _HF_OUT.value)
+    print(f"exported {flags.FLAGS.checkpoint} to {out}")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "checkpoint", "hf_out"])
+    app.run(main)
