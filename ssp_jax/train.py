@@ -58,6 +58,9 @@ from ssp_jax.warmstart.build import WarmStartConfig, warm_start_checkpoint
 from ssp_jax.warmstart.demos import DemoFormat
 from ssp_jax.warmstart.sft import SFTConfig
 
+FIXED_SET_ROUNDS = 50  # proposer rounds the fixed-set control may spend collecting its questions
+FIXED_SET_SEED = 1 << 30  # rollout seeds of those rounds, apart from every training step's
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "path to a configs/*.py file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics and generated data (default workdir/<config>)")
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files overriding registered functions")
@@ -305,12 +308,13 @@ class Trainer:
         size, rounds = self.selfplay.fixed_set_size, 0
         reference = self.learner.reference_params
         while len(self.pool) < size:
-            if rounds == 50:
+            if rounds == FIXED_SET_ROUNDS:
                 raise RuntimeError(f"the frozen proposer made only {len(self.pool)} valid questions in {rounds} "
                                    f"rounds; lower selfplay.fixed_set_size={size}")
             answers = answers_for_step(self.answers, rounds, self.selfplay.batch_size, self.config.data.shuffle_seed + 1)
             proposals = self.game.propose(reference, reference, answers,
-                                          np.random.default_rng([self.config.seed, rounds, 1]), seed=-1 - rounds)
+                                          np.random.default_rng([self.config.seed, rounds, 1]),
+                                          seed=FIXED_SET_SEED + rounds)
             self.pool.add(q for q in proposals.questions if q is not None)
             rounds += 1
 

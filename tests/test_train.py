@@ -172,3 +172,13 @@ def test_fixed_set_control_draws_every_question_from_the_set(tmp_path):
         trainer.step += 1
         assert "proposer/loss" not in metrics and "selfplay/valid_rate" not in metrics and "solver/loss" in metrics
     assert trainer.pool.state_dict()["records"] == [{"question": q.question, "gold": list(q.gold)} for q in fixed]
+
+
+def test_fixed_set_control_names_the_field_when_no_question_is_valid(tmp_path, monkeypatch):
+    """The random tiny policy never writes a valid question: collecting the set fails clearly."""
+    import ssp_jax.train
+
+    monkeypatch.setattr(ssp_jax.train, "FIXED_SET_ROUNDS", 2)
+    trainer = Trainer(small_config(**{"selfplay.proposer_mode": "fixed", "selfplay.fixed_set_size": 4}), tmp_path)
+    with pytest.raises(RuntimeError, match="made only 0 valid questions in 2 rounds.*fixed_set_size=4"):
+        trainer.train_step()
