@@ -258,8 +258,9 @@ class Trainer:
                     metrics |= summarize(self._evaluate(self.learner.params))
                 self.metrics.write(self.step, metrics)
                 bar.update(1)
-                bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in
-                                 ("selfplay/valid_rate", "selfplay/rag_pass_rate", "solver/reward", "proposer/reward")})
+                bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in  # the controls lack some
+                                 ("selfplay/valid_rate", "selfplay/rag_pass_rate", "solver/reward", "proposer/reward")
+                                 if k in metrics})
                 if self.step % self.config.train.save_every == 0 or stop or self.step == steps:
                     self.save()
         finally:

@@ -167,10 +167,9 @@ def test_fixed_set_control_draws_every_question_from_the_set(tmp_path):
     fixed = [PoolQuestion("Which city is the capital of Gilvel in the micro world?", "Rokgru"),
              PoolQuestion("In which country does the river Orvzinvor rise in the micro world?", "Jortov")]
     trainer.pool.add(fixed)  # as if the frozen proposer had made them before the first step
-    for _ in range(2):
-        metrics = trainer.train_step()
-        trainer.step += 1
-        assert "proposer/loss" not in metrics and "selfplay/valid_rate" not in metrics and "solver/loss" in metrics
+    metrics = trainer.run()  # the whole loop (progress bar, metrics file, checkpoint), not just a step
+    assert trainer.step == 3 and "eval/em" in metrics
+    assert "proposer/loss" not in metrics and "selfplay/valid_rate" not in metrics and "solver/loss" in metrics
     assert trainer.pool.state_dict()["records"] == [{"question": q.question, "gold": list(q.gold)} for q in fixed]
 
 
