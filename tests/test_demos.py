@@ -6,15 +6,15 @@ import random
 import pytest
 
 from ssp_jax.agent.tags import all_tags, last_tag
-from ssp_jax.data.microworld import SPLITS, World
+from ssp_jax.data.microworld import SPLITS, Hop, World
 from ssp_jax.data.microworld_tokenizer import train_tokenizer
 from ssp_jax.retrieval.bm25 import BM25Retriever
 from ssp_jax.retrieval.corpus import Corpus
 from ssp_jax.selfplay.filters import check_proposal
 from ssp_jax.selfplay.rewards import generated_text
 from ssp_jax.tokenizer import Tokenizer, get_chat_template, information_block
-from ssp_jax.warmstart.demos import (GOAL, Demo, DemoFormat, build_demos, passage_demos, proposer_demos, reader_demos,
-                                     solver_demos)
+from ssp_jax.warmstart.demos import (GOAL, Demo, DemoFormat, build_demos, goal_question, passage_demos, proposer_demos,
+                                     reader_demos, solver_demos)
 
 CHAT = get_chat_template("chatml")
 FMT = DemoFormat(CHAT)
@@ -93,19 +93,37 @@ def test_proposer_demos_pass_rule_filters(world: World, tokenizer: Tokenizer, bm
         assert queries[0] == world.entity(record["entity_id"]).name
         check = check_proposal(response(demo, tokenizer), queries, record["ground_truth"])
         assert check.valid, (check, queries)
+        # The question is the goal phrase the last thought composed, hop by hop.
+        phrase = check.question.removeprefix("What is ").split(",")[0].removesuffix("?")
+        assert last_tag(response(demo, tokenizer), "think").content.endswith(f"Ask for {phrase}.")
     noisy = proposer_demos(world, tokenizer, FMT, bm25, answers, random.Random(3), noise=0.5)
     verdicts = [check_proposal(response(d, tokenizer), check_format(d, tokenizer, bm25), a["ground_truth"]).valid
                 for d, a in zip(noisy, answers)]
     assert verdicts == [d.flaw is None for d in noisy] and verdicts.count(False) == 12
 
 
+def test_goal_question_nests_the_chain_and_pads_short_ones(world: World) -> None:
+    person = next(e for e in world.entities if e.kind == "person")
+    company = next(e for e in world.entities if e.kind == "company")
+    chain = (Hop(person.name, person.id, "works_for", company.name, company.id),
+             Hop(company.name, company.id, "founded_by", "X", "x"), Hop("X", "x", "born_in", "Y", "y"))
+    assert goal_question(world, chain) == f"What is the birthplace of the founder of the employer of {person.name}?"
+    year = person.attributes["birth_year"]
+    assert goal_question(world, chain[:1]) == (f"What is the employer of {person.name}, who was born in the year "
+                                               f"{year}?")
+
+
 def test_reader_and_passage_demos(world: World, tokenizer: Tokenizer) -> None:
     questions = world.example_questions(12, seed=7)
     for demo, question in zip(reader_demos(world, tokenizer, FMT, questions, random.Random(4)), questions):
         prompt = tokenizer.decode(demo.prompt_ids)
-        assert prompt.count("Doc ") == question.hops + 4
+        # A proposer's documents: the answer's passage and each searched hop's (not the start's,
+        # unless the question has one hop), among 4 distractors.
+        searched = question.chain[1:] if question.hops > 1 else question.chain
+        titles = {world.entity(question.answer_id).name} | {world.entity(h.passage_id).name for h in searched}
+        assert prompt.count("Doc ") == len(titles) + 4
+        assert all(f"(Title: {title})" in prompt for title in titles)
         assert prompt.endswith("Answer:<|im_end|>\n<|im_start|>assistant\n")
-        assert all(world.entity(hop.passage_id).name in prompt for hop in question.chain)
         assert demo.spans == [(tokenizer.encode(question.golden_answers[0]) + [tokenizer.eos_id], True)]
     passages = passage_demos(world, tokenizer, random.Random(5))
     assert len(passages) == len(world.entities)

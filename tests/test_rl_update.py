@@ -105,6 +105,18 @@ def test_micro_batch_accumulation_equals_full_batch(full_batch_run):
         np.testing.assert_allclose(metrics[key], full_metrics[key], rtol=1e-5)
 
 
+def test_micro_batched_logprobs_equal_one_pass(full_batch_run):
+    """The reference/behaviour pass runs micro_batch_size rows at a time, on one device or sharded."""
+    learner, batch, _, _, _ = full_batch_run
+    whole = np.asarray(learner.logprobs(learner.reference_params, batch))
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    for micro, mesh_ in ((ROWS // 4, None), (ROWS // 2, mesh)):
+        small = new_learner(micro_batch_size=micro, mesh=mesh_)
+        np.testing.assert_allclose(np.asarray(small.logprobs(small.reference_params, batch)), whole, atol=1e-5)
+    with pytest.raises(ValueError, match=r"7 rows is not a multiple of RLConfig.micro_batch_size=2"):
+        new_learner(micro_batch_size=2).logprobs(learner.params, jax.tree.map(lambda x: x[:7], batch))
+
+
 def test_sharded_update_equals_single_device(full_batch_run):
     assert jax.device_count() == 8
     _, batch, _, expected, full_metrics = full_batch_run

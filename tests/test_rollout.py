@@ -110,6 +110,19 @@ def test_toolless_generation_never_searches(searcher):
     assert single_turn.finish_reason == tj.FINISH_MAX_TURNS and single_turn.error is None
 
 
+def test_end_of_turn_is_not_part_of_the_response_text(searcher):
+    """With no `</answer>` stop the searcher ends on EOS; the text (which the RAG check's reader
+    answer is parsed from) must not carry the special token, or no answer would ever match."""
+    model, tokenizer, _ = searcher
+    stops = ("</search>",)
+    engine = Engine(model, ENGINE, stop_sequences=stop_token_sequences(tokenizer, stops), eos_ids=[tokenizer.eos_id])
+    config = RolloutConfig(**{**ROLLOUT.__dict__, "stop_strings": stops})
+    (traj,) = RolloutRunner(engine, tokenizer, world.ScriptedRetriever(), config).run(
+        nnx.state(model), requests(tokenizer, world.KEYS[:1], sampling=GREEDY))
+    assert traj.finish_reason == tj.FINISH_EOS and traj.response_ids[-1] == tokenizer.eos_id
+    assert traj.response_text.endswith("</answer>") and traj.answer.content == world.successor(chain_end(world.KEYS[0]))[1]
+
+
 def test_no_recompilation_across_many_rollouts(searcher):
     model, tokenizer, engine = searcher
     params = nnx.state(model)

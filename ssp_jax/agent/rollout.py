@@ -85,7 +85,7 @@ class RolloutRunner:
 
         def finish(slot: int | None, traj: Trajectory, reason: str, error: str | None = None) -> None:
             traj.finish_reason, traj.error = reason, error
-            traj.response_text = self.tokenizer.decode(traj.response_ids)
+            traj.response_text = self.tokenizer.decode(traj.response_ids, skip_special_tokens=True)
             finished.append(traj)
             bar.update(1)
             if slot is not None:

@@ -98,6 +98,9 @@ class LearnerSteps:
         if rows % self.batch_shards():
             raise ValueError(f"a batch of {rows} rows does not split over the mesh's {self.batch_shards()} "
                              "batch shards; pad it with pack_batch(batch_multiple=...)")
+        if self.cfg.micro_batch_size and rows % self.cfg.micro_batch_size:
+            raise ValueError(f"a batch of {rows} rows is not a multiple of RLConfig.micro_batch_size="
+                             f"{self.cfg.micro_batch_size}; pad it with pack_batch(batch_multiple=...)")
 
     def check_update(self, rows: int, mini_batches: int) -> None:
         """Shape errors of `update`, raised before tracing with the field to change."""
@@ -121,9 +124,22 @@ class LearnerSteps:
         logging.info("learner: compiling %s %s (#%d)", name, shape, self.compile_counts[name])
 
     def _logprobs_fn(self, params: nnx.State, tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """Log-probs [rows, T], `micro_batch_size` rows at a time (`lax.map`), so that the activations
+        of a forward pass without gradients never exceed those of one accumulation step."""
         self._traced("logprobs", *tokens.shape)
-        model = nnx.merge(self._model_graphdef, params, self._model_rest)
-        return token_logprobs(model, tokens, attention_mask, self.cfg.logprob_chunk)
+        rows = tokens.shape[0]
+        micro = self.cfg.micro_batch_size or rows
+        n = rows // micro
+
+        def forward(chunk: tuple[jax.Array, jax.Array]) -> jax.Array:
+            model = nnx.merge(self._model_graphdef, params, self._model_rest)
+            return token_logprobs(model, *chunk, self.cfg.logprob_chunk)  # [micro, T]
+
+        # [rows, T] -> [n, micro, T]: chunk j takes every n-th row, as the update's micro-batches do,
+        # so each device keeps its own rows.
+        split = lambda x: x.reshape(micro, n, *x.shape[1:]).swapaxes(0, 1)  # noqa: E731
+        out = jax.lax.map(forward, (split(tokens), split(attention_mask)))  # [n, micro, T]
+        return out.swapaxes(0, 1).reshape(rows, -1)
 
     def _micro_loss(self, params: nnx.State, micro: RLBatch, num_tokens: jax.Array):
         model = nnx.merge(self._model_graphdef, params, self._model_rest)

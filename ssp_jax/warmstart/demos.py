@@ -140,14 +140,25 @@ def solver_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever:
     return demos
 
 
-def chain_question(world: World, question: Question) -> str:
-    """The example-style question, its start entity described when it is too short to pass the
-    proposer's word-count filter."""
-    if len(question.question.split()) >= MIN_QUESTION_WORDS:
-        return question.question
-    start = world.entity(question.chain[0].passage_id)
+def goal_phrase(chain: Sequence[Hop]) -> str:
+    """The chain's end named in the solver's thought words: "the founder of the employer of X"."""
+    phrase = chain[0].query
+    for hop in chain:
+        phrase = f"the {GOAL[hop.relation]} of {phrase}"
+    return phrase
+
+
+def goal_question(world: World, chain: Sequence[Hop]) -> str:
+    """The question a proposer demo writes: "What is <goal phrase>?", its start entity described
+    when it is too short to pass the proposer's word-count filter. Being built from the same words
+    as the thoughts, it can be composed one hop at a time while searching backwards, which a tiny
+    policy can learn where free paraphrase is beyond it."""
+    text = f"What is {goal_phrase(chain)}?"
+    if len(text.split()) >= MIN_QUESTION_WORDS:
+        return text
+    start = world.entity(chain[0].passage_id)
     described = DESCRIBE[start.kind].format(s=start.name, **start.attributes)
-    return question.question.replace(start.name, described, 1).replace(",?", "?")
+    return text.replace(start.name, described, 1).replace(",?", "?")
 
 
 def proposer_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: Retriever,
@@ -170,15 +181,18 @@ def proposer_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retrieve
         b = _Builder(tokenizer, fmt, retriever)
         answer = chain[-1].answer
         b.search(f"Start from {answer}.", answer)
-        for hop in reversed(chain[1:] if hops > 1 else chain):
-            b.search(f"The {GOAL[hop.relation]} of {hop.query} is {hop.answer}. Search {hop.query}.", hop.query)
-        text = chain_question(world, question)
+        think = ""
+        for k in reversed(range(len(chain))):  # the question grows one hop per search, end first
+            hop = chain[k]
+            think = f"The {GOAL[hop.relation]} of {hop.query} is {hop.answer}. Ask for {goal_phrase(chain[k:])}."
+            if k > 0 or hops == 1:  # the start entity is read from the last passage, not searched
+                b.search(f"{think} Search {hop.query}.", hop.query)
+                think = f"Ask for {goal_phrase(chain)}."
+        text = goal_question(world, chain)
         if flaw == "too_short":
             text = min(ASK[question.style][chain[-1].relation], key=lambda t: len(t.split())).format(x=chain[-1].query)
         elif flaw == "leaks_answer":
             text = f"{text[:-1]}, {answer} or another?"
-        path = " -> ".join([chain[0].query, *(hop.answer for hop in chain)])
-        think = f"Chain: {path}. Ask for its end."
         prompt = proposer_prompt(record["ground_truth"], hops, examples, fmt.templates)  # type: ignore[arg-type]
         demos.append(Demo(b.prompt(prompt), b.finish(f"<think>{think}</think><question>{text}</question>"),
                           "proposer", flaw))
@@ -187,12 +201,15 @@ def proposer_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retrieve
 
 def reader_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, questions: Sequence[Question],
                  rng: random.Random, num_distractors: int = 4) -> list[Demo]:
-    """The RAG check's reader: the gold chain's passages among shuffled distractors, answered
-    with the bare gold answer."""
+    """The RAG check's reader: the passages a proposer retrieves for the question among shuffled
+    distractors, answered with the bare gold answer. Those are the answer's and those of every hop
+    a backwards search visits (`proposer_demos`), so the first hop's fact is read from the second
+    hop's back-reference, as it must be in the real check."""
     passages = {p["id"]: Passage(p["id"], p["contents"]) for p in world.passages()}
     demos = []
     for question in questions:
-        gold = [hop.passage_id for hop in question.chain]
+        searched = question.chain[1:] if len(question.chain) > 1 else question.chain
+        gold = list(dict.fromkeys([question.answer_id, *(hop.passage_id for hop in searched)]))
         others = [pid for pid in passages if pid not in gold]
         docs = [passages[pid] for pid in gold + rng.sample(others, num_distractors)]
         rng.shuffle(docs)
@@ -224,12 +241,15 @@ def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: 
                 num_examples: int = NUM_EXAMPLES, reader_distractors: int = 4,
                 reading_worlds: Sequence[World] = ()) -> list[Demo]:
     """The shuffled warm-start mix of all four kinds; a pure function of `seed` and the worlds.
+    Every other solver and reader question is in the proposer's phrasing (`goal_question`), so
+    each role can read what the other writes.
 
     `reading_worlds` add passage demos from other generated worlds: their facts cannot be
     memorised for the main world, so the only way to predict the restated facts is to read them
     from the passage (a tiny policy otherwise memorises the main world's passages instead)."""
     rng = random.Random(f"warmstart:{seed}")
-    questions = world.example_questions(max(num_solver, num_reader), seed=seed)
+    questions = [dataclasses.replace(q, question=goal_question(world, q.chain)) if i % 2 else q  # both phrasings
+                 for i, q in enumerate(world.example_questions(max(num_solver, num_reader), seed=seed))]
     answers = [a for a in world.answers() if world.example_questions_to(str(a["entity_id"]), int(a["search_turns"]))]
     demos = (solver_demos(world, tokenizer, fmt, retriever, questions[:num_solver], rng, solver_noise, solver_flaws)
              + proposer_demos(world, tokenizer, fmt, retriever, rng.sample(answers, min(num_proposer, len(answers))),
