@@ -34,9 +34,10 @@ def get_config():
     config.prompts.proposer, config.prompts.solver, config.prompts.reader = PROPOSER, SOLVER, READER
     config.model.init.update(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                              num_key_value_heads=2, head_dim=32)
-    config.model.warm_start.update(enabled=True, noise=0.2, num_solver=1200, num_proposer=800, num_reader=800,
-                                   passage_repeats=2, reader_distractors=2)
-    config.model.sft.update(steps=1000, batch_size=16, lr=3e-3, warmup_steps=30, length_buckets=(128, 256, 384, 512, 640))
+    config.model.warm_start.update(enabled=True, noise=0.05, num_solver=1200, num_proposer=800, num_reader=800,
+                                   passage_repeats=2, reader_distractors=1)
+    config.model.sft.update(steps=1000, batch_size=16, lr=3e-3, warmup_steps=30,
+                            length_buckets=(128, 256, 384, 512, 640))
     config.selfplay.update(batch_size=16, solver_samples=4, num_distractor_blocks=1, reader_max_tokens=12,
                            num_examples=2)
     config.rollout.update(topk=1, max_turns=4, max_prompt_tokens=384, max_response_tokens=384)

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from ssp_jax.agent.tags import all_tags, last_tag
-from ssp_jax.data.microworld import SPLITS, Hop, World
+from ssp_jax.data.microworld import SPLITS, Hop, World, WorldConfig
 from ssp_jax.data.microworld_tokenizer import train_tokenizer
 from ssp_jax.retrieval.bm25 import BM25Retriever
 from ssp_jax.retrieval.corpus import Corpus
@@ -139,6 +139,11 @@ def test_build_demos_mix_no_heldout_and_deterministic(world: World, tokenizer: T
     roles = [d.role for d in demos]
     assert (roles.count("solver"), roles.count("proposer"), roles.count("reader"), roles.count("passage")) == (
         40, 20, 20, len(world.entities))
+    other = World(WorldConfig(seed=5))
+    reading = build_demos(world, tokenizer, FMT, bm25, **kwargs, reading_worlds=[other])
+    passages = [tokenizer.decode(d.tokens) for d in reading if d.role == "passage"]
+    assert len(passages) == len(world.entities) + len(other.entities)
+    assert all(any(f"(Title: {e.name})" in text for text in passages) for e in other.entities)
     heldout = {q.question for split in SPLITS for q in world.heldout_questions(split)}
     for demo in demos:
         text = tokenizer.decode(demo.tokens)

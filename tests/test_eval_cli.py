@@ -22,10 +22,12 @@ from test_evaluate import BareTemplate, chain_end
 
 LIMIT, SHARD = 4, 2
 
+
 @pytest.fixture(autouse=True)
 def bare_template(monkeypatch):
     """The searcher's training format, selectable as config.chat_template = "bare"."""
     monkeypatch.setitem(CHAT_TEMPLATES, "bare", BareTemplate)
+
 
 def tiny_config():
     config = base_config()
@@ -36,6 +38,7 @@ def tiny_config():
                            extend_group=2, decode_steps=8).items():
         config.engine[key] = value
     return config
+
 
 def write_benchmarks(tmp_path):
     """alpha: 6 questions (subsampled to 4 -> 2 shards), beta: 3 questions (all kept -> 2 shards);
@@ -48,6 +51,7 @@ def write_benchmarks(tmp_path):
         specs[name] = str(path)
     return specs
 
+
 def direct_results(config, items):
     model, tokenizer = world.trained_searcher()
     rollout = RolloutConfig(topk=1, retrieval_backoff_s=0.0)
@@ -58,6 +62,7 @@ def direct_results(config, items):
     runner = RolloutRunner(engine, tokenizer, world.ScriptedRetriever(), rollout)
     templates = PromptTemplates(**{**config.prompts.to_dict(), "solver": "find {question}"})
     return evaluate(runner, tokenizer, BareTemplate(), nnx.state(model, nnx.Param), items, templates)
+
 
 def test_table_matches_direct_evaluate_and_resume_redoes_one_shard(tmp_path):
     config, specs = tiny_config(), write_benchmarks(tmp_path)
@@ -96,6 +101,7 @@ def test_table_matches_direct_evaluate_and_resume_redoes_one_shard(tmp_path):
     with pytest.raises(ValueError, match=r"other \['limit'\]"):
         run_eval(config, world.ASSET, list(specs.values()), out, limit=LIMIT + 1, shard_size=SHARD)
 
+
 def test_orbax_checkpoint_gives_the_same_table_as_hf(tmp_path):
     """A training run's orbax policy, loaded into the config's (random-init) model shape."""
     config, specs = tiny_config(), write_benchmarks(tmp_path)
@@ -114,6 +120,7 @@ def test_orbax_checkpoint_gives_the_same_table_as_hf(tmp_path):
                      shard_size=SHARD, retriever=world.ScriptedRetriever())
     assert (run / "random_init" / "config.json").is_file()  # the shape came from config.model.init
     assert orbax == hf
+
 
 def test_evaluate_benchmarks_solves_only_missing_shards(tmp_path):
     items = [QAItem(f"q{i}", "a") for i in range(5)]

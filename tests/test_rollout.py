@@ -120,7 +120,8 @@ def test_end_of_turn_is_not_part_of_the_response_text(searcher):
     (traj,) = RolloutRunner(engine, tokenizer, world.ScriptedRetriever(), config).run(
         nnx.state(model), requests(tokenizer, world.KEYS[:1], sampling=GREEDY))
     assert traj.finish_reason == tj.FINISH_EOS and traj.response_ids[-1] == tokenizer.eos_id
-    assert traj.response_text.endswith("</answer>") and traj.answer.content == world.successor(chain_end(world.KEYS[0]))[1]
+    assert traj.response_text.endswith("</answer>")
+    assert traj.answer.content == world.successor(chain_end(world.KEYS[0]))[1]
 
 
 def test_no_recompilation_across_many_rollouts(searcher):

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ssp_jax.data.builders import prepare_once
 from ssp_jax.data.records import as_str, json_object, required
 from ssp_jax.selfplay.rewards import Gold, as_answer_list
 from ssp_jax.selfplay.step import AnswerRecord
@@ -154,13 +155,7 @@ def load_answer_list(data_dir: str | Path) -> list[AnswerRecord]:
 def prepare_answer_list(source: str | Path, data_dir: str | Path) -> list[AnswerRecord]:
     """Build `ssp_answers` from the jsonl `source` unless `data_dir` already holds it; its records."""
     builder = SspAnswers(source=source, data_dir=str(data_dir))
-    if builder.is_prepared():
-        built_from = builder.info.metadata.get("source")
-        if built_from != builder.source:
-            raise ValueError(f"{data_dir} already holds an answer list built from {built_from}, not "
-                             f"{builder.source}; use another directory")
-    else:
-        builder.download_and_prepare()
+    if prepare_once(builder, "source", builder.source, "an answer list"):
         logging.info("%s: %d answers from %s (%d bad lines skipped)", BUILDER_NAME,
                      builder.info.metadata["num_records"], builder.source, builder.info.metadata["num_bad_lines"])
     return load_answer_list(data_dir)

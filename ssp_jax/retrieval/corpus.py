@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ssp_jax.data.builders import prepare_once
 from ssp_jax.data.records import as_str
 from ssp_jax.data.wiki_corpus import PART_BYTES, CorpusReport, SearchR1Corpus
 from ssp_jax.retrieval.base import Passage
@@ -42,13 +43,7 @@ class Corpus:
                 part_bytes: int = PART_BYTES) -> Corpus:
         """Build the TFDS corpus from Search-R1 jsonl file(s) unless `data_dir` already holds it."""
         builder = SearchR1Corpus(source=source, part_bytes=part_bytes, data_dir=str(data_dir))
-        if builder.is_prepared():
-            built_from = builder.info.metadata.get("sources")
-            if built_from != builder.sources:
-                raise ValueError(f"{data_dir} already holds a corpus built from {built_from}, not "
-                                 f"{builder.sources}; use another directory")
-        else:
-            builder.download_and_prepare()
+        prepare_once(builder, "sources", builder.sources, "a corpus")
         corpus = cls.load(data_dir)
         logging.info("corpus %s: %s", data_dir, corpus.report.summary())
         return corpus
