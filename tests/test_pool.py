@@ -63,6 +63,18 @@ def test_sample_counts_are_balanced(size, n, seed):
         assert max(counts.values()) - min(counts.values()) <= 1 and (n < size or len(counts) == size)
 
 
+def test_max_repeats_caps_each_question_and_fills_with_dummies():
+    pool = QuestionPool(records=RECORDS[:2])
+    drawn = pool.sample(7, np.random.default_rng(0), max_repeats=2)
+    counts = Counter(drawn)
+    assert len(drawn) == 7 and counts[RECORDS[0]] == counts[RECORDS[1]] == 2 and counts[DUMMY_QUESTION] == 3
+    assert drawn[4:] == [DUMMY_QUESTION] * 3  # real questions first
+    assert Counter(pool.sample(3, np.random.default_rng(0), max_repeats=2)).keys() <= set(RECORDS[:2])
+    assert QuestionPool().sample(2, np.random.default_rng(0), max_repeats=1) == [DUMMY_QUESTION] * 2
+    with pytest.raises(ValueError, match="max_repeats=-1"):
+        pool.sample(1, np.random.default_rng(0), max_repeats=-1)
+
+
 def test_add_and_refuse_the_dummy():
     pool = QuestionPool()
     pool.add(RECORDS[:2])

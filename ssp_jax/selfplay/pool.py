@@ -62,19 +62,20 @@ class QuestionPool:
             raise ValueError("the dummy question cannot be added to the pool")
         self._records.extend(records)
 
-    def sample(self, n: int, rng: np.random.Generator) -> list[PoolQuestion]:
+    def sample(self, n: int, rng: np.random.Generator, max_repeats: int = 0) -> list[PoolQuestion]:
         """Exactly `n` questions: distinct while `n <= len(self)`; beyond that, every question
-        appears before any repeats (whole shuffled passes, then a partial one). An empty pool
-        yields `n` copies of `DUMMY_QUESTION`."""
-        if n < 0:
-            raise ValueError(f"cannot sample {n} questions")
-        if not self._records:
-            return [DUMMY_QUESTION] * n
+        appears before any repeats (whole shuffled passes, then a partial one). With
+        `max_repeats > 0` no question appears more than that many times and the remaining slots
+        get `DUMMY_QUESTION`, so a small pool cannot fill a whole batch with one question (the
+        solver would overfit it). An empty pool yields `n` copies of `DUMMY_QUESTION`."""
+        if n < 0 or max_repeats < 0:
+            raise ValueError(f"cannot sample {n} questions with max_repeats={max_repeats}")
         size = len(self._records)
-        passes, rest = divmod(n, size)
+        drawn = min(n, max_repeats * size) if max_repeats else (n if size else 0)
+        passes, rest = divmod(drawn, size) if size else (0, 0)
         order = [int(i) for _ in range(passes) for i in rng.permutation(size)]
-        order += [int(i) for i in rng.choice(size, rest, replace=False)]
-        return [self._records[i] for i in order]
+        order += [int(i) for i in rng.choice(size, rest, replace=False)] if rest else []
+        return [self._records[i] for i in order] + [DUMMY_QUESTION] * (n - drawn)
 
     def maybe_clear(self, step: int) -> bool:
         """Empty the pool when `step` is a multiple of `clear_every`; call once at the start of

@@ -42,6 +42,7 @@ class SelfPlayConfig:
     min_question_words: int = 10
     min_searches: int = 2
     pool_clear_every: int = 10
+    pool_max_repeats: int = 0  # slots one pool question may refill per step; 0 = no limit (SSP.md)
     proposer_reward: str = "one_minus_s"  # or "four_s_one_minus_s"
     max_answer_tags: int = 10
     spam_reward: float = 0.25
@@ -57,8 +58,8 @@ class SelfPlayConfig:
         for name in ("batch_size", "solver_samples", "reader_max_tokens", "pool_clear_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"selfplay.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_distractor_blocks < 0 or self.num_examples < 0:
-            raise ValueError("selfplay.num_distractor_blocks and selfplay.num_examples must be >= 0")
+        if self.num_distractor_blocks < 0 or self.num_examples < 0 or self.pool_max_repeats < 0:
+            raise ValueError("selfplay.num_distractor_blocks, num_examples and pool_max_repeats must be >= 0")
         if self.proposer_mode not in PROPOSER_MODES:
             raise ValueError(f"selfplay.proposer_mode={self.proposer_mode!r}; expected one of {PROPOSER_MODES}")
         if self.fixed_set_size < 1:
@@ -145,7 +146,7 @@ class SelfPlayGame:
             proposals = self.propose(params if proposer_params is None else proposer_params, reader_params, answers,
                                      rng, seed)
         fresh = [q for q in proposals.questions if q is not None]
-        refills = iter(pool.sample(len(answers) - len(fresh), rng))
+        refills = iter(pool.sample(len(answers) - len(fresh), rng, max_repeats=cfg.pool_max_repeats))
         questions = [q if q is not None else next(refills) for q in proposals.questions]
         if not fixed:
             pool.add(fresh)
