@@ -113,6 +113,9 @@ def test_micro_batched_logprobs_equal_one_pass(full_batch_run):
     for micro, mesh_ in ((ROWS // 4, None), (ROWS // 2, mesh)):
         small = new_learner(micro_batch_size=micro, mesh=mesh_)
         np.testing.assert_allclose(np.asarray(small.logprobs(small.reference_params, batch)), whole, atol=1e-5)
+    remat = Learner(Decoder(dataclasses.replace(TINY, remat=True), rngs=nnx.Rngs(0)),  # as real-scale configs run
+                    dataclasses.replace(CFG, micro_batch_size=ROWS // 4))
+    np.testing.assert_allclose(np.asarray(remat.logprobs(remat.reference_params, batch)), whole, atol=1e-5)
     with pytest.raises(ValueError, match=r"7 rows is not a multiple of RLConfig.micro_batch_size=2"):
         new_learner(micro_batch_size=2).logprobs(learner.params, jax.tree.map(lambda x: x[:7], batch))
 

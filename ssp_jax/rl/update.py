@@ -131,14 +131,15 @@ class LearnerSteps:
         micro = self.cfg.micro_batch_size or rows
         n = rows // micro
 
-        def forward(chunk: tuple[jax.Array, jax.Array]) -> jax.Array:
-            model = nnx.merge(self._model_graphdef, params, self._model_rest)
-            return token_logprobs(model, *chunk, self.cfg.logprob_chunk)  # [micro, T]
+        def forward(carried: nnx.State, chunk: tuple[jax.Array, jax.Array]) -> tuple[nnx.State, jax.Array]:
+            # The weights ride in the carry, not the closure: NNX refuses Variables of an outer trace.
+            model = nnx.merge(self._model_graphdef, carried, self._model_rest)
+            return carried, token_logprobs(model, *chunk, self.cfg.logprob_chunk)  # [micro, T]
 
         # [rows, T] -> [n, micro, T]: chunk j takes every n-th row, as the update's micro-batches do,
         # so each device keeps its own rows.
         split = lambda x: x.reshape(micro, n, *x.shape[1:]).swapaxes(0, 1)  # noqa: E731
-        out = jax.lax.map(forward, (split(tokens), split(attention_mask)))  # [n, micro, T]
+        _, out = jax.lax.scan(forward, params, (split(tokens), split(attention_mask)))  # [n, micro, T]
         return out.swapaxes(0, 1).reshape(rows, -1)
 
     def _micro_loss(self, params: nnx.State, micro: RLBatch, num_tokens: jax.Array):
