@@ -37,12 +37,12 @@ from ssp_jax.checkpoint import Checkpointer, abstract_like
 from ssp_jax.data.qa_benchmarks import BENCHMARKS, load_benchmark
 from ssp_jax.engine.engine import EngineConfig
 from ssp_jax.models.policy import Policy, load_policy
-from ssp_jax.models.sharding import MeshConfig, Rules, make_mesh
+from ssp_jax.models.sharding import Rules
 from ssp_jax.retrieval.base import Retriever
 from ssp_jax.selfplay.evaluate import (QAItem, QAResult, evaluate, load_qa_jsonl, result_record, subsample,
                                        summarize)
 from ssp_jax.tokenizer import get_chat_template
-from ssp_jax.train import make_engine, make_retriever, typed
+from ssp_jax.train import make_engine, make_retriever, mesh_and_rules, typed
 
 Solve = Callable[[list[QAItem]], list[QAResult]]
 
@@ -172,8 +172,7 @@ def run_eval(config: ml_collections.ConfigDict, checkpoint: str | Path, benchmar
     engine_cfg = typed(EngineConfig, config.engine, "engine")
     rollout_cfg = typed(RolloutConfig, config.rollout, "rollout")
     templates = typed(PromptTemplates, config.prompts, "prompts")
-    mesh = make_mesh(typed(MeshConfig, config.mesh, "mesh"))
-    rules = tuple(tuple(rule) for rule in config.sharding_rules)
+    mesh, rules = mesh_and_rules(config)
     policy = load_eval_policy(config, Path(checkpoint), mesh=mesh, rules=rules)
     engine = make_engine(policy, config.chat_template, engine_cfg, rollout_cfg, mesh=mesh, rules=rules)
     runner = RolloutRunner(engine, policy.tokenizer,

@@ -15,16 +15,14 @@ from absl import app, flags
 
 from ssp_jax.eval import load_eval_policy
 from ssp_jax.models.hf_import import export_hf_decoder
-from ssp_jax.models.sharding import MeshConfig, make_mesh
-from ssp_jax.train import typed
+from ssp_jax.train import mesh_and_rules
 
 _HF_OUT = flags.DEFINE_string("hf_out", None, "output HF checkpoint directory")
 
 
 def export_policy(config: ml_collections.ConfigDict, checkpoint: str | Path, out_dir: str | Path) -> Path:
     """The policy at `checkpoint` (under `config.model`'s shape) written as an HF checkpoint."""
-    mesh = make_mesh(typed(MeshConfig, config.mesh, "mesh"))
-    rules = tuple(tuple(rule) for rule in config.sharding_rules)
+    mesh, rules = mesh_and_rules(config)
     policy = load_eval_policy(config, Path(checkpoint), mesh=mesh, rules=rules)
     return export_hf_decoder(policy.model, out_dir, hf_config=policy.hf_config, tokenizer_dir=policy.checkpoint_dir)
 

@@ -96,6 +96,11 @@ def make_retriever(config: ml_collections.ConfigDict, index_dir: str) -> Retriev
     return load_retriever(index_dir)
 
 
+def mesh_and_rules(config: ml_collections.ConfigDict) -> tuple[Mesh, Rules]:
+    """The device mesh of `config.mesh` and the logical-axis rules of `config.sharding_rules`."""
+    return make_mesh(typed(MeshConfig, config.mesh, "mesh")), tuple(tuple(rule) for rule in config.sharding_rules)
+
+
 def make_engine(policy: Policy, chat_template: str, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig, *,
                 mesh: Mesh | None, rules: Rules) -> Engine:
     """The sampling engine of `policy`, stopping at the rollout's stop strings, EOS and end of turn."""
@@ -117,8 +122,7 @@ class Trainer:
         self._check_sizes()
         if config.aot_topology:  # before any weight loads: a config that cannot fit its slice stops here
             logging.info("AOT fit check:\n%s", check_fits(config, config.aot_topology).format())
-        self.mesh = make_mesh(typed(MeshConfig, config.mesh, "mesh"))
-        self.rules = tuple(tuple(rule) for rule in config.sharding_rules)
+        self.mesh, self.rules = mesh_and_rules(config)
         answers_path, self.index_dir = self._data_paths()
         self.answers = load_answers(answers_path)
         policy = load_policy(self._policy_config(templates), mesh=self.mesh, rules=self.rules, workdir=workdir)

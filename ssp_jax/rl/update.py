@@ -124,7 +124,7 @@ class LearnerSteps:
         logging.info("learner: compiling %s %s (#%d)", name, shape, self.compile_counts[name])
 
     def _logprobs_fn(self, params: nnx.State, tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        """Log-probs [rows, T], `micro_batch_size` rows at a time (`lax.map`), so that the activations
+        """Log-probs [rows, T], `micro_batch_size` rows at a time (`lax.scan`), so that the activations
         of a forward pass without gradients never exceed those of one accumulation step."""
         self._traced("logprobs", *tokens.shape)
         rows = tokens.shape[0]

@@ -71,10 +71,12 @@ class QuestionPool:
         if n < 0 or max_repeats < 0:
             raise ValueError(f"cannot sample {n} questions with max_repeats={max_repeats}")
         size = len(self._records)
-        drawn = min(n, max_repeats * size) if max_repeats else (n if size else 0)
-        passes, rest = divmod(drawn, size) if size else (0, 0)
+        if not size:
+            return [DUMMY_QUESTION] * n
+        drawn = min(n, max_repeats * size) if max_repeats else n
+        passes, rest = divmod(drawn, size)
         order = [int(i) for _ in range(passes) for i in rng.permutation(size)]
-        order += [int(i) for i in rng.choice(size, rest, replace=False)] if rest else []
+        order += [int(i) for i in rng.choice(size, rest, replace=False)]
         return [self._records[i] for i in order] + [DUMMY_QUESTION] * (n - drawn)
 
     def maybe_clear(self, step: int) -> bool:
