@@ -19,6 +19,7 @@ from ssp_jax.data.microworld import WorldConfig
 from ssp_jax.engine.engine import EngineConfig
 from ssp_jax.models.sharding import DEFAULT_RULES
 from ssp_jax.rl.config import RLConfig
+from ssp_jax.selfplay.judge import JudgeConfig
 from ssp_jax.selfplay.step import SelfPlayConfig
 from ssp_jax.warmstart.build import WarmStartConfig
 from ssp_jax.warmstart.sft import SFTConfig
@@ -71,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.selfplay = ml_collections.ConfigDict(dataclasses.asdict(SelfPlayConfig()))
     config.selfplay.reader_path = ""  # frozen reader HF checkpoint; empty = the current policy
     config.prompts = ml_collections.ConfigDict(dataclasses.asdict(PromptTemplates()))
+    config.judge = ml_collections.ConfigDict(dataclasses.asdict(JudgeConfig()))  # eval's optional LLM judge
     config.rl = ml_collections.ConfigDict(dataclasses.asdict(RLConfig()))
     config.rl.length_buckets = (1024, 2048, 4096, 8192, 12288)  # padded RL sequence lengths
     config.train = ml_collections.ConfigDict(dict(

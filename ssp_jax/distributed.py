@@ -1,8 +1,10 @@
 """Multi-process (multi-host) JAX: joining the run, host values <-> global arrays, barriers.
 
-Every process runs the same program (one controller per host, SPMD). Host-side work (rollout
-bookkeeping, retrieval, parsing, rewards) is duplicated on every process with the same seeds, so
-every process holds the same full host value of each batch. `global_array` turns such a value
+Every process runs the same program (one controller per host, SPMD). Host-side bookkeeping
+(rollout state, parsing, rewards) is duplicated on every process with the same seeds, so every
+process holds the same full host value of each batch. The one costly host job, retrieval, is split
+by process index (`process_slice`, `gather_objects`; see ssp_jax/retrieval/sharded.py), and files
+only process 0 may touch are read there and shared (`leader_value`). `global_array` turns such a value
 into a global `jax.Array` (each device takes its own slice) after checking, by checksum, that
 the processes really agree; `host_value` brings a global array back whole to every process.
 Small host inputs (scalars, one prompt) may go to `jit` as they are: JAX treats an uncommitted
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -86,6 +89,43 @@ def any_process(flag: bool) -> bool:
     if jax.process_count() == 1:
         return flag
     return bool(np.asarray(multihost_utils.process_allgather(np.array(flag))).any())
+
+
+def process_slice(n: int) -> slice:
+    """This process's contiguous share of `n` items; shares differ in size by at most one."""
+    index, count = jax.process_index(), jax.process_count()
+    return slice(n * index // count, n * (index + 1) // count)
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every process's picklable `obj`, in process order, on every process (a collective: all
+    processes must call it at the same point)."""
+    if jax.process_count() == 1:
+        return [obj]
+    data = np.frombuffer(pickle.dumps(obj), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int32))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)  # [max bytes]
+    padded[:data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max bytes]
+    return [pickle.loads(row[:size].tobytes()) for row, size in zip(rows, sizes)]
+
+
+def leader_value(compute: Callable[[], T]) -> T:
+    """`compute()` run on process 0 only, its result delivered to every process; an exception it
+    raises is raised on every process, so none is left waiting in a later collective. For files
+    only the leader reads or writes (an eval's output dir), which need not be shared."""
+    if jax.process_count() == 1:
+        return compute()
+    outcome: tuple[bool, Any] | None = None
+    if is_leader():
+        try:
+            outcome = (True, compute())
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every process
+            outcome = (False, e)
+    ok, value = gather_objects(outcome)[0]
+    if not ok:
+        raise value
+    return value
 
 
 def leader_first(build: Callable[[], T], name: str) -> T:

@@ -4,7 +4,11 @@
 The paper's protocol (SSP.md section 6): greedy decoding, at most `config.rollout.max_turns` turns,
 `config.rollout.topk` passages per search, the solver prompt `config.prompts.solver`, and a fixed-seed
 (`config.seed`) subsample of `--limit` questions per benchmark (all of them when fewer, e.g. Bamboogle).
-Scores are EM and F1; the paper's optional LLM-judge score is not computed.
+Scores are EM and F1, plus "EM + judge" when `config.judge.path` names a judge model's HF checkpoint:
+the paper's EM with an LLM-judge fallback (ssp_jax/selfplay/judge.py).
+
+Multi-host (`--multihost`, as for training): every host runs the same command; retrieval is split by
+process index, and only process 0 reads and writes `--out` (which need not be on a shared disk).
 
 A benchmark is a name from `BENCHMARKS` (the TFDS `ssp_qa` builder under `--data_dir`) or a path to a
 FlashRAG jsonl (named by its file stem). Questions are scored in shards of `--shard_size`; each
@@ -19,6 +23,8 @@ weights are loaded into the model of `config.model`, built as in training from t
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -35,14 +41,16 @@ from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner
 from ssp_jax.checkpoint import Checkpointer, abstract_like
 from ssp_jax.data.qa_benchmarks import BENCHMARKS, load_benchmark
+from ssp_jax.distributed import is_leader, leader_value
 from ssp_jax.engine.engine import EngineConfig
-from ssp_jax.models.policy import Policy, load_policy
+from ssp_jax.models.policy import Policy, load_frozen, load_policy
 from ssp_jax.models.sharding import Rules
 from ssp_jax.retrieval.base import Retriever
-from ssp_jax.selfplay.evaluate import (QAItem, QAResult, evaluate, load_qa_jsonl, result_record, subsample,
-                                       summarize)
+from ssp_jax.retrieval.sharded import ProcessShardedRetriever
+from ssp_jax.selfplay.evaluate import QAItem, QAResult, evaluate, load_qa_jsonl, result_record, subsample, summarize
+from ssp_jax.selfplay.judge import Judge, JudgeConfig
 from ssp_jax.tokenizer import get_chat_template
-from ssp_jax.train import make_engine, make_retriever, mesh_and_rules, typed
+from ssp_jax.train import join_cluster, make_engine, make_retriever, mesh_and_rules, typed
 
 Solve = Callable[[list[QAItem]], list[QAResult]]
 
@@ -71,10 +79,7 @@ def load_questions(spec: str, data_dir: str | None, split: str | None = None) ->
 def load_eval_policy(config: ml_collections.ConfigDict, checkpoint: Path, *, mesh: Mesh, rules: Rules) -> Policy:
     """The policy at an HF checkpoint dir, or `config.model` with the policy weights of an orbax one."""
     if (checkpoint / "config.json").is_file():
-        model = config.model.copy_and_resolve_references()
-        with model.unlocked():
-            model.hf_path = str(checkpoint)
-        return load_policy(model, mesh=mesh, rules=rules, workdir=checkpoint)
+        return load_frozen(config.model, checkpoint, mesh=mesh, rules=rules)
     directory, step = _orbax_step(checkpoint)
     # The run's workdir, so a random-init model shape is the one training wrote there.
     policy = load_policy(config.model, mesh=mesh, rules=rules, workdir=directory.parent)
@@ -96,30 +101,37 @@ def _orbax_step(checkpoint: Path) -> tuple[Path, int]:
 
 
 def run_shards(name: str, items: Sequence[QAItem], solve: Solve, out_dir: Path, shard_size: int) -> list[QAResult]:
-    """Results of every item, evaluating only the shards without a records file in `out_dir/name`."""
-    shard_dir = out_dir / name
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    """Results of every item, evaluating only the shards without a records file in `out_dir/name`.
+    Only process 0 reads and writes `out_dir`, so a multi-host eval needs no shared filesystem."""
     results = []
     for start in range(0, len(items), shard_size):
         shard = list(items[start:start + shard_size])
-        path = shard_dir / f"shard_{start // shard_size:05d}.jsonl"
-        if path.is_file():
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-            if [r["question"] for r in records] != [item.question for item in shard]:
-                raise ValueError(f"{path}: holds other questions than this run's shard; use a new --out")
-            results += [_result(r) for r in records]
-            continue
-        shard_results = solve(shard)
-        _write_atomic(path, "".join(json.dumps(result_record(r)) + "\n" for r in shard_results))
-        results += shard_results
+        path = out_dir / name / f"shard_{start // shard_size:05d}.jsonl"
+        finished = leader_value(functools.partial(_read_shard, path, shard))
+        if finished is None:
+            finished = solve(shard)
+            if is_leader():
+                _write_atomic(path, "".join(json.dumps(result_record(r)) + "\n" for r in finished))
+        results += finished
     return results
+
+
+def _read_shard(path: Path, shard: Sequence[QAItem]) -> list[QAResult] | None:
+    """A finished shard's results, or None when it has no records file yet."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return None
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    if [r["question"] for r in records] != [item.question for item in shard]:
+        raise ValueError(f"{path}: holds other questions than this run's shard; use a new --out")
+    return [_result(r) for r in records]
 
 
 def _result(record: dict[str, Any]) -> QAResult:
     """The inverse of `result_record`."""
     item = QAItem(record["question"], record["golden_answers"], record["hops"])
     return QAResult(item, record["prediction"], record["em"], record["f1"], record["searches"],
-                    record["finish_reason"])
+                    record["finish_reason"], record.get("judge"))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -130,18 +142,24 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def results_table(results: dict[str, list[QAResult]]) -> dict[str, Any]:
-    """Per-benchmark EM / F1 / searches / n, and the unweighted mean EM and F1 over benchmarks."""
+    """Per-benchmark EM / F1 / judged accuracy / searches / n, and the unweighted mean EM, F1 (and
+    judged accuracy, when judged) over benchmarks."""
     rows = {name: {"n": len(rs), **{k.split("/", 1)[1]: v for k, v in summarize(rs, name).items()}}
             for name, rs in results.items()}
-    mean = {key: float(np.mean([row[key] for row in rows.values()])) for key in ("em", "f1")}
+    keys = ("em", "f1", "judge") if all("judge" in row for row in rows.values()) else ("em", "f1")
+    mean = {key: float(np.mean([row[key] for row in rows.values()])) for key in keys}
     return {"benchmarks": rows, "mean": mean}
 
 
 def markdown_table(table: dict[str, Any]) -> str:
-    lines = ["| benchmark | n | EM | F1 | searches |", "|---|---:|---:|---:|---:|"]
+    judged = "judge" in table["mean"]
+    lines = ["| benchmark | n | EM | F1 |" + (" EM + judge |" if judged else "") + " searches |",
+             "|---|---:|---:|---:|" + ("---:|" if judged else "") + "---:|"]
     for name, row in table["benchmarks"].items():
-        lines.append(f"| {name} | {row['n']} | {row['em']:.3f} | {row['f1']:.3f} | {row['searches']:.2f} |")
-    lines.append(f"| **mean** | | {table['mean']['em']:.3f} | {table['mean']['f1']:.3f} | |")
+        judge = f" {row['judge']:.3f} |" if judged else ""
+        lines.append(f"| {name} | {row['n']} | {row['em']:.3f} | {row['f1']:.3f} |{judge} {row['searches']:.2f} |")
+    judge = f" {table['mean']['judge']:.3f} |" if judged else ""
+    lines.append(f"| **mean** | | {table['mean']['em']:.3f} | {table['mean']['f1']:.3f} |{judge} |")
     return "\n".join(lines) + "\n"
 
 
@@ -150,8 +168,9 @@ def evaluate_benchmarks(benchmarks: dict[str, list[QAItem]], solve: Solve, out_d
     """Resumably score each benchmark and write results.json / results.md to `out_dir`."""
     results = {name: run_shards(name, items, solve, out_dir, shard_size) for name, items in benchmarks.items()}
     table = results_table(results)
-    _write_atomic(out_dir / "results.json", json.dumps(table, indent=2) + "\n")
-    _write_atomic(out_dir / "results.md", markdown_table(table))
+    if is_leader():
+        _write_atomic(out_dir / "results.json", json.dumps(table, indent=2) + "\n")
+        _write_atomic(out_dir / "results.md", markdown_table(table))
     return table
 
 
@@ -161,9 +180,11 @@ def run_eval(config: ml_collections.ConfigDict, checkpoint: str | Path, benchmar
     """Load questions and the policy, then `evaluate_benchmarks` under the config's rollout protocol.
     `retriever` replaces `config.retrieval` (tests inject a scripted one)."""
     out_dir = Path(out_dir)
-    _check_run(out_dir, {"checkpoint": str(Path(checkpoint).resolve()), "limit": limit, "seed": config.seed,
+    run = {"checkpoint": str(Path(checkpoint).resolve()), "limit": limit, "seed": config.seed,
                          "shard_size": shard_size, "split": split, "chat_template": config.chat_template,
-                         "rollout": config.rollout.to_dict(), "solver_prompt": config.prompts.solver})
+                         "rollout": config.rollout.to_dict(), "solver_prompt": config.prompts.solver,
+           "judge": config.judge.to_dict()}
+    leader_value(functools.partial(_check_run, out_dir, run))
     loaded = [load_questions(spec, data_dir, split) for spec in benchmarks]
     questions = dict(loaded)
     if len(questions) != len(loaded):  # two jsonl files with one stem would share a shard dir
@@ -175,12 +196,30 @@ def run_eval(config: ml_collections.ConfigDict, checkpoint: str | Path, benchmar
     mesh, rules = mesh_and_rules(config)
     policy = load_eval_policy(config, Path(checkpoint), mesh=mesh, rules=rules)
     engine = make_engine(policy, config.chat_template, engine_cfg, rollout_cfg, mesh=mesh, rules=rules)
-    runner = RolloutRunner(engine, policy.tokenizer,
-                           retriever or make_retriever(config.retrieval, config.retrieval.index), rollout_cfg)
+    retriever = ProcessShardedRetriever(retriever or make_retriever(config.retrieval, config.retrieval.index))
+    runner = RolloutRunner(engine, policy.tokenizer, retriever, rollout_cfg)
     chat, params = get_chat_template(config.chat_template), nnx.state(policy.model, nnx.Param)
-    return evaluate_benchmarks(
-        questions, lambda items: evaluate(runner, policy.tokenizer, chat, params, items, templates, progress=True),
-        out_dir, shard_size)
+    judge = make_judge(config, engine_cfg, rollout_cfg, mesh=mesh, rules=rules)
+
+    def solve(items: list[QAItem]) -> list[QAResult]:
+        results = evaluate(runner, policy.tokenizer, chat, params, items, templates, progress=True)
+        return judge(results) if judge else results
+
+    return evaluate_benchmarks(questions, solve, out_dir, shard_size)
+
+
+def make_judge(config: ml_collections.ConfigDict, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig, *,
+               mesh: Mesh, rules: Rules) -> Judge | None:
+    """The LLM judge of `config.judge` (one tool-less greedy turn per miss), or None without a path."""
+    judge_cfg = typed(JudgeConfig, config.judge, "judge")
+    if not judge_cfg.path:
+        return None
+    policy = load_frozen(config.model, judge_cfg.path, mesh=mesh, rules=rules, tokenizer_path=judge_cfg.tokenizer_path)
+    template = judge_cfg.chat_template or config.chat_template
+    reply_cfg = dataclasses.replace(rollout_cfg, max_turns=1, max_response_tokens=judge_cfg.max_tokens)
+    engine = make_engine(policy, template, engine_cfg, reply_cfg, mesh=mesh, rules=rules)
+    return Judge(RolloutRunner(engine, policy.tokenizer, None, reply_cfg), policy.tokenizer,
+                 get_chat_template(template), nnx.state(policy.model, nnx.Param), judge_cfg.prompt)
 
 
 def _check_run(out_dir: Path, run: dict[str, Any]) -> None:
@@ -200,13 +239,15 @@ def _check_run(out_dir: Path, run: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> None:
     del argv
+    join_cluster()  # --multihost etc. are ssp_jax.train's flags, as --config is
     checkpoint = Path(_CHECKPOINT.value)
     out_dir = Path(_OUT.value or Path("eval") / checkpoint.resolve().name)
     # --config is ssp_jax.train's flag (defined on import, for its builders): the same config file.
     table = run_eval(flags.FLAGS.config, checkpoint, _BENCHMARKS.value, out_dir, data_dir=_DATA_DIR.value,
                      split=_SPLIT.value, limit=_LIMIT.value, shard_size=_SHARD_SIZE.value)
-    print(markdown_table(table), end="")
-    print(f"written to {out_dir}/results.json and results.md")
+    if is_leader():
+        print(markdown_table(table), end="")
+        print(f"written to {out_dir}/results.json and results.md")
 
 
 if __name__ == "__main__":

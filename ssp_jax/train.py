@@ -40,16 +40,17 @@ from ssp_jax.data.prepare import prepare_microworld
 from ssp_jax.distributed import any_process, initialize, is_leader, leader_first
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.metrics import MetricsWriter, read_jsonl, read_metrics
-from ssp_jax.models.policy import Policy, load_policy
+from ssp_jax.models.policy import Policy, load_frozen, load_policy
 from ssp_jax.models.sharding import MeshConfig, Rules, make_mesh
+from ssp_jax.report import summarize_run, write_summary
 from ssp_jax.retrieval.base import Retriever
 from ssp_jax.retrieval.index import load_retriever
 from ssp_jax.retrieval.remote import RemoteRetriever
+from ssp_jax.retrieval.sharded import ProcessShardedRetriever
 from ssp_jax.rl.advantages import get_advantage
 from ssp_jax.rl.batch import RLBatch, pack_batch
 from ssp_jax.rl.config import RLConfig
 from ssp_jax.rl.update import Learner
-from ssp_jax.report import summarize_run, write_summary
 from ssp_jax.selfplay.evaluate import QAItem, evaluate, load_qa_jsonl, result_record, subsample, summarize
 from ssp_jax.selfplay.pool import QuestionPool
 from ssp_jax.selfplay.step import GameResult, SelfPlayConfig, SelfPlayGame
@@ -133,13 +134,13 @@ class Trainer:
         self.reader_policy: Policy | None = None
         reader_engine = self.engine
         if config.selfplay.reader_path:
-            reader_model = config.model.copy_and_resolve_references()
-            with reader_model.unlocked():
-                reader_model.hf_path = config.selfplay.reader_path
-            self.reader_policy = load_policy(reader_model, mesh=self.mesh, rules=self.rules, workdir=workdir)
+            self.reader_policy = load_frozen(config.model, config.selfplay.reader_path, mesh=self.mesh,
+                                             rules=self.rules)
             reader_engine = make_engine(self.reader_policy, config.chat_template, engine_cfg, rollout_cfg,
                                         mesh=self.mesh, rules=self.rules)
-        runner = RolloutRunner(self.engine, tokenizer, make_retriever(config.retrieval, self.index_dir), rollout_cfg)
+        # Split by process index; the warm start's demo search below runs on process 0 alone, unsplit.
+        retriever = ProcessShardedRetriever(make_retriever(config.retrieval, self.index_dir))
+        runner = RolloutRunner(self.engine, tokenizer, retriever, rollout_cfg)
         reader_cfg = dataclasses.replace(rollout_cfg, max_turns=1, max_response_tokens=self.selfplay.reader_max_tokens)
         reader = RolloutRunner(reader_engine, tokenizer, None, reader_cfg)
         self.game = SelfPlayGame(self.selfplay, tokenizer, chat, runner, reader, templates)
@@ -358,9 +359,14 @@ class Trainer:
         return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
 
 
+def join_cluster() -> bool:
+    """`initialize` from the multi-host flags above (eval's main shares them); before any JAX call."""
+    return initialize(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+
+
 def main(argv: list[str]) -> None:
     del argv
-    initialize(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    join_cluster()
     gin.parse_config_files_and_bindings(_GIN_FILES.value, _GIN_BINDINGS.value)
     config = _CONFIG.value
     workdir = Path(_WORKDIR.value or Path("workdir") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)

@@ -12,17 +12,32 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import search_world as world
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
+from test_eval_cli import LIMIT, SHARD, write_benchmarks
+from test_eval_cli import tiny_config as eval_config
+from test_evaluate import BareTemplate
 
-import search_world as world
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRequest, RolloutRunner, stop_token_sequences
-from ssp_jax.distributed import any_process, global_array, host_value, initialize, leader_first
+from ssp_jax.distributed import (
+    any_process,
+    gather_objects,
+    global_array,
+    host_value,
+    initialize,
+    leader_first,
+    leader_value,
+    process_slice,
+)
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.engine.sampling import SamplingParams
+from ssp_jax.eval import run_eval
 from ssp_jax.models.hf_import import load_hf_decoder
 from ssp_jax.models.sharding import MeshConfig, make_mesh
-from ssp_jax.tokenizer import Tokenizer
+from ssp_jax.retrieval.base import RetrieverError
+from ssp_jax.retrieval.sharded import ProcessShardedRetriever
+from ssp_jax.tokenizer import CHAT_TEMPLATES, Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 # configs/tiny.py made small; fsdp spans the two processes, tensor stays within each.
@@ -86,6 +101,8 @@ def test_one_process_needs_no_cluster(monkeypatch):
     np.testing.assert_array_equal(host_value(placed), value)
     assert any_process(True) and not any_process(False)
     assert leader_first(lambda: "built", "test") == "built"
+    assert gather_objects({"a": 1}) == [{"a": 1}] and leader_value(lambda: 7) == 7
+    assert process_slice(5) == slice(0, 5)
 
 
 @pytest.mark.slow
@@ -122,7 +139,7 @@ def rollouts(out: Path) -> list[dict]:
 
 
 def test_two_processes_roll_out_like_one_process(tmp_path):
-    pair = launch_pair([__file__, str(tmp_path / "rollouts")])
+    pair = launch_pair([__file__, "rollouts", str(tmp_path / "rollouts")])
     try:
         reference = rollouts(tmp_path / "reference")  # meanwhile, on 4 of this process's 8 devices
     finally:
@@ -131,23 +148,68 @@ def test_two_processes_roll_out_like_one_process(tmp_path):
     assert per_process[0] == per_process[1]  # every process holds the same (gathered) trajectories
     for i in range(2):
         assert "differs between processes" in (tmp_path / f"divergence.{i}").read_text()
+        assert "process 1: ConnectionError: scripted outage" in (tmp_path / f"outage.{i}").read_text()
     assert sum(len(r["queries"]) for r in reference) >= 6  # searches and extends really happened
     for got, want in zip(per_process[0], reference, strict=True):
         assert (got["tokens"], got["queries"], got["finish"]) == (want["tokens"], want["queries"], want["finish"])
         assert got["logprobs"] == pytest.approx(want["logprobs"], abs=1e-5)
 
 
+def evaluation(out: Path) -> dict:
+    """`run_eval` of the tiny searcher over the benchmark files beside `out`, on a 2x2 mesh; also
+    how many queries this process searched itself."""
+    CHAT_TEMPLATES["bare"] = BareTemplate
+    config = eval_config()
+    config.mesh.update(MESH)
+    retriever = world.ScriptedRetriever()
+    specs = sorted(str(p) for p in out.parent.glob("*.jsonl"))
+    table = run_eval(config, world.ASSET, specs, out, limit=LIMIT, shard_size=SHARD, retriever=retriever)
+    result = {"table": table, "searched": sum(len(call) for call in retriever.calls)}
+    out.with_name(f"{out.name}.{jax.process_index()}.json").write_text(json.dumps(result))
+    return result
+
+
+def test_two_processes_evaluate_like_one_process_and_split_retrieval(tmp_path):
+    write_benchmarks(tmp_path)
+    command = [__file__, "evaluation", str(tmp_path / "multi")]
+    pair = launch_pair(command)  # each process gets its own --out: only process 0 may touch it
+    try:
+        reference = evaluation(tmp_path / "single")
+    finally:
+        finish(pair)
+    per_process = [json.loads((tmp_path / f"multi.{i}.json").read_text()) for i in range(2)]
+    assert per_process[0]["table"] == per_process[1]["table"] == reference["table"]
+    searched = [p["searched"] for p in per_process]
+    assert min(searched) > 0 and sum(searched) == reference["searched"]  # each searched its share only
+    assert json.loads((tmp_path / "multi" / "results.json").read_text()) == reference["table"]
+    assert sorted(p.name for p in (tmp_path / "multi" / "alpha").iterdir()) == ["shard_00000.jsonl", "shard_00001.jsonl"]
+
+    (tmp_path / "multi" / "alpha" / "shard_00001.jsonl").unlink()  # resume: only the leader reads the shards
+    finish(launch_pair(command))
+    assert json.loads((tmp_path / "multi.1.json").read_text())["table"] == reference["table"]
+    assert json.loads((tmp_path / "multi.0.json").read_text())["searched"] < per_process[0]["searched"]
+
+
 def worker(argv: list[str]) -> None:
-    """One process of the pair: `test_distributed.py OUT --coordinator_address=.. --num_processes=2 --process_id=i`."""
-    flags = dict(arg.removeprefix("--").split("=", 1) for arg in argv[1:])
+    """One process of the pair: `test_distributed.py rollouts|evaluation OUT --coordinator_address=..
+    --num_processes=2 --process_id=i`."""
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in argv[2:])
     initialize(coordinator_address=flags["coordinator_address"], num_processes=int(flags["num_processes"]),
                process_id=int(flags["process_id"]))
-    out = Path(argv[0])
+    out = Path(argv[1])
+    if argv[0] == "evaluation":
+        evaluation(out)
+        return
     rollouts(out)
     try:  # host work that diverged between processes must not silently become one global array
         global_array(np.array([jax.process_index()]), NamedSharding(make_mesh(MeshConfig(**MESH)), PartitionSpec()))
     except RuntimeError as e:
         out.with_name(f"divergence.{jax.process_index()}").write_text(str(e))
+    failing = world.ScriptedRetriever(always_fail=jax.process_index() == 1)  # an outage on one host only
+    try:  # reaches every process, instead of leaving process 0 waiting for process 1's results
+        ProcessShardedRetriever(failing).search(["a", "b"], 1)
+    except RetrieverError as e:
+        out.with_name(f"outage.{jax.process_index()}").write_text(str(e))
 
 
 if __name__ == "__main__":

@@ -63,3 +63,15 @@ def load_policy(model_cfg: ml_collections.ConfigDict, *, mesh: Mesh, rules: Rule
     if not (tokenizer_dir / TOKENIZER_FILE).is_file() and not tokenizer_dir.is_file():
         raise FileNotFoundError(f"{tokenizer_dir}: no {TOKENIZER_FILE}; set config.model.tokenizer_path")
     return Policy(model, Tokenizer.load(tokenizer_dir), hf_config, checkpoint)
+
+
+def load_frozen(model_cfg: ml_collections.ConfigDict, hf_path: str | Path, *, mesh: Mesh, rules: Rules,
+                tokenizer_path: str | None = None) -> Policy:
+    """An HF checkpoint with `model_cfg`'s dtypes and remat, for a frozen RAG reader, an LLM judge or
+    an eval target. `tokenizer_path` None keeps `model_cfg.tokenizer_path`; "" is the checkpoint's own."""
+    frozen = model_cfg.copy_and_resolve_references()
+    with frozen.unlocked():
+        frozen.hf_path = str(hf_path)
+        if tokenizer_path is not None:
+            frozen.tokenizer_path = tokenizer_path
+    return load_policy(frozen, mesh=mesh, rules=rules, workdir=Path(hf_path))

@@ -38,6 +38,7 @@ class QAResult:
     f1: float
     searches: int
     finish_reason: str
+    judge: float | None = None  # EM with an LLM-judge fallback (ssp_jax/selfplay/judge.py); None = not judged
 
 
 def load_qa_jsonl(path: str | Path) -> list[QAItem]:
@@ -86,14 +87,17 @@ def result_record(result: QAResult) -> dict[str, Any]:
     golds = [result.item.golden_answers] if isinstance(result.item.golden_answers, str) else list(result.item.golden_answers)
     return {"question": result.item.question, "golden_answers": golds, "hops": result.item.hops,
             "prediction": result.prediction, "em": result.em, "f1": result.f1, "searches": result.searches,
-            "finish_reason": result.finish_reason}
+            "finish_reason": result.finish_reason, "judge": result.judge}
 
 
 def summarize(results: Sequence[QAResult], prefix: str = "eval") -> dict[str, float]:
-    """Mean EM / F1 / searches, overall and per hop count when known."""
+    """Mean EM / F1 / searches (and judged accuracy when every result is judged), overall and per
+    hop count when known."""
     out = {f"{prefix}/em": float(np.mean([r.em for r in results])),
            f"{prefix}/f1": float(np.mean([r.f1 for r in results])),
            f"{prefix}/searches": float(np.mean([r.searches for r in results]))}
+    if results and all(r.judge is not None for r in results):
+        out[f"{prefix}/judge"] = float(np.mean([r.judge for r in results]))
     for hops in sorted({r.item.hops for r in results if r.item.hops}):
         out[f"{prefix}/em_{hops}hop"] = float(np.mean([r.em for r in results if r.item.hops == hops]))
     return out
