@@ -60,7 +60,8 @@ def test_table_has_a_judge_column_only_when_judged():
     judged = {"x": with_judge([result("q", "gold", 1.0), result("r", "near", 0.0)], lambda cases: [True])}
     table = results_table(judged)
     assert table["mean"] == pytest.approx({"em": 0.5, "f1": 0.5, "judge": 1.0})
-    assert "| EM + judge |" in markdown_table(table) and "| x | 2 | 0.500 | 0.500 | 1.000 | 1.00 |" in markdown_table(table)
+    markdown = markdown_table(table)
+    assert "| EM + judge |" in markdown and "| x | 2 | 0.500 | 0.500 | 1.000 | 1.00 |" in markdown
     plain = results_table({"x": [result("q", "gold", 1.0)]})
     assert "judge" not in plain["mean"] and "judge" not in markdown_table(plain)
 
@@ -77,7 +78,8 @@ def test_eval_with_a_judge_model_writes_and_resumes_the_judged_column(tmp_path, 
     for row in table["benchmarks"].values():
         assert row["judge"] == row["em"] and 0 < row["em"] < 1
     assert "replies were neither yes nor no" in caplog.text  # the judge model really was asked
-    records = [json.loads(line) for path in sorted(out.glob("*/shard_*.jsonl")) for line in path.read_text().splitlines()]
+    records = [json.loads(line) for path in sorted(out.glob("*/shard_*.jsonl"))
+               for line in path.read_text().splitlines()]
     assert {r["judge"] for r in records} == {0.0, 1.0}
     assert "EM + judge" in (out / "results.md").read_text()
     assert run_eval(config, world.ASSET, list(specs.values()), out, limit=LIMIT, shard_size=SHARD,

@@ -118,7 +118,8 @@ class Engine:
         self.graphdef = nnx.graphdef(model)
         self.stop_sequences = [list(s) for s in stop_sequences]
         self._stops = jnp.asarray(_stop_table(self.stop_sequences))
-        self._eos = jnp.asarray(list(eos_ids) or [-2], jnp.int32)
+        self.eos_ids = list(eos_ids)
+        self._eos = jnp.asarray(self.eos_ids or [-2], jnp.int32)
         self.mesh, self.rules = mesh, rules
         self.compile_counts: collections.Counter[str] = collections.Counter()
         shardings = self._state_shardings()

@@ -11,13 +11,27 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scann
 
 from ssp_jax.retrieval.base import check_vector_query
 
+if TYPE_CHECKING:
+    import scann
+
 _CONFIG = "ssp_scann.json"
+
+
+def _scann() -> Any:
+    """The scann module, imported on first use: it cannot load where TensorFlow is importable (the
+    JetStream serving env, requirements-jetstream.txt), which never builds or loads an index."""
+    try:
+        import scann  # noqa: PLC0415
+    except Exception as e:  # scann raises TF's NotFoundError (undefined symbol) next to TensorFlow
+        raise ImportError(f"scann could not be imported ({type(e).__name__}: {e}); it needs an environment "
+                          "without TensorFlow (requirements.txt), or use an exact or BM25 index") from e
+    return scann
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +76,7 @@ class ScannIndex:
             raise ValueError(f"vectors must be a non-empty [n, dim] array, got shape {vectors.shape}")
         n, dim = vectors.shape
         config = config.resolve(n)
-        builder = scann.scann_ops_pybind.builder(vectors, min(10, n), "dot_product")
+        builder = _scann().scann_ops_pybind.builder(vectors, min(10, n), "dot_product")
         if n < config.brute_force_below:
             searcher = builder.score_brute_force().build()
         else:
@@ -103,5 +117,5 @@ class ScannIndex:
     @classmethod
     def load(cls, directory: str | Path) -> ScannIndex:
         meta = json.loads((Path(directory) / _CONFIG).read_text())
-        searcher = scann.scann_ops_pybind.load_searcher(str(directory))
+        searcher = _scann().scann_ops_pybind.load_searcher(str(directory))
         return cls(searcher, ScannConfig(**meta["config"]), meta["num_rows"], meta["dim"])
