@@ -157,8 +157,7 @@ def test_two_processes_roll_out_like_one_process(tmp_path):
 
 def evaluation(out: Path) -> dict:
     """`run_eval` of the tiny searcher over the benchmark files beside `out`, on a 2x2 mesh; also
-    how many queries this process searched itself."""
-    CHAT_TEMPLATES["bare"] = BareTemplate
+    how many queries this process searched itself. Needs the "bare" chat template registered."""
     config = eval_config()
     config.mesh.update(MESH)
     retriever = world.ScriptedRetriever()
@@ -169,7 +168,8 @@ def evaluation(out: Path) -> dict:
     return result
 
 
-def test_two_processes_evaluate_like_one_process_and_split_retrieval(tmp_path):
+def test_two_processes_evaluate_like_one_process_and_split_retrieval(tmp_path, monkeypatch):
+    monkeypatch.setitem(CHAT_TEMPLATES, "bare", BareTemplate)
     write_benchmarks(tmp_path)
     command = [__file__, "evaluation", str(tmp_path / "multi")]
     pair = launch_pair(command)  # each process gets its own --out: only process 0 may touch it
@@ -198,6 +198,7 @@ def worker(argv: list[str]) -> None:
                process_id=int(flags["process_id"]))
     out = Path(argv[1])
     if argv[0] == "evaluation":
+        CHAT_TEMPLATES["bare"] = BareTemplate
         evaluation(out)
         return
     rollouts(out)
