@@ -1,6 +1,6 @@
 """The JetStream adapter: google-jetstream 0.2.2's orchestrator and gRPC server, started by
-`ssp_jax.serve.serve`, answer concurrent requests for the tiny searcher with exactly the tokens our
-engine generates for them itself.
+`ssp_jax.serve.serve` on a 2-device mesh, answer concurrent requests for the tiny searcher with
+exactly the tokens our engine generates for them itself.
 
 JetStream lives in its own environment (requirements-jetstream.txt, with TensorFlow). Set
 SSP_JETSTREAM_PYTHON to that environment's python (`.ci/run` does), or this test is skipped. Run as a
@@ -61,7 +61,7 @@ def reference() -> list[list[int]]:
 @pytest.mark.skipif(not JETSTREAM_PYTHON, reason="set SSP_JETSTREAM_PYTHON to a python with requirements-jetstream.txt")
 def test_jetstream_server_serves_what_our_engine_generates(tmp_path):
     out = tmp_path / "served.json"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     result = subprocess.run([JETSTREAM_PYTHON, __file__, str(out)], env=env, capture_output=True, text=True,
                             timeout=600)
