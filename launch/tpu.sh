@@ -6,6 +6,8 @@
 #   launch/tpu.sh create                 # the slice (TPU_TYPE, e.g. v5p-64 = 8 hosts)
 #   launch/tpu.sh setup                  # clone/copy the repo, pip install, gsutil the data to DATA_DIR
 #   launch/tpu.sh train [--config.x=y]   # python -m ssp_jax.train --multihost on every worker
+#   launch/tpu.sh eval [--benchmarks=..] # python -m ssp_jax.eval --multihost on every worker: the run's
+#                                        # latest checkpoint on the TFDS benchmarks in DATA_DIR/tfds
 #   launch/tpu.sh aot                    # the ahead-of-time HBM fit check, on worker 0 only
 #   launch/tpu.sh delete
 #
@@ -55,6 +57,11 @@ case "${1:-}" in
     shift
     on_workers all "~/venv/bin/python -m ssp_jax.train --multihost --config $CONFIG --workdir $WORKDIR $*"
     ;;
+  eval)
+    shift
+    on_workers all "~/venv/bin/python -m ssp_jax.eval --multihost --config $CONFIG --checkpoint $WORKDIR/checkpoints \
+--data_dir $DATA_DIR/tfds --out $WORKDIR/eval $*"
+    ;;
   aot)
     on_workers 0 "JAX_PLATFORMS=cpu ~/venv/bin/python -m ssp_jax.aot --config $CONFIG --topology ${TOPOLOGY:-v5p:4x4x4}"
     ;;
@@ -62,7 +69,7 @@ case "${1:-}" in
     gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG --quiet
     ;;
   *)
-    sed -n '2,17p' "$0"
+    sed -n '2,19p' "$0"
     exit 2
     ;;
 esac
