@@ -52,7 +52,7 @@ from ssp_jax.rl.batch import RLBatch, pack_batch
 from ssp_jax.rl.config import RLConfig
 from ssp_jax.rl.update import Learner
 from ssp_jax.selfplay.evaluate import QAItem, evaluate, load_qa_jsonl, result_record, subsample, summarize
-from ssp_jax.selfplay.pool import QuestionPool
+from ssp_jax.selfplay.pool import PoolQuestion, QuestionPool
 from ssp_jax.selfplay.step import GameResult, SelfPlayConfig, SelfPlayGame
 from ssp_jax.tokenizer import get_chat_template
 from ssp_jax.warmstart.build import WarmStartConfig, warm_start_checkpoint
@@ -61,6 +61,7 @@ from ssp_jax.warmstart.sft import SFTConfig
 
 FIXED_SET_ROUNDS = 50  # proposer rounds the fixed-set control may spend collecting its questions
 FIXED_SET_SEED = 1 << 30  # rollout seeds of those rounds, apart from every training step's
+ORACLE_SEED = 1000  # the oracle control's example questions, apart from the warm start's (seed model.seed)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "path to a configs/*.py file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics and generated data (default workdir/<config>)")
@@ -148,6 +149,7 @@ class Trainer:
                                                                  templates, progress=progress)
         self.eval_items = self._eval_items() if config.train.eval_every or config.train.eval_at_ends else []
         self.pool = QuestionPool(self.selfplay.pool_clear_every)
+        self._oracle: list[PoolQuestion] | None = None
         self.checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.max_to_keep)
         self.metrics = MetricsWriter(workdir)
         self.step = 0
@@ -282,6 +284,8 @@ class Trainer:
         seed, mode = self.config.seed, self.selfplay.proposer_mode
         if mode == "fixed":
             self._fill_fixed_set()
+        elif mode == "oracle":
+            self.pool = QuestionPool(self.selfplay.pool_clear_every, self._oracle_questions(self.step))
         else:
             self.pool.maybe_clear(self.step)
         answers = answers_for_step(self.answers, self.step, self.selfplay.batch_size, self.config.data.shuffle_seed)
@@ -290,7 +294,7 @@ class Trainer:
         proposer_params = params if mode == "selfplay" else self.learner.reference_params
         reader_params = proposer_params if self.reader_policy is None else self._reader_params()
         game = self.game.play(params, reader_params, answers, self.pool, rng, seed=seed * 100_003 + self.step,
-                              proposer_params=proposer_params, fixed=mode == "fixed")
+                              proposer_params=proposer_params, fixed=mode in ("fixed", "oracle"))
         start = time.perf_counter()
         proposer, solver = self._batches(game)
         timing = {"time/logprobs": time.perf_counter() - start}
@@ -307,6 +311,19 @@ class Trainer:
         if bad:
             logging.warning("step %d: non-finite metrics %s", self.step, bad)
         return metrics
+
+    def _oracle_questions(self, step: int) -> list[PoolQuestion]:
+        """The oracle control's questions for `step`: `batch_size` generated ones, outside dev/test,
+        none repeated until the world's example chains run out."""
+        if self.config.data.source != "microworld":
+            raise ValueError("config.selfplay.proposer_mode='oracle' needs config.data.source='microworld'")
+        if self._oracle is None:
+            world = World(typed(WorldConfig, self.config.data.microworld, "data.microworld"))
+            count = self.selfplay.batch_size * self.config.train.steps
+            self._oracle = [PoolQuestion(q.question, q.golden_answers)
+                            for q in world.example_questions(count, seed=ORACLE_SEED + self.config.seed)]
+        size = self.selfplay.batch_size
+        return [self._oracle[(step * size + i) % len(self._oracle)] for i in range(size)]
 
     def _fill_fixed_set(self) -> None:
         """The fixed-set control: valid questions from the frozen proposer, made once before the

@@ -173,6 +173,28 @@ def test_fixed_set_control_draws_every_question_from_the_set(tmp_path):
     assert trainer.pool.state_dict()["records"] == [{"question": q.question, "gold": list(q.gold)} for q in fixed]
 
 
+def test_oracle_control_gives_the_solver_fresh_generated_questions(tmp_path):
+    from ssp_jax.data.microworld import World, WorldConfig
+
+    trainer = Trainer(small_config(**{"selfplay.proposer_mode": "oracle"}), tmp_path)
+    metrics = trainer.train_step()
+    assert "solver/loss" in metrics and "proposer/loss" not in metrics and "selfplay/valid_rate" not in metrics
+    assert metrics["selfplay/dummy_groups"] == 0  # every group is a real question
+    first = [r["question"] for r in trainer.pool.state_dict()["records"]]
+    heldout = {q.question for split in ("dev", "test") for q in World(WorldConfig()).heldout_questions(split)}
+    assert len(first) == len(set(first)) == trainer.selfplay.batch_size and not heldout & set(first)
+    trainer.step += 1
+    trainer.train_step()
+    assert not set(first) & {r["question"] for r in trainer.pool.state_dict()["records"]}  # fresh every step
+
+
+def test_oracle_control_needs_the_micro_world(tmp_path):
+    trainer = Trainer(small_config(**{"selfplay.proposer_mode": "oracle"}), tmp_path)
+    trainer.config.data.source = "files"  # as if a real corpus were configured: no generator to ask
+    with pytest.raises(ValueError, match="proposer_mode='oracle' needs config.data.source='microworld'"):
+        trainer.train_step()
+
+
 def test_fixed_set_control_names_the_field_when_no_question_is_valid(tmp_path, monkeypatch):
     """The random tiny policy never writes a valid question: collecting the set fails clearly."""
     import ssp_jax.train

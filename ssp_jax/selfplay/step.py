@@ -26,7 +26,7 @@ from ssp_jax.selfplay.pool import PoolQuestion, QuestionPool, is_dummy
 from ssp_jax.selfplay.rewards import PROPOSER_REWARD_SHAPES, Gold, exact_match, proposer_reward, solver_reward
 from ssp_jax.tokenizer import ChatTemplate, Tokenizer
 
-PROPOSER_MODES = ("selfplay", "frozen", "fixed")
+PROPOSER_MODES = ("selfplay", "frozen", "fixed", "oracle")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,9 @@ class SelfPlayConfig:
     # Controls for the co-evolution claim (SSP.md section 6): "selfplay" is SSP; "frozen" proposes
     # (and RAG-checks) with the initial weights and updates the solver only; "fixed" draws the
     # solver's questions from one set of `fixed_set_size` valid questions made by the frozen
-    # proposer before training.
+    # proposer before training; "oracle" (micro world only) gives the solver `batch_size` fresh,
+    # correct questions from the world generator every step: what a perfect proposer would give,
+    # so it bounds what SSP can teach the solver.
     proposer_mode: str = "selfplay"
     fixed_set_size: int = 64
 
