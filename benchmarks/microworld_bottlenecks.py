@@ -86,8 +86,7 @@ def reader_em(trainer: Trainer, world: World, questions: Sequence[Question], phr
         documents = rag_documents(blocks[i], blocks[:i] + blocks[i + 1:], num_distractor_blocks, rng)
         requests.append(RolloutRequest(trainer.game._prompt_ids(prompts.reader_prompt(
             documents, text, trainer.game.templates)), sampling=GREEDY))
-    params = trainer.learner.params if trainer.reader_policy is None else trainer._reader_params()
-    outputs = trainer.game.reader.run(params, requests)
+    outputs = trainer.game.reader.run(trainer.reader_params(trainer.learner.params), requests)
     hits = [float(exact_match(reader_answer(o.response_text), q.golden_answers)) for o, q in zip(outputs, questions)]
     result = {"em": float(np.mean(hits))}
     for hops in sorted({q.hops for q in questions}):
@@ -122,8 +121,8 @@ def main() -> None:
         report[f"reader_gold_{phrasing}"] = reader_em(trainer, world, dev, phrasing,
                                                       config.selfplay.num_distractor_blocks, config.seed)
     answers = answers_for_step(trainer.answers, 0, args.answers, config.data.shuffle_seed)
-    reader_params = params if trainer.reader_policy is None else trainer._reader_params()
-    proposals = trainer.game.propose(params, reader_params, answers, np.random.default_rng(config.seed), seed=1)
+    proposals = trainer.game.propose(params, trainer.reader_params(params), answers,
+                                     np.random.default_rng(config.seed), seed=1)
     report["proposer"] = {k.split("/", 1)[1]: v for k, v in proposals.metrics.items()
                           if k in ("selfplay/rule_valid_rate", "selfplay/rag_pass_rate", "selfplay/valid_rate")}
     print(json.dumps(report, indent=2))

@@ -181,8 +181,8 @@ def run_eval(config: ml_collections.ConfigDict, checkpoint: str | Path, benchmar
     `retriever` replaces `config.retrieval` (tests inject a scripted one)."""
     out_dir = Path(out_dir)
     run = {"checkpoint": str(Path(checkpoint).resolve()), "limit": limit, "seed": config.seed,
-                         "shard_size": shard_size, "split": split, "chat_template": config.chat_template,
-                         "rollout": config.rollout.to_dict(), "solver_prompt": config.prompts.solver,
+           "shard_size": shard_size, "split": split, "chat_template": config.chat_template,
+           "rollout": config.rollout.to_dict(), "solver_prompt": config.prompts.solver,
            "judge": config.judge.to_dict()}
     leader_value(functools.partial(_check_run, out_dir, run))
     loaded = [load_questions(spec, data_dir, split) for spec in benchmarks]

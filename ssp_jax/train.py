@@ -292,7 +292,7 @@ class Trainer:
         rng = np.random.default_rng([seed, self.step])
         params = self.learner.params
         proposer_params = params if mode == "selfplay" else self.learner.reference_params
-        reader_params = proposer_params if self.reader_policy is None else self._reader_params()
+        reader_params = self.reader_params(proposer_params)
         game = self.game.play(params, reader_params, answers, self.pool, rng, seed=seed * 100_003 + self.step,
                               proposer_params=proposer_params, fixed=mode in ("fixed", "oracle"))
         start = time.perf_counter()
@@ -341,8 +341,9 @@ class Trainer:
             self.pool.add(q for q in proposals.questions if q is not None)
             rounds += 1
 
-    def _reader_params(self) -> nnx.State:
-        return nnx.state(self.reader_policy.model)
+    def reader_params(self, policy_params: nnx.State) -> nnx.State:
+        """The RAG reader's weights: the frozen `selfplay.reader_path` model's, else `policy_params`."""
+        return policy_params if self.reader_policy is None else nnx.state(self.reader_policy.model)
 
     def _batches(self, game: GameResult) -> tuple[RLBatch | None, RLBatch]:
         """RL batches with behaviour and reference log-probs, both computed before any update."""
