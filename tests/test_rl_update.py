@@ -222,3 +222,22 @@ def test_token_logprobs_are_aligned_with_tokens():
             expected[b, t] = full[b, t - 1, tokens[b, t]]
     np.testing.assert_allclose(logp, expected, atol=1e-5)
     np.testing.assert_allclose(chunked, expected, atol=1e-5)
+
+
+def test_updates_move_probability_towards_positive_advantages():
+    """The sign of learning: a few on-policy updates raise the trained-token log-prob of every
+    positive-advantage row and lower it for every negative one; zero-advantage rows stay close."""
+    learner = Learner(Decoder(TINY, rngs=nnx.Rngs(1)), RLConfig(lr=3e-3, warmup_steps=0, kl_coef=0.0))
+    seqs, masks = trajectories(seed=5)
+    advantages = np.array([1.0, -1.0, 0.0, 1.0, -1.0, 0.0, 1.0], np.float32)
+    batch = pack_batch(seqs, masks, None, advantages, length_buckets=(16,), batch_multiple=ROWS)
+
+    def row_logp() -> np.ndarray:  # [rows] summed over trained tokens
+        return np.asarray(learner.logprobs(learner.params, batch) * batch.loss_mask).sum(axis=1)[:ROWS - 1]
+
+    before = row_logp()
+    for _ in range(5):
+        learner.update(dataclasses.replace(batch, old_logprobs=learner.logprobs(learner.params, batch)))
+    moved = row_logp() - before
+    assert (moved[advantages > 0] > 0.1).all() and (moved[advantages < 0] < -0.1).all(), moved
+    assert (np.abs(moved[advantages == 0]) < np.abs(moved[advantages != 0]).min()).all(), moved
