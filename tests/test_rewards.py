@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from ssp_jax.selfplay.rewards import (PROPOSER_REWARD_SHAPES, as_answer_list, exact_match, f1_score,
                                       generated_text, is_correct, normalize_answer, proposer_reward,
                                       solver_reward)
+from ssp_jax.selfplay.step import reader_answer
 
 
 @pytest.mark.parametrize("raw, normalized", [
@@ -174,3 +175,15 @@ def test_proposer_reward_errors():
 @given(st.booleans(), st.floats(0.0, 1.0), st.sampled_from(PROPOSER_REWARD_SHAPES.names()))
 def test_proposer_reward_is_in_unit_interval(valid, solve_rate, shape):
     assert 0.0 <= proposer_reward(valid, solve_rate, shape) <= 1.0
+
+
+@pytest.mark.parametrize("response, answer", [
+    ("Rokgru\nmore text", "Rokgru"),  # a bare answer: the first non-empty line
+    ("\n Answer: Rokgru \n", "Rokgru"),  # a repeated label is dropped
+    ("<think>The capital of Gilvel is Rokgru.</think><answer>Rokgru</answer>", "Rokgru"),  # thoughts, then the answer
+    ("<answer>Xanbur</answer> <answer> Rokgru </answer>", "Rokgru"),  # the last answer span
+    ("<think>The capital of Gilvel is", "<think>The capital of Gilvel is"),  # cut off: no span, so the raw line
+    ("", ""),
+])
+def test_reader_answer(response, answer):
+    assert reader_answer(response) == answer

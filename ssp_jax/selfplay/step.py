@@ -18,6 +18,7 @@ from flax import nnx
 
 from ssp_jax.agent import prompts
 from ssp_jax.agent.rollout import RolloutRequest, RolloutRunner
+from ssp_jax.agent.tags import last_tag
 from ssp_jax.agent.trajectory import Trajectory
 from ssp_jax.engine.sampling import GREEDY, SamplingParams
 from ssp_jax.selfplay.documents import proposer_blocks, rag_documents
@@ -198,7 +199,11 @@ class SelfPlayGame:
 
 
 def reader_answer(response_text: str) -> str:
-    """The reader's short answer: its first non-empty line, without a repeated `Answer:` label."""
+    """The reader's short answer: the last `<answer>` span if it wrote one (after thinking aloud),
+    else its first non-empty line, without a repeated `Answer:` label."""
+    tagged = last_tag(response_text, "answer")
+    if tagged.ok:
+        return tagged.content
     for line in response_text.splitlines():
         line = line.strip().removeprefix("Answer:").strip()
         if line:
