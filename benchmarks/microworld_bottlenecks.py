@@ -11,6 +11,7 @@ when that is set):
    start's reader demos) plus the configured distractor blocks. Both phrasings: the held-out
    templates and the proposer's `goal_question`. This is the pass rate of a perfect proposer.
 3. Proposer: rule-valid and RAG-pass rates of one batch of proposals (`--answers` answers).
+4. Solver failure modes: each greedy dev trajectory's searches against the gold chain (`classify`).
 
 Usage (from the repo root; a first use of a workdir builds its world and warm start):
     python -m benchmarks.microworld_bottlenecks --workdir DIR [--config configs/microworld.py]
@@ -31,13 +32,14 @@ import numpy as np
 
 from ssp_jax.agent import prompts
 from ssp_jax.agent.rollout import RolloutRequest, RolloutRunner
+from ssp_jax.agent.tags import last_tag
 from ssp_jax.data.answers import answers_for_step
 from ssp_jax.data.microworld import Question, World, WorldConfig
 from ssp_jax.engine.sampling import GREEDY
 from ssp_jax.retrieval.base import Passage
 from ssp_jax.selfplay.documents import rag_documents
 from ssp_jax.selfplay.evaluate import QAItem, evaluate, summarize
-from ssp_jax.selfplay.rewards import exact_match
+from ssp_jax.selfplay.rewards import exact_match, generated_text
 from ssp_jax.selfplay.step import reader_answer
 from ssp_jax.train import Trainer, typed
 from ssp_jax.warmstart.demos import goal_question
@@ -51,6 +53,35 @@ class UnrelatedRetriever:
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         return [[self.rng.choice(self.passages) for _ in range(k)] for _ in queries]
+
+
+def classify(gold_ids: Sequence[str], got_ids: Sequence[str | None], correct: bool) -> str:
+    """Where a solver trajectory left its question's gold chain, from the top passage of each search:
+    "correct"; "read_wrong" (every gold passage retrieved in order, wrong answer); "stopped_early"
+    (on the chain, too few searches); else "off_chain_at_hop<k>" (search k retrieved the wrong passage)."""
+    if correct:
+        return "correct"
+    if list(got_ids[:len(gold_ids)]) == list(gold_ids):
+        return "read_wrong"
+    if len(got_ids) < len(gold_ids) and list(got_ids) == list(gold_ids[:len(got_ids)]):
+        return "stopped_early"
+    hop = next(i for i, (got, gold) in enumerate(zip(got_ids, gold_ids)) if got != gold)
+    return f"off_chain_at_hop{hop + 1}"
+
+
+def failure_modes(trainer: Trainer, questions: Sequence[Question]) -> dict[str, dict[str, int]]:
+    """Counts of `classify` per hop count, over greedy solver trajectories with the real retriever."""
+    game = trainer.game
+    requests = [RolloutRequest(game._prompt_ids(prompts.solver_prompt(q.question, game.templates)), sampling=GREEDY)
+                for q in questions]
+    counts: dict[str, dict[str, int]] = {}
+    for question, traj in zip(questions, game.runner.run(trainer.learner.params, requests)):
+        answer = last_tag(generated_text(traj.response_text), "answer").content
+        got = [passages[0].id if passages else None for passages in traj.passages]
+        mode = classify([hop.passage_id for hop in question.chain], got, exact_match(answer, question.golden_answers))
+        by_mode = counts.setdefault(f"{question.hops}hop", {})
+        by_mode[mode] = by_mode.get(mode, 0) + 1
+    return counts
 
 
 def load_config(path: str, overrides: Sequence[str]) -> Any:
@@ -125,6 +156,7 @@ def main() -> None:
                                      np.random.default_rng(config.seed), seed=1)
     report["proposer"] = {k.split("/", 1)[1]: v for k, v in proposals.metrics.items()
                           if k in ("selfplay/rule_valid_rate", "selfplay/rag_pass_rate", "selfplay/valid_rate")}
+    report["solver_failure_modes"] = failure_modes(trainer, dev)
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
