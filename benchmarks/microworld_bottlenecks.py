@@ -6,7 +6,8 @@ measures, for the policy a workdir starts from (its warm start; the reader is `s
 when that is set):
 1. Solver: greedy EM with the real retriever, and with one that returns an unrelated passage for
    every query. The gap is how much the solver's answers depend on what it reads.
-2. Reader (the RAG check's, tool-less): EM on the gold dev questions, shown the documents a
+2. Reader (the RAG check's; `selfplay.rag_reader` says whether it reads the documents in its prompt
+   or searches only them): EM on the gold dev questions, given the documents a
    correct proposer retrieves (the answer's passage and every searched hop's, as in the warm
    start's reader demos) plus the configured distractor blocks. Both phrasings: the held-out
    templates and the proposer's `goal_question`. This is the pass rate of a perfect proposer.
@@ -37,7 +38,7 @@ from ssp_jax.data.answers import answers_for_step
 from ssp_jax.data.microworld import Question, World, WorldConfig
 from ssp_jax.engine.sampling import GREEDY
 from ssp_jax.retrieval.base import Passage
-from ssp_jax.selfplay.documents import rag_documents
+from ssp_jax.selfplay.documents import rag_passages
 from ssp_jax.selfplay.evaluate import QAItem, evaluate, summarize
 from ssp_jax.selfplay.rewards import exact_match, generated_text
 from ssp_jax.selfplay.step import reader_answer
@@ -114,9 +115,8 @@ def reader_em(trainer: Trainer, world: World, questions: Sequence[Question], phr
     requests = []
     for i, question in enumerate(questions):
         text = question.question if phrasing == "heldout" else goal_question(world, question.chain)
-        documents = rag_documents(blocks[i], blocks[:i] + blocks[i + 1:], num_distractor_blocks, rng)
-        requests.append(RolloutRequest(trainer.game._prompt_ids(prompts.reader_prompt(
-            documents, text, trainer.game.templates)), sampling=GREEDY))
+        requests.append(trainer.game.reader_request(text, rag_passages(
+            blocks[i], blocks[:i] + blocks[i + 1:], num_distractor_blocks, rng)))
     outputs = trainer.game.reader.run(trainer.reader_params(trainer.learner.params), requests)
     hits = [float(exact_match(reader_answer(o.response_text), q.golden_answers)) for o, q in zip(outputs, questions)]
     result = {"em": float(np.mean(hits))}

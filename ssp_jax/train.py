@@ -142,7 +142,8 @@ class Trainer:
         # Split by process index; the warm start's demo search below runs on process 0 alone, unsplit.
         retriever = ProcessShardedRetriever(make_retriever(config.retrieval, self.index_dir))
         runner = RolloutRunner(self.engine, tokenizer, retriever, rollout_cfg)
-        reader_cfg = dataclasses.replace(rollout_cfg, max_turns=1, max_response_tokens=self.selfplay.reader_max_tokens)
+        reader_cfg = rollout_cfg if self.selfplay.rag_reader == "search" else dataclasses.replace(
+            rollout_cfg, max_turns=1, max_response_tokens=self.selfplay.reader_max_tokens)
         reader = RolloutRunner(reader_engine, tokenizer, None, reader_cfg)
         self.game = SelfPlayGame(self.selfplay, tokenizer, chat, runner, reader, templates)
         self._evaluate = lambda params, progress=False: evaluate(runner, tokenizer, chat, params, self.eval_items,

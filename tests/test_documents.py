@@ -8,7 +8,7 @@ import pytest
 
 from ssp_jax.agent.trajectory import Trajectory
 from ssp_jax.retrieval.base import Passage
-from ssp_jax.selfplay.documents import proposer_blocks, rag_documents
+from ssp_jax.selfplay.documents import passages_text, proposer_blocks, rag_passages
 
 
 def block(name, n):
@@ -18,6 +18,11 @@ def block(name, n):
 
 OWN = block("Own", 2)
 OTHERS = [block(name, n) for name, n in zip("ABCDEFG", (1, 2, 3, 1, 2, 3, 1))]  # 7 blocks
+
+
+def rag_documents(*args):
+    """The reading reader's view of `rag_passages`: numbered across the shuffled blocks."""
+    return passages_text(rag_passages(*args))
 
 
 def docs(text):

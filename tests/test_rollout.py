@@ -7,11 +7,15 @@ from flax import nnx
 
 import search_world as world
 from ssp_jax.agent import trajectory as tj
+from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRequest, RolloutRunner, stop_token_sequences
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.engine.sampling import GREEDY, SamplingParams
 from ssp_jax.models.decoder import positions_from_mask
-from ssp_jax.tokenizer import information_block
+from ssp_jax.retrieval.document_set import DocumentSet
+from ssp_jax.selfplay.filters import ProposalCheck
+from ssp_jax.selfplay.step import AnswerRecord, SelfPlayConfig, SelfPlayGame
+from ssp_jax.tokenizer import ChatTemplate, information_block
 
 ENGINE = EngineConfig(num_slots=4, max_cache_len=320, prefill_buckets=(32,), extend_buckets=(64,),
                       extend_group=2, decode_steps=8)
@@ -108,6 +112,58 @@ def test_toolless_generation_never_searches(searcher):
     (single_turn,) = runner(searcher, retriever=None, max_turns=1).run(
         nnx.state(model), requests(tokenizer, world.KEYS[:1], sampling=GREEDY))
     assert single_turn.finish_reason == tj.FINISH_MAX_TURNS and single_turn.error is None
+
+
+def test_a_request_s_own_retriever_answers_its_searches(searcher):
+    """The RAG check's searching reader: a request with a `DocumentSet` is answered from those
+    passages only, on a tool-less runner, while other requests still use the runner's retriever."""
+    model, tokenizer, _ = searcher
+    key = next(k for k in world.KEYS if len(list(iter_chain(k))) == 2)
+    chain = [key, *iter_chain(key)]
+    distractors = [world._passage(k) for k in world.KEYS[40:44]]
+    full = DocumentSet([world._passage(k) for k in chain] + distractors)
+    missing_hop = DocumentSet([world._passage(k) for k in chain[:2]] + distractors)
+    scripted = world.ScriptedRetriever()
+    own = [RolloutRequest(tokenizer.encode(world.prompt_text(key)), sampling=GREEDY, retriever=r)
+           for r in (full, missing_hop)]
+    shared = requests(tokenizer, world.KEYS[1:2], sampling=GREEDY)
+    with_set, without_hop, plain = runner(searcher, scripted).run(nnx.state(model), own + shared)
+    expected = "".join(text for text, _ in world.demo_response(key)).removesuffix("<|endoftext|>")
+    assert with_set.response_text == expected and with_set.queries == chain
+    assert without_hop.passages[2][0].id != chain[2]  # the last hop's passage is not in its set
+    assert without_hop.answer.content != with_set.answer.content
+    assert plain.finish_reason == tj.FINISH_ANSWER
+    assert {q for call in scripted.calls for q in call} == set(plain.queries)  # only `plain` used it
+    (toolless,) = runner(searcher, retriever=None).run(nnx.state(model), own[:1])
+    assert toolless.response_text == expected
+
+
+class RawChat(ChatTemplate):
+    """The searcher's training format: one user message wrapped as it was in its demos."""
+
+    name, end_of_turn = "raw", "<|im_end|>"
+
+    def _render(self, messages, add_generation_prompt):
+        return f"<|im_start|>{messages[-1]['content']}<|im_end|>"
+
+
+@pytest.mark.parametrize("hide_last_hop", [False, True])
+def test_searching_rag_reader_passes_only_questions_its_documents_answer(searcher, hide_last_hop):
+    """`rag_reader="search"`: the reader follows the chain through the proposer's documents (plus a
+    distractor block) and passes the question only when every hop's passage is among them."""
+    model, tokenizer, engine = searcher
+    key = next(k for k in world.KEYS if len(list(iter_chain(k))) == 2)
+    chain = [key, *iter_chain(key)]
+    own = [world._passage(k) for k in (chain[:2] if hide_last_hop else chain)]
+    proposals = [tj.Trajectory(0, 0, [], passages=[[p] for p in own]),
+                 tj.Trajectory(1, 0, [], passages=[[world._passage(k)] for k in world.KEYS[40:43]])]
+    checks = [ProposalCheck(key, ()), ProposalCheck(None, ("no_question",))]
+    answers = [AnswerRecord(world.successor(chain[-1])[1], 2), AnswerRecord("none", 2)]
+    templates = PromptTemplates(solver="find {question}")
+    game = SelfPlayGame(SelfPlayConfig(rag_reader="search", num_distractor_blocks=1), tokenizer, RawChat(),
+                        runner(searcher, retriever=None), runner(searcher, retriever=None), templates)
+    passed = game._rag_check(nnx.state(model), proposals, answers, checks, np.random.default_rng(0))
+    assert passed == [not hide_last_hop, False]  # an invalid proposal is never read
 
 
 def test_end_of_turn_is_not_part_of_the_response_text(searcher):

@@ -2,8 +2,9 @@
 
 Each loop: free slots take waiting samples (the samples of one prompt share one prefill), every
 live slot decodes `decode_steps` tokens, then stopped slots are settled. A stop at `</search>`
-parses the query; all such queries of the loop go to the retriever in one batch; each slot is
-extended with its `<information>` block and resumes. Any other stop, EOS, the turn limit or the
+parses the query; all such queries of the loop go to the retriever in one batch (a request may
+bring its own retriever, e.g. the RAG check's document set); each slot is extended with its
+`<information>` block and resumes. Any other stop, EOS, the turn limit or the
 token limit ends the trajectory, and its slot is refilled on the next loop.
 """
 
@@ -52,6 +53,7 @@ class RolloutRequest:
     seed: int = 0
     sampling: SamplingParams = SamplingParams()
     meta: Any = None
+    retriever: Retriever | None = None  # answers this request's searches instead of the runner's
 
 
 def stop_token_sequences(tokenizer: Tokenizer, stop_strings: Sequence[str]) -> list[list[int]]:
@@ -141,7 +143,7 @@ class RolloutRunner:
                         else:
                             finish(slot, traj, tj.FINISH_NO_QUERY, f"search query {query.reason}")
             if searches:
-                state = self._search_and_extend(params, state, searches, finish)
+                state = self._search_and_extend(params, state, searches, requests, finish)
         bar.close()
         return sorted(finished, key=lambda t: (t.request_index, t.sample_index))
 
@@ -152,16 +154,24 @@ class RolloutRunner:
                    self.engine.config.max_cache_len - 1 - cached)
 
     def _search_and_extend(self, params: nnx.State, state: DecodeState,
-                           searches: list[tuple[int, Trajectory, str]],
+                           searches: list[tuple[int, Trajectory, str]], requests: Sequence[RolloutRequest],
                            finish: Callable[..., None]) -> DecodeState:
-        try:
-            results = self._search([query for _, _, query in searches])
-        except RetrieverError as e:
-            for slot, traj, _ in searches:
-                finish(slot, traj, tj.FINISH_RETRIEVER_ERROR, str(e))
-            return state
+        groups: dict[int, tuple[Retriever | None, list[tuple[int, Trajectory, str]]]] = {}
+        for search in searches:
+            own = requests[search[1].request_index].retriever
+            retriever = self.retriever if own is None else own
+            groups.setdefault(id(retriever), (retriever, []))[1].append(search)
+        found: list[tuple[int, Trajectory, str, list[Passage]]] = []
+        for retriever, group in groups.values():  # one batched call per retriever
+            try:
+                results = self._search(retriever, [query for _, _, query in group])
+            except RetrieverError as e:
+                for slot, traj, _ in group:
+                    finish(slot, traj, tj.FINISH_RETRIEVER_ERROR, str(e))
+                continue
+            found += [(*search, passages) for search, passages in zip(group, results)]
         ext_slots, spans, budgets = [], [], []
-        for (slot, traj, query), passages in zip(searches, results):
+        for slot, traj, query, passages in sorted(found, key=lambda f: f[0]):
             ids = self.tokenizer.encode(information_block([(p.title, p.text) for p in passages]))
             cached = len(traj.prompt_ids) + len(traj.response_ids) - 1
             fits = len(ids) <= self.engine.config.extend_buckets[-1] and (
@@ -176,14 +186,14 @@ class RolloutRunner:
             budgets.append(self._budget(traj))
         return self.engine.extend(params, state, ext_slots, spans, budgets) if ext_slots else state
 
-    def _search(self, queries: list[str]) -> list[list[Passage]]:
+    def _search(self, retriever: Retriever | None, queries: list[str]) -> list[list[Passage]]:
         """One batched search, retried with exponential back-off; raises RetrieverError at the end."""
-        if self.retriever is None:
+        if retriever is None:
             raise RetrieverError("no retriever configured (tool-less generation)")
         delay, error = self.config.retrieval_backoff_s, None
         for attempt in range(1, self.config.retrieval_attempts + 1):
             try:
-                results = self.retriever.search(queries, self.config.topk)
+                results = retriever.search(queries, self.config.topk)
                 if len(results) != len(queries):
                     raise RetrieverError(f"retriever returned {len(results)} result lists for {len(queries)} queries")
                 return results

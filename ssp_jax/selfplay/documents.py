@@ -23,19 +23,23 @@ def proposer_blocks(traj: Trajectory) -> list[Passage]:
     return [passage for passages in traj.passages for passage in passages]
 
 
-def rag_documents(own: Sequence[Passage], others: Sequence[Sequence[Passage]], num_distractor_blocks: int,
-                  rng: np.random.Generator) -> str:
+def passages_text(passages: Sequence[Passage]) -> str:
+    """Passages numbered Doc 1..N, as a reader prompt shows them."""
+    return format_passages([(p.title, p.text) for p in passages])
+
+
+def rag_passages(own: Sequence[Passage], others: Sequence[Sequence[Passage]], num_distractor_blocks: int,
+                 rng: np.random.Generator) -> list[Passage]:
     """The reader's documents: `own` plus up to `num_distractor_blocks` random other blocks.
 
     Distractors are drawn without replacement from the non-empty blocks of `others` (the other
     trajectories of the batch; the caller leaves `own` out), fewer when not enough exist. The
-    blocks are shuffled as units, each keeping its internal order, then numbered Doc 1..N across
-    the concatenation. Deterministic given the state of `rng`.
+    blocks are shuffled as units, each keeping its internal order, and concatenated (a reading
+    reader sees them numbered Doc 1..N by `passages_text`). Deterministic given the state of `rng`.
     """
     if num_distractor_blocks < 0:
         raise ValueError(f"num_distractor_blocks must be >= 0, got {num_distractor_blocks}")
     candidates = [block for block in others if block]
     picked = rng.choice(len(candidates), min(num_distractor_blocks, len(candidates)), replace=False)
     blocks = [own, *(candidates[int(i)] for i in picked)]
-    ordered = [blocks[int(i)] for i in rng.permutation(len(blocks))]
-    return format_passages([(p.title, p.text) for block in ordered for p in block])
+    return [p for i in rng.permutation(len(blocks)) for p in blocks[int(i)]]

@@ -21,13 +21,16 @@ from ssp_jax.agent.rollout import RolloutRequest, RolloutRunner
 from ssp_jax.agent.tags import last_tag
 from ssp_jax.agent.trajectory import Trajectory
 from ssp_jax.engine.sampling import GREEDY, SamplingParams
-from ssp_jax.selfplay.documents import proposer_blocks, rag_documents
+from ssp_jax.retrieval.base import Passage
+from ssp_jax.retrieval.document_set import DocumentSet
+from ssp_jax.selfplay.documents import passages_text, proposer_blocks, rag_passages
 from ssp_jax.selfplay.filters import FAILURES, check_proposal
 from ssp_jax.selfplay.pool import PoolQuestion, QuestionPool, is_dummy
 from ssp_jax.selfplay.rewards import PROPOSER_REWARD_SHAPES, Gold, exact_match, proposer_reward, solver_reward
 from ssp_jax.tokenizer import ChatTemplate, Tokenizer
 
 PROPOSER_MODES = ("selfplay", "frozen", "fixed", "oracle")
+RAG_READERS = ("read", "search")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +41,10 @@ class SelfPlayConfig:
     solver_samples: int = 5  # solver rollouts per question (the GRPO group)
     temperature: float = 1.0  # sampling temperature of both roles
     rag_check: bool = True
+    # "read": SSP.md's tool-less reader answers from the documents in its prompt. "search": the
+    # reader plays the solver, but its searches see only those documents (a `DocumentSet`), so a
+    # policy too small to compose hops in one forward pass can still follow a chain hop by hop.
+    rag_reader: str = "read"
     num_distractor_blocks: int = 4
     reader_max_tokens: int = 70
     min_question_words: int = 10
@@ -65,6 +72,8 @@ class SelfPlayConfig:
             raise ValueError("selfplay.num_distractor_blocks, num_examples and pool_max_repeats must be >= 0")
         if self.proposer_mode not in PROPOSER_MODES:
             raise ValueError(f"selfplay.proposer_mode={self.proposer_mode!r}; expected one of {PROPOSER_MODES}")
+        if self.rag_reader not in RAG_READERS:
+            raise ValueError(f"selfplay.rag_reader={self.rag_reader!r}; expected one of {RAG_READERS}")
         if self.fixed_set_size < 1:
             raise ValueError(f"selfplay.fixed_set_size must be >= 1, got {self.fixed_set_size}")
         if self.proposer_reward not in PROPOSER_REWARD_SHAPES:
@@ -181,17 +190,22 @@ class SelfPlayGame:
         }
         return GameResult(proposals.trajectories, proposer_rewards, solver, solver_rewards, trainable, metrics)
 
+    def reader_request(self, question: str, passages: Sequence[Passage]) -> RolloutRequest:
+        """The RAG check's greedy request for `question` over `passages`, as `rag_reader` says: the
+        reader prompt showing them, or the solver prompt searching only them."""
+        if self.config.rag_reader == "search":
+            return RolloutRequest(self._prompt_ids(prompts.solver_prompt(question, self.templates)), sampling=GREEDY,
+                                  retriever=DocumentSet(passages))
+        prompt = prompts.reader_prompt(passages_text(passages), question, self.templates)
+        return RolloutRequest(self._prompt_ids(prompt), sampling=GREEDY)
+
     def _rag_check(self, reader_params: nnx.State, proposer: list[Trajectory], answers: Sequence[AnswerRecord],
                    checks: list[Any], rng: np.random.Generator) -> list[bool]:
-        """Can a tool-less reader answer each rule-valid question from the retrieved documents?"""
+        """Can the reader answer each rule-valid question from the retrieved documents alone?"""
         blocks = [proposer_blocks(t) for t in proposer]
         todo = [i for i, c in enumerate(checks) if c.valid]
-        requests = []
-        for i in todo:
-            others = blocks[:i] + blocks[i + 1:]
-            documents = rag_documents(blocks[i], others, self.config.num_distractor_blocks, rng)
-            prompt = prompts.reader_prompt(documents, checks[i].question, self.templates)
-            requests.append(RolloutRequest(self._prompt_ids(prompt), sampling=GREEDY))
+        requests = [self.reader_request(checks[i].question, rag_passages(
+            blocks[i], blocks[:i] + blocks[i + 1:], self.config.num_distractor_blocks, rng)) for i in todo]
         passed = [False] * len(proposer)
         for i, traj in zip(todo, self.reader.run(reader_params, requests)):
             passed[i] = exact_match(reader_answer(traj.response_text), answers[i].gold)
