@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssp_jax.models.decoder import Decoder, DecoderConfig, KVCache, RopeScaling, positions_from_mask
+from ssp_jax.models.decoder import (MIN_BLOCKED_LEN, Decoder, DecoderConfig, KVCache, RopeScaling, attend,
+                                    causal_attend, positions_from_mask)
 
 TINY = DecoderConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                      num_kv_heads=2, head_dim=8, qkv_bias=True, qk_norm=True)
@@ -49,6 +50,21 @@ def test_kv_cache_prefill_decode_extend_matches_full_forward():
     for b, seq in enumerate(seqs):
         ref = full_logits(model, np.array([seq]))[0]
         np.testing.assert_allclose(np.stack(collected[b]), ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("seq", [MIN_BLOCKED_LEN, MIN_BLOCKED_LEN + 4, 96])
+def test_blocked_causal_attention_equals_full_attention(seq):
+    """Query blocks (taken at 256 tokens; a length not divisible by the block count and a short one
+    fall back to one block) give the full masked attention at every real token, left and right
+    padding included (a padding query attends to nothing, so its output is arbitrary and unused)."""
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(size=(3, seq, 4, 8)), jnp.float32)  # [batch, seq, heads, head_dim]
+    k, v = (jnp.asarray(rng.normal(size=(3, seq, 2, 8)), jnp.float32) for _ in range(2))
+    real = np.ones((3, seq), bool)
+    real[1, :40], real[2, seq - 70:] = False, False  # left- and right-padded rows
+    mask = jnp.tril(jnp.ones((seq, seq), bool))[None] & jnp.asarray(real)[:, None, :]
+    blocked, full = np.asarray(causal_attend(q, k, v, mask)), np.asarray(attend(q, k, v, mask))
+    np.testing.assert_allclose(blocked[real], full[real], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("tied", [False, True])

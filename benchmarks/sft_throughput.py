@@ -1,0 +1,98 @@
+"""Warm-start SFT step time on the micro world's real demonstration mix, variants side by side.
+
+Why: the 20-minute first run is mostly SFT, and the warm start's quality grows with SFT steps
+(README, "Micro world"), so every second an SFT step saves buys steps. The demos of the configured
+micro world are built once; each variant then runs `--steps` SFT steps from the same seed (same
+batches), rounds interleaved (a, b, c, a, b, c, ...) because CPU timings drift. Variants:
+- `blocked`: the decoder's causal query blocks (`CAUSAL_QUERY_BLOCKS`) on or off;
+- `buckets`: the config's SFT length buckets, or `--fine` ones.
+The headline is each variant's median seconds per step relative to the first variant.
+
+Usage (from the repo root; the workdir's world and index are built on first use):
+    python -m benchmarks.sft_throughput --workdir DIR [--steps 40] [--rounds 3]
+        [--fine 128,192,256,320,384,448,512,576,640] [--set key=json ...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+from flax import nnx
+
+from benchmarks.microworld_bottlenecks import load_config
+from ssp_jax.agent.prompts import PromptTemplates
+from ssp_jax.data.microworld import World, WorldConfig
+from ssp_jax.data.microworld_tokenizer import train_tokenizer
+from ssp_jax.data.prepare import prepare_microworld
+from ssp_jax.models import decoder
+from ssp_jax.models.decoder import Decoder
+from ssp_jax.models.hf_import import decoder_config_from_hf
+from ssp_jax.tokenizer import get_chat_template
+from ssp_jax.train import make_retriever, typed
+from ssp_jax.warmstart.build import WarmStartConfig
+from ssp_jax.warmstart.demos import DemoFormat, build_demos
+from ssp_jax.warmstart.sft import SFTConfig, sft
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--config", default="configs/microworld.py")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides key=json_value")
+    parser.add_argument("--steps", type=int, default=40, help="SFT steps per variant and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--fine", default="128,192,256,320,384,448,512,576,640", help="the fine length buckets")
+    parser.add_argument("--json", default="")
+    args = parser.parse_args()
+
+    config = load_config(args.config, args.set)
+    world_cfg = typed(WorldConfig, config.data.microworld, "data.microworld")
+    _, index = prepare_microworld(Path(args.workdir) / "microworld", world_cfg,
+                                  num_examples=config.selfplay.num_examples)
+    world = World(world_cfg)
+    templates = typed(PromptTemplates, config.prompts, "prompts")
+    warm = typed(WarmStartConfig, config.model.warm_start, "model.warm_start")
+    tokenizer = train_tokenizer(world, extra_texts=(templates.proposer, templates.solver, templates.reader),
+                                vocab_size=warm.vocab_size)
+    demos = build_demos(world, tokenizer, DemoFormat(get_chat_template(config.chat_template), templates,
+                                                     config.rollout.topk),
+                        make_retriever(config.retrieval, str(index)), seed=config.model.seed, noise=warm.noise,
+                        solver_noise=warm.solver_noise, solver_flaws=warm.solver_flaws,
+                        num_solver=warm.num_solver, num_proposer=warm.num_proposer, num_reader=warm.num_reader,
+                        passage_repeats=warm.passage_repeats, num_examples=config.selfplay.num_examples,
+                        reader_distractors=warm.reader_distractors)
+    sequences, masks = [d.tokens for d in demos], [d.loss_mask for d in demos]
+    base = dataclasses.replace(typed(SFTConfig, config.model.sft, "model.sft"), warmup_steps=0)
+    fine = tuple(int(x) for x in args.fine.split(","))
+    variants = {"config buckets, unblocked": (base, False), "config buckets, blocked": (base, True),
+                f"fine buckets {fine}, blocked": (dataclasses.replace(base, length_buckets=fine), True)}
+    hf = {**config.model.init.to_dict(), "vocab_size": -(-tokenizer.vocab_size // 64) * 64}
+    min_blocked = decoder.MIN_BLOCKED_LEN
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, (sft_cfg, blocked) in variants.items():
+            decoder.MIN_BLOCKED_LEN = min_blocked if blocked else 1 << 30
+            took = []
+            for steps in (args.steps, 2 * args.steps):
+                model = Decoder(decoder_config_from_hf(hf, source="config model.init"), rngs=nnx.Rngs(0))
+                start = time.perf_counter()
+                sft(model, sequences, masks, dataclasses.replace(sft_cfg, steps=steps), progress=False)
+                took.append(time.perf_counter() - start)
+            times[name].append((took[1] - took[0]) / args.steps)
+    decoder.MIN_BLOCKED_LEN = min_blocked
+    first = statistics.median(next(iter(times.values())))
+    report = {"demos": len(demos), "steps": args.steps, "rounds": args.rounds,
+              "variants": {name: {"s_per_step": round(statistics.median(t), 4),
+                                  "relative": round(statistics.median(t) / first, 3)} for name, t in times.items()}}
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
