@@ -64,6 +64,9 @@ def test_steps_run_with_finite_metrics_and_moving_parameters(uninterrupted):
                 "solver/kl", "solver/entropy", "solver/clip_frac", "solver/grad_norm", "time/update", "time/solver_rollout",
                 "eval/em", "eval/f1", "eval/em_3hop"):
         assert key in last
+    turns = {a.search_turns for a in trainer.answers}
+    per_turns = {k for k in last if k.startswith("selfplay/valid_rate_")}  # the turns of the last step's answers
+    assert per_turns and per_turns <= {f"selfplay/valid_rate_{t}turns" for t in turns}
     final = jax.tree.map(np.asarray, nnx.to_pure_dict(trainer.learner.params))
     moved = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(final))]
     assert min(moved) > 0.0

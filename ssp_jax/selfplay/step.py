@@ -141,6 +141,9 @@ class SelfPlayGame:
             "selfplay/valid_rate": float(np.mean(valid)),
             "selfplay/rule_valid_rate": float(np.mean(rule_valid)),
             "selfplay/rag_pass_rate": float(np.mean([p for p, r in zip(rag_pass, rule_valid) if r] or [0.0])),
+            **{f"selfplay/valid_rate_{turns}turns": float(np.mean([v for v, a in zip(valid, answers)
+                                                                  if a.search_turns == turns]))
+               for turns in sorted({a.search_turns for a in answers})},
             **_filter_breakdown(checks),
             **_trajectory_stats("proposer", trajectories),
         }
