@@ -96,10 +96,12 @@ def test_model_too_big_for_the_slice_is_refused_before_compiling():
 
 
 def test_activations_that_cannot_fit_are_refused_naming_the_step():
-    # 32 rows of 16k tokens: each device's 8 rows hold [8, 4 heads, 16k, 16k] fp32 attention scores.
-    # XLA rematerialises to fit HBM and, when nothing fits, refuses the step with the bytes it needs.
+    # 32 rows of 16k tokens: each device's 8 rows hold [8, 4 heads, 4k, up to 16k] fp32 attention
+    # scores per query block, which the update's backward keeps for every block (the forward-only
+    # reference log-probs fit). XLA rematerialises to fit HBM and, when nothing fits, refuses the
+    # step with the bytes it needs.
     with pytest.raises(ValueError, match=r"does not fit v5e:2x2 \(TPU v5 lite, 17179869184 bytes = 16\.00 GiB HBM "
-                                         r"per device\): .*reference_logprobs cannot be compiled to fit: "
+                                         r"per device\): update cannot be compiled to fit: "
                                          r"RESOURCE_EXHAUSTED: .*required for HLO temporaries \(\d+\.\d+G\) "
                                          r"exceeds available HBM") as refused:
         check_fits(short_config(length=16384, rows=32), "v5e:2x2")
