@@ -27,15 +27,14 @@ from flax import nnx
 from benchmarks.microworld_bottlenecks import load_config
 from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.data.microworld import World, WorldConfig
-from ssp_jax.data.microworld_tokenizer import train_tokenizer
 from ssp_jax.data.prepare import prepare_microworld
 from ssp_jax.models import decoder
 from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import decoder_config_from_hf
 from ssp_jax.tokenizer import get_chat_template
 from ssp_jax.train import make_retriever, typed
-from ssp_jax.warmstart.build import WarmStartConfig
-from ssp_jax.warmstart.demos import DemoFormat, build_demos
+from ssp_jax.warmstart.build import WarmStartConfig, warm_start_demos
+from ssp_jax.warmstart.demos import DemoFormat
 from ssp_jax.warmstart.sft import SFTConfig, sft
 
 
@@ -56,16 +55,11 @@ def main() -> None:
                                   num_examples=config.selfplay.num_examples)
     world = World(world_cfg)
     templates = typed(PromptTemplates, config.prompts, "prompts")
-    warm = typed(WarmStartConfig, config.model.warm_start, "model.warm_start")
-    tokenizer = train_tokenizer(world, extra_texts=(templates.proposer, templates.solver, templates.reader),
-                                vocab_size=warm.vocab_size)
-    demos = build_demos(world, tokenizer, DemoFormat(get_chat_template(config.chat_template), templates,
-                                                     config.rollout.topk),
-                        make_retriever(config.retrieval, str(index)), seed=config.model.seed, noise=warm.noise,
-                        solver_noise=warm.solver_noise, solver_flaws=warm.solver_flaws,
-                        num_solver=warm.num_solver, num_proposer=warm.num_proposer, num_reader=warm.num_reader,
-                        passage_repeats=warm.passage_repeats, num_examples=config.selfplay.num_examples,
-                        reader_distractors=warm.reader_distractors)
+    tokenizer, demos = warm_start_demos(world, make_retriever(config.retrieval, str(index)),
+                                        typed(WarmStartConfig, config.model.warm_start, "model.warm_start"),
+                                        fmt=DemoFormat(get_chat_template(config.chat_template), templates,
+                                                       config.rollout.topk),
+                                        num_examples=config.selfplay.num_examples, seed=config.model.seed)
     sequences, masks = [d.tokens for d in demos], [d.loss_mask for d in demos]
     base = dataclasses.replace(typed(SFTConfig, config.model.sft, "model.sft"), warmup_steps=0)
     fine = tuple(int(x) for x in args.fine.split(","))

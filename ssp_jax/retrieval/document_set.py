@@ -36,14 +36,18 @@ class DocumentSet:
         self._idf = {word: math.log(1 + n / c) for word, c in counts.items()}
 
     def score(self, query: str, index: int) -> float:
+        return self._score(_words(query), index)
+
+    def _score(self, query_words: set[str], index: int) -> float:
         text, title = self._words[index]
-        return sum(self._idf[w] * ((w in text) + 2 * (w in title)) for w in _words(query) if w in self._idf)
+        return sum(self._idf[w] * ((w in text) + 2 * (w in title)) for w in query_words if w in self._idf)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         if k < 1:
             raise ValueError(f"k must be positive, got {k}")
         results = []
         for query in queries:
-            ranked = sorted(range(len(self.passages)), key=lambda i: -self.score(query, i))  # stable: ties keep order
+            words = _words(query)  # once per query, not per passage
+            ranked = sorted(range(len(self.passages)), key=lambda i: -self._score(words, i))  # stable: ties keep order
             results.append([self.passages[i] for i in ranked[:k]])
         return results

@@ -20,7 +20,8 @@ from ssp_jax.data.microworld_tokenizer import train_tokenizer
 from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import decoder_config_from_hf, export_hf_decoder
 from ssp_jax.retrieval.base import Retriever
-from ssp_jax.warmstart.demos import NUM_EXAMPLES, SOLVER_FLAWS, DemoFormat, build_demos
+from ssp_jax.tokenizer import Tokenizer
+from ssp_jax.warmstart.demos import NUM_EXAMPLES, SOLVER_FLAWS, Demo, DemoFormat, build_demos
 from ssp_jax.warmstart.sft import SFTConfig, sft
 
 
@@ -39,13 +40,9 @@ class WarmStartConfig:
     vocab_size: int = 2048  # of the world's BPE tokenizer (the model's embedding is padded to x64)
 
 
-def warm_start_checkpoint(out_dir: str | Path, world: World, retriever: Retriever, init: dict[str, Any],
-                          config: WarmStartConfig, sft_config: SFTConfig, *, fmt: DemoFormat,
-                          num_examples: int = NUM_EXAMPLES, seed: int = 0, progress: bool = True) -> Path:
-    """The cached checkpoint directory; built on first use (written aside, then renamed into place)."""
-    out_dir = Path(out_dir)
-    if (out_dir / "config.json").is_file():
-        return out_dir
+def warm_start_demos(world: World, retriever: Retriever, config: WarmStartConfig, *, fmt: DemoFormat,
+                     num_examples: int = NUM_EXAMPLES, seed: int = 0) -> tuple[Tokenizer, list[Demo]]:
+    """The world's tokenizer and the SFT demonstrations of `config` (no training)."""
     templates = fmt.templates
     tokenizer = train_tokenizer(world, extra_texts=(templates.proposer, templates.solver, templates.reader),
                                 vocab_size=config.vocab_size)
@@ -56,6 +53,17 @@ def warm_start_checkpoint(out_dir: str | Path, world: World, retriever: Retrieve
                         reader_distractors=config.reader_distractors,
                         reading_worlds=[World(dataclasses.replace(world.config, seed=world.config.seed + 1000 * (i + 1)))
                                         for i in range(config.reading_worlds)])
+    return tokenizer, demos
+
+
+def warm_start_checkpoint(out_dir: str | Path, world: World, retriever: Retriever, init: dict[str, Any],
+                          config: WarmStartConfig, sft_config: SFTConfig, *, fmt: DemoFormat,
+                          num_examples: int = NUM_EXAMPLES, seed: int = 0, progress: bool = True) -> Path:
+    """The cached checkpoint directory; built on first use (written aside, then renamed into place)."""
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    tokenizer, demos = warm_start_demos(world, retriever, config, fmt=fmt, num_examples=num_examples, seed=seed)
     hf_config = {**init, "vocab_size": -(-tokenizer.vocab_size // 64) * 64,
                  "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
     model = Decoder(decoder_config_from_hf(hf_config, source="config model.init"), rngs=nnx.Rngs(seed))
