@@ -13,8 +13,8 @@ from ssp_jax.retrieval.corpus import Corpus
 from ssp_jax.selfplay.filters import check_proposal
 from ssp_jax.selfplay.rewards import generated_text
 from ssp_jax.tokenizer import Tokenizer, get_chat_template, information_block
-from ssp_jax.warmstart.demos import (GOAL, Demo, DemoFormat, build_demos, goal_question, passage_demos, proposer_demos,
-                                     reader_demos, solver_demos)
+from ssp_jax.warmstart.demos import (GOAL, Demo, DemoFormat, build_demos, find_thought, goal_question, passage_demos,
+                                     proposer_demos, reader_demos, solver_demos)
 
 CHAT = get_chat_template("chatml")
 FMT = DemoFormat(CHAT)
@@ -65,6 +65,34 @@ def test_solver_format_and_clean_answers(world: World, tokenizer: Tokenizer, bm2
         assert check_format(demo, tokenizer, bm25) == [hop.query for hop in question.chain]
         text = generated_text(response(demo, tokenizer))
         assert all_tags(text, "answer") == [question.golden_answers[0]]
+
+
+def test_find_thought_keeps_the_depth_written() -> None:
+    chain = [Hop("Fexmir", "p1", "born_in", "Daxulm", "c1"), Hop("Daxulm", "c1", "located_in", "Daxvor", "k1"),
+             Hop("Daxvor", "k1", "longest_river", "River Esk", "r1")]
+    assert [find_thought(chain, k) for k in range(3)] == [
+        "Find the birthplace of Fexmir.", "Find the country of Daxulm.", "Find the longest river of Daxvor."]
+    assert [find_thought(chain, k, "plan") for k in range(3)] == [
+        "Find the birthplace of Fexmir, then the country, then the longest river.",
+        "Find the country of Daxulm, then the longest river.", "Find the longest river of Daxvor."]
+    assert [find_thought(chain, k, "goal") for k in range(3)] == [
+        "Find the longest river of the country of the birthplace of Fexmir.",
+        "Find the longest river of the country of Daxulm.", "Find the longest river of Daxvor."]
+    with pytest.raises(ValueError, match="solver thoughts must be one of"):
+        find_thought(chain, 0, "list")
+
+
+@pytest.mark.parametrize("thoughts", ["plan", "goal"])
+def test_solver_thoughts_follow_the_chain(world: World, tokenizer: Tokenizer, bm25: BM25Retriever,
+                                          thoughts: str) -> None:
+    """Each search is preceded by the thought for its hop; a clean demo searches the whole chain."""
+    questions = world.example_questions(12, seed=7)
+    for demo, question in zip(solver_demos(world, tokenizer, FMT, bm25, questions, random.Random(0), noise=0.0,
+                                           thoughts=thoughts), questions):
+        assert check_format(demo, tokenizer, bm25) == [hop.query for hop in question.chain]
+        thinks = all_tags(generated_text(response(demo, tokenizer)), "think")
+        assert [t.split(". ")[-1] for t in thinks[:-1]] == [find_thought(question.chain, k, thoughts)
+                                                           for k in range(question.hops)]
 
 
 def test_noise_share(world: World, tokenizer: Tokenizer, bm25: BM25Retriever) -> None:

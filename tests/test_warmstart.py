@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 from ssp_jax.data.microworld import World, WorldConfig
 from ssp_jax.data.prepare import prepare_microworld
 from ssp_jax.models.hf_import import load_hf_decoder
@@ -46,3 +48,8 @@ def test_trainer_uses_the_warm_start(tmp_path):
     trainer = Trainer(config, tmp_path)
     assert (tmp_path / "warm_start" / "config.json").is_file()
     assert trainer.learner.model.cfg.vocab_size % 64 == 0 and trainer.learner.model.cfg.vocab_size > 512
+
+
+def test_bad_solver_thoughts_are_named():
+    with pytest.raises(ValueError, match="model.warm_start.solver_thoughts must be one of"):
+        WarmStartConfig(solver_thoughts="steps")

@@ -21,7 +21,7 @@ from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import decoder_config_from_hf, export_hf_decoder
 from ssp_jax.retrieval.base import Retriever
 from ssp_jax.tokenizer import Tokenizer
-from ssp_jax.warmstart.demos import NUM_EXAMPLES, SOLVER_FLAWS, Demo, DemoFormat, build_demos
+from ssp_jax.warmstart.demos import NUM_EXAMPLES, SOLVER_FLAWS, SOLVER_THOUGHTS, Demo, DemoFormat, build_demos
 from ssp_jax.warmstart.sft import SFTConfig, sft
 
 
@@ -31,6 +31,7 @@ class WarmStartConfig:
     noise: float = 0.4  # share of deliberately flawed proposer demonstrations
     solver_noise: float = 0.4  # share of flawed solver demonstrations, of the kinds below
     solver_flaws: tuple[str, ...] = SOLVER_FLAWS  # drawn uniformly; repeat a kind to weight it
+    solver_thoughts: str = "hop"  # what a solver demo writes before each search (`find_thought`)
     num_solver: int = 600
     num_proposer: int = 300
     num_reader: int = 300
@@ -38,6 +39,11 @@ class WarmStartConfig:
     reader_distractors: int = 4  # unrelated passages among the gold ones in a reader demo
     reading_worlds: int = 0  # other generated worlds whose passages teach reading rather than memorising
     vocab_size: int = 2048  # of the world's BPE tokenizer (the model's embedding is padded to x64)
+
+    def __post_init__(self) -> None:
+        if self.solver_thoughts not in SOLVER_THOUGHTS:
+            raise ValueError(f"model.warm_start.solver_thoughts must be one of {SOLVER_THOUGHTS}, "
+                             f"got {self.solver_thoughts!r}")
 
 
 def warm_start_demos(world: World, retriever: Retriever, config: WarmStartConfig, *, fmt: DemoFormat,
@@ -48,6 +54,7 @@ def warm_start_demos(world: World, retriever: Retriever, config: WarmStartConfig
                                 vocab_size=config.vocab_size)
     demos = build_demos(world, tokenizer, fmt, retriever, seed=seed, noise=config.noise,
                         solver_noise=config.solver_noise, solver_flaws=config.solver_flaws,
+                        solver_thoughts=config.solver_thoughts,
                         num_solver=config.num_solver, num_proposer=config.num_proposer, num_reader=config.num_reader,
                         passage_repeats=config.passage_repeats, num_examples=num_examples,
                         reader_distractors=config.reader_distractors,

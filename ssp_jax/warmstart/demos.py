@@ -35,6 +35,7 @@ DESCRIBE = {"person": "{s}, who was born in the year {birth_year},", "city": "{s
             "company": "{s}, a company founded in {founded},", "university": "{s}, which was founded in {founded},",
             "river": "{s}, a river {length} kilometres long,"}
 SOLVER_FLAWS = ("wrong_search", "early_answer", "wrong_answer")
+SOLVER_THOUGHTS = ("hop", "plan", "goal")
 PROPOSER_FLAWS = ("too_short", "leaks_answer")
 
 Span = tuple[list[int], bool]  # (token ids, trained)
@@ -107,14 +108,31 @@ def _decoy(world: World, entity_id: str, rng: random.Random) -> str:
     return rng.choice([e.name for e in world.entities if e.kind == kind and e.id != entity_id])
 
 
+def find_thought(chain: Sequence[Hop], k: int, thoughts: str = "hop") -> str:
+    """What the solver means to find before searching hop k: that hop only ("hop"); that hop and
+    the ones after it in search order ("plan": "Find the employer of X, then the founder."); or the
+    chain's end as a nested phrase from hop k ("goal": "Find the founder of the employer of X.").
+    The last two keep the question's depth written in the trajectory, so stopping can follow the
+    text the solver wrote rather than a guess made afresh at every turn."""
+    if thoughts == "plan":
+        rest = "".join(f", then the {GOAL[hop.relation]}" for hop in chain[k + 1:])
+        return f"Find the {GOAL[chain[k].relation]} of {chain[k].query}{rest}."
+    if thoughts == "goal":
+        return f"Find {goal_phrase(chain[k:])}."
+    if thoughts == "hop":
+        return f"Find the {GOAL[chain[k].relation]} of {chain[k].query}."
+    raise ValueError(f"solver thoughts must be one of {SOLVER_THOUGHTS}, got {thoughts!r}")
+
+
 def solver_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: Retriever,
                  questions: Sequence[Question], rng: random.Random, noise: float,
-                 flaws: Sequence[str] = SOLVER_FLAWS) -> list[Demo]:
+                 flaws: Sequence[str] = SOLVER_FLAWS, thoughts: str = "hop") -> list[Demo]:
     """Search each hop of the gold chain, then answer. A `noise` share is flawed, each with a kind
     drawn from `flaws` (repeat a kind to weight it): search a wrong entity first; answer a
     plausible wrong entity right after the first search (a consistent early-answer habit, which
     1-hop questions cannot show, so they answer wrongly instead); or read the chain right but
-    answer wrongly."""
+    answer wrongly. Each search is preceded by the `find_thought` of style `thoughts`, so an
+    early answer under "plan" is one that ignores what its own plan still says to find."""
     unknown = set(flaws) - set(SOLVER_FLAWS)
     if unknown or not flaws:
         raise ValueError(f"solver flaws must be a non-empty selection of {SOLVER_FLAWS}, got {tuple(flaws)}")
@@ -126,14 +144,12 @@ def solver_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever:
         if flaw == "early_answer" and len(chain) == 1:
             flaw = "wrong_answer"
         if flaw == "wrong_search":
-            b.search(f"Find the {GOAL[chain[0].relation]} of {chain[0].query}.", _decoy(world, chain[0].passage_id, rng))
-        elif flaw == "early_answer":
-            chain = chain[:1]
+            b.search(find_thought(chain, 0, thoughts), _decoy(world, chain[0].passage_id, rng))
         if flaw in ("early_answer", "wrong_answer"):
             answer = _decoy(world, question.answer_id, rng)
         note = "Wrong entity. " if flaw == "wrong_search" else ""
-        for hop in chain:
-            b.search(f"{note}Find the {GOAL[hop.relation]} of {hop.query}.", hop.query)
+        for k, hop in enumerate(chain[:1] if flaw == "early_answer" else chain):
+            b.search(f"{note}{find_thought(chain, k, thoughts)}", hop.query)
             note = f"The {GOAL[hop.relation]} of {hop.query} is {hop.answer}. "
         text = f"<think>{note.strip()}</think><answer>{answer}</answer>"
         demos.append(Demo(b.prompt(solver_prompt(question.question, fmt.templates)), b.finish(text), "solver", flaw))
@@ -237,7 +253,8 @@ def passage_demos(world: World, tokenizer: Tokenizer, rng: random.Random) -> lis
 
 def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: Retriever, *, seed: int,
                 noise: float = 0.4, solver_noise: float = 0.4, solver_flaws: Sequence[str] = SOLVER_FLAWS,
-                num_solver: int = 600, num_proposer: int = 300, num_reader: int = 300, passage_repeats: int = 1,
+                solver_thoughts: str = "hop", num_solver: int = 600, num_proposer: int = 300, num_reader: int = 300,
+                passage_repeats: int = 1,
                 num_examples: int = NUM_EXAMPLES, reader_distractors: int = 4,
                 reading_worlds: Sequence[World] = ()) -> list[Demo]:
     """The shuffled warm-start mix of all four kinds; a pure function of `seed` and the worlds.
@@ -251,7 +268,8 @@ def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: 
     questions = [dataclasses.replace(q, question=goal_question(world, q.chain)) if i % 2 else q  # both phrasings
                  for i, q in enumerate(world.example_questions(max(num_solver, num_reader), seed=seed))]
     answers = [a for a in world.answers() if world.example_questions_to(str(a["entity_id"]), int(a["search_turns"]))]
-    demos = (solver_demos(world, tokenizer, fmt, retriever, questions[:num_solver], rng, solver_noise, solver_flaws)
+    demos = (solver_demos(world, tokenizer, fmt, retriever, questions[:num_solver], rng, solver_noise, solver_flaws,
+                           solver_thoughts)
              + proposer_demos(world, tokenizer, fmt, retriever, rng.sample(answers, min(num_proposer, len(answers))),
                               rng, noise, num_examples)
              + reader_demos(world, tokenizer, fmt, rng.sample(questions, num_reader), rng, reader_distractors)
