@@ -109,6 +109,21 @@ def test_noise_share(world: World, tokenizer: Tokenizer, bm25: BM25Retriever) ->
     assert {d.flaw for d in demos} == {None, "wrong_search", "early_answer", "wrong_answer"}
 
 
+def test_early_answer_only_mix_leaves_one_hop_demos_clean(world: World, tokenizer: Tokenizer,
+                                                          bm25: BM25Retriever) -> None:
+    questions = world.example_questions(60, seed=6)
+    demos = solver_demos(world, tokenizer, FMT, bm25, questions, random.Random(1), noise=0.5, flaws=("early_answer",),
+                         thoughts="plan")
+    for demo, question in zip(demos, questions):
+        queries = check_format(demo, tokenizer, bm25)
+        if question.hops == 1:
+            assert demo.flaw is None and last_tag(response(demo, tokenizer), "answer").content in question.golden_answers
+        elif demo.flaw == "early_answer":  # stops after hop 1 although its plan names the next hop
+            assert queries == [question.chain[0].query]
+            assert ", then the" in last_tag(response(demo, tokenizer).split("</search>")[0], "think").content
+    assert {d.flaw for d in demos} == {None, "early_answer"}
+
+
 def test_proposer_demos_pass_rule_filters(world: World, tokenizer: Tokenizer, bm25: BM25Retriever) -> None:
     rng = random.Random(2)
     answers = [a for a in world.answers() if world.example_questions_to(a["entity_id"], a["search_turns"])]

@@ -130,8 +130,9 @@ def solver_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever:
     """Search each hop of the gold chain, then answer. A `noise` share is flawed, each with a kind
     drawn from `flaws` (repeat a kind to weight it): search a wrong entity first; answer a
     plausible wrong entity right after the first search (a consistent early-answer habit, which
-    1-hop questions cannot show, so they answer wrongly instead); or read the chain right but
-    answer wrongly. Each search is preceded by the `find_thought` of style `thoughts`, so an
+    1-hop questions cannot show: they answer wrongly instead when `flaws` has "wrong_answer", else
+    they stay clean, so an early-answer-only mix leaves 1-hop reading intact); or read the chain
+    right but answer wrongly. Each search is preceded by the `find_thought` of style `thoughts`, so an
     early answer under "plan" is one that ignores what its own plan still says to find."""
     unknown = set(flaws) - set(SOLVER_FLAWS)
     if unknown or not flaws:
@@ -141,8 +142,8 @@ def solver_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever:
         b = _Builder(tokenizer, fmt, retriever)
         chain: Sequence[Hop] = question.chain
         answer = question.golden_answers[0]
-        if flaw == "early_answer" and len(chain) == 1:
-            flaw = "wrong_answer"
+        if flaw == "early_answer" and len(chain) == 1:  # nothing to stop early from
+            flaw = "wrong_answer" if "wrong_answer" in flaws else None
         if flaw == "wrong_search":
             b.search(find_thought(chain, 0, thoughts), _decoy(world, chain[0].passage_id, rng))
         if flaw in ("early_answer", "wrong_answer"):
