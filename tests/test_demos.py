@@ -125,6 +125,16 @@ def test_early_answer_only_mix_leaves_one_hop_demos_clean(world: World, tokenize
     assert {d.flaw for d in demos} == {None, "early_answer"}
 
 
+def test_proposer_demo_count_is_capped_by_the_answers_with_a_warning(world: World, tokenizer: Tokenizer,
+                                                                     bm25: BM25Retriever, caplog) -> None:
+    answers = [a for a in world.answers() if world.example_questions_to(a["entity_id"], a["search_turns"])]
+    with caplog.at_level("WARNING"):
+        demos = build_demos(world, tokenizer, FMT, bm25, seed=0, num_solver=0, num_proposer=len(answers) + 1,
+                            num_reader=0, passage_repeats=0)
+    assert len(demos) == len(answers)  # every such answer once (none lacks a chain outside dev/test)
+    assert f"only {len(answers)} answers have an example chain" in caplog.text
+
+
 def test_proposer_demos_pass_rule_filters(world: World, tokenizer: Tokenizer, bm25: BM25Retriever) -> None:
     rng = random.Random(2)
     answers = [a for a in world.answers() if world.example_questions_to(a["entity_id"], a["search_turns"])]

@@ -13,6 +13,7 @@ purpose, so the warm-started solver leaves room for SSP to improve. Solver and r
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from collections.abc import Mapping, Sequence
 
@@ -269,6 +270,9 @@ def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: 
     questions = [dataclasses.replace(q, question=goal_question(world, q.chain)) if i % 2 else q  # both phrasings
                  for i, q in enumerate(world.example_questions(max(num_solver, num_reader), seed=seed))]
     answers = [a for a in world.answers() if world.example_questions_to(str(a["entity_id"]), int(a["search_turns"]))]
+    if num_proposer > len(answers):  # one demo per answer: a larger count would silently change nothing
+        logging.warning("warm start: num_proposer=%d, but only %d answers have an example chain; using %d",
+                        num_proposer, len(answers), len(answers))
     demos = (solver_demos(world, tokenizer, fmt, retriever, questions[:num_solver], rng, solver_noise, solver_flaws,
                            solver_thoughts)
              + proposer_demos(world, tokenizer, fmt, retriever, rng.sample(answers, min(num_proposer, len(answers))),
