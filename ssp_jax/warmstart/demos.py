@@ -115,14 +115,12 @@ def find_thought(chain: Sequence[Hop], k: int, thoughts: str = "hop") -> str:
     chain's end as a nested phrase from hop k ("goal": "Find the founder of the employer of X.").
     The last two keep the question's depth written in the trajectory, so stopping can follow the
     text the solver wrote rather than a guess made afresh at every turn."""
-    if thoughts == "plan":
-        rest = "".join(f", then the {GOAL[hop.relation]}" for hop in chain[k + 1:])
-        return f"Find the {GOAL[chain[k].relation]} of {chain[k].query}{rest}."
+    if thoughts not in SOLVER_THOUGHTS:
+        raise ValueError(f"solver thoughts must be one of {SOLVER_THOUGHTS}, got {thoughts!r}")
     if thoughts == "goal":
         return f"Find {goal_phrase(chain[k:])}."
-    if thoughts == "hop":
-        return f"Find the {GOAL[chain[k].relation]} of {chain[k].query}."
-    raise ValueError(f"solver thoughts must be one of {SOLVER_THOUGHTS}, got {thoughts!r}")
+    rest = "".join(f", then the {GOAL[hop.relation]}" for hop in chain[k + 1:]) if thoughts == "plan" else ""
+    return f"Find the {GOAL[chain[k].relation]} of {chain[k].query}{rest}."
 
 
 def solver_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: Retriever,
