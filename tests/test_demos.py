@@ -14,7 +14,7 @@ from ssp_jax.selfplay.filters import check_proposal
 from ssp_jax.selfplay.rewards import generated_text
 from ssp_jax.tokenizer import Tokenizer, get_chat_template, information_block
 from ssp_jax.warmstart.demos import (GOAL, Demo, DemoFormat, build_demos, find_thought, goal_question, passage_demos,
-                                     proposer_demos, reader_demos, solver_demos)
+                                     proposer_demos, quote, reader_demos, solver_demos)
 
 CHAT = get_chat_template("chatml")
 FMT = DemoFormat(CHAT)
@@ -154,6 +154,59 @@ def test_proposer_demos_pass_rule_filters(world: World, tokenizer: Tokenizer, bm
     verdicts = [check_proposal(response(d, tokenizer), check_format(d, tokenizer, bm25), a["ground_truth"]).valid
                 for d, a in zip(noisy, answers)]
     assert verdicts == [d.flaw is None for d in noisy] and verdicts.count(False) == 12
+
+
+def test_quote_cuts_the_naming_sentence_after_the_name(world: World) -> None:
+    # A back-reference list, cut after the picked name; and the symmetric spouse fact.
+    city = next(e for e in world.entities
+                if e.kind == "city" and any(len(s) > 2 for _, s in world.back_references(e.id)))
+    relation, subjects = next((r, s) for r, s in world.back_references(city.id) if len(s) > 2)
+    names = [world.entity(i).name for i in subjects]
+    cut = quote(world, Hop(names[1], subjects[1], relation, city.name, city.id))  # "... include A, B"
+    assert cut.endswith(f" {names[0]}, {names[1]}") and city.name in cut and cut in world.passage(city.id)
+    person = next(e for e in world.entities if e.kind == "person" and dict(world.facts(e.id)).get("spouse"))
+    spouse = world.entity(dict(world.facts(person.id))["spouse"])
+    cut = quote(world, Hop(spouse.name, spouse.id, "spouse", person.name, person.id))
+    assert person.name in cut and cut.endswith(spouse.name) and cut in world.passage(person.id)
+    with pytest.raises(ValueError, match=f"no born_in sentence naming '{spouse.name}'"):
+        quote(world, Hop(spouse.name, spouse.id, "born_in", city.name, city.id))
+
+
+def test_quote_proposer_demos_copy_the_sentence_naming_each_search(world: World, tokenizer: Tokenizer,
+                                                                 bm25: BM25Retriever) -> None:
+    answers = [a for a in world.answers() if world.example_questions_to(a["entity_id"], a["search_turns"])]
+    answers = [next(a for a in answers if a["search_turns"] == hops) for hops in (2, 3)]
+    plain = proposer_demos(world, tokenizer, FMT, bm25, answers, random.Random(3), noise=0.0)
+    quoted = proposer_demos(world, tokenizer, FMT, bm25, answers, random.Random(3), noise=0.0, thoughts="quote")
+    ids = {e.name: e.id for e in world.entities}
+    for a, b, record in zip(plain, quoted, answers):
+        queries = check_format(b, tokenizer, bm25)
+        assert queries == check_format(a, tokenizer, bm25)  # the same chain, searched the same way
+        thoughts = all_tags(response(b, tokenizer), "think")
+        # Each search after the first is chosen by quoting the sentence of the last passage read
+        # that names it, cut after the name, then restating the fact in goal words.
+        for i, (thought, query) in enumerate(zip(thoughts[1:], queries[1:]), 1):
+            read, restated = thought.split(". The ", 1)
+            assert read.endswith(query) and read in world.passage(ids[queries[i - 1]])
+            assert f" of {query} is {queries[i - 1]}. Ask for " in restated and thought.endswith(f"Search {query}.")
+        assert check_proposal(response(b, tokenizer), queries, record["ground_truth"]).valid
+    with pytest.raises(ValueError, match="proposer thoughts must be one of"):
+        proposer_demos(world, tokenizer, FMT, bm25, answers, random.Random(3), noise=0.0, thoughts="plan")
+
+
+def test_proposer_chains_give_each_answer_its_own_chains(world: World, tokenizer: Tokenizer,
+                                                         bm25: BM25Retriever) -> None:
+    one = build_demos(world, tokenizer, FMT, bm25, seed=0, num_solver=0, num_proposer=6, num_reader=0,
+                      passage_repeats=0)
+    three = build_demos(world, tokenizer, FMT, bm25, seed=0, num_solver=0, num_proposer=6, proposer_chains=3,
+                        num_reader=0, passage_repeats=0)
+    assert len(one) == 6 and len(three) == 18
+
+    def answer(demo: Demo) -> str:  # a proposer demo searches its answer first
+        return all_tags(response(demo, tokenizer), "search")[0]
+
+    assert sorted(map(answer, three)) == sorted(3 * list(map(answer, one)))  # the same six answers, thrice
+    assert len({tuple(d.tokens) for d in three}) > 6  # whose chains differ
 
 
 def test_goal_question_nests_the_chain_and_pads_short_ones(world: World) -> None:

@@ -53,3 +53,10 @@ def test_trainer_uses_the_warm_start(tmp_path):
 def test_bad_solver_thoughts_are_named():
     with pytest.raises(ValueError, match="model.warm_start.solver_thoughts must be one of"):
         WarmStartConfig(solver_thoughts="steps")
+
+
+@pytest.mark.parametrize("field, value, expected", [("proposer_thoughts", "plan", "must be one of"),
+                                                    ("proposer_chains", 0, "must be >= 1")])
+def test_bad_proposer_demo_fields_are_named(field, value, expected):
+    with pytest.raises(ValueError, match=f"model.warm_start.{field} {expected}"):
+        WarmStartConfig(**{field: value})

@@ -174,6 +174,7 @@ class World:
         if len(set(golds)) != len(golds):
             raise AssertionError("entity names and aliases must be unique")
         self._passages = [self._passage(e) for e in entities]
+        self._contents = {p["id"]: p["contents"] for p in self._passages}
         self._chains: dict[int, list[Chain]] = {hops: [] for hops in range(1, MAX_HOPS + 1)}
         for entity in entities:
             for chain in self._walk(entity.id):
@@ -331,6 +332,10 @@ class World:
     def back_references(self, entity_id: str) -> list[tuple[str, list[str]]]:
         """(relation, subject ids) for every relation pointing at `entity_id` that its passage lists."""
         return [(r, inverse[entity_id]) for r, inverse in self._incoming.items() if entity_id in inverse]
+
+    def passage(self, entity_id: str) -> str:
+        """The contents of `entity_id`'s passage ('"Title"\\ntext')."""
+        return self._contents[entity_id]
 
     def passages(self) -> list[dict[str, str]]:
         """One Search-R1 corpus record per entity: {"id", "contents": '"Title"\\ntext'}."""

@@ -21,7 +21,8 @@ from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import decoder_config_from_hf, export_hf_decoder
 from ssp_jax.retrieval.base import Retriever
 from ssp_jax.tokenizer import Tokenizer
-from ssp_jax.warmstart.demos import NUM_EXAMPLES, SOLVER_FLAWS, SOLVER_THOUGHTS, Demo, DemoFormat, build_demos
+from ssp_jax.warmstart.demos import (NUM_EXAMPLES, PROPOSER_THOUGHTS, SOLVER_FLAWS, SOLVER_THOUGHTS, Demo, DemoFormat,
+                                    build_demos)
 from ssp_jax.warmstart.sft import SFTConfig, sft
 
 
@@ -32,8 +33,10 @@ class WarmStartConfig:
     solver_noise: float = 0.4  # share of flawed solver demonstrations, of the kinds below
     solver_flaws: tuple[str, ...] = SOLVER_FLAWS  # drawn uniformly; repeat a kind to weight it
     solver_thoughts: str = "hop"  # what a solver demo writes before each search (`find_thought`)
+    proposer_thoughts: str = "goal"  # "quote": copy the sentence naming the next entity first (`quote`)
     num_solver: int = 600
-    num_proposer: int = 300
+    num_proposer: int = 300  # answers with proposer demos (at most those with an example chain)
+    proposer_chains: int = 1  # proposer demos per answer, each with its own chain
     num_reader: int = 300
     passage_repeats: int = 1
     reader_distractors: int = 4  # unrelated passages among the gold ones in a reader demo
@@ -44,6 +47,11 @@ class WarmStartConfig:
         if self.solver_thoughts not in SOLVER_THOUGHTS:
             raise ValueError(f"model.warm_start.solver_thoughts must be one of {SOLVER_THOUGHTS}, "
                              f"got {self.solver_thoughts!r}")
+        if self.proposer_thoughts not in PROPOSER_THOUGHTS:
+            raise ValueError(f"model.warm_start.proposer_thoughts must be one of {PROPOSER_THOUGHTS}, "
+                             f"got {self.proposer_thoughts!r}")
+        if self.proposer_chains < 1:
+            raise ValueError(f"model.warm_start.proposer_chains must be >= 1, got {self.proposer_chains}")
 
 
 def warm_start_demos(world: World, retriever: Retriever, config: WarmStartConfig, *, fmt: DemoFormat,
@@ -54,8 +62,9 @@ def warm_start_demos(world: World, retriever: Retriever, config: WarmStartConfig
                                 vocab_size=config.vocab_size)
     demos = build_demos(world, tokenizer, fmt, retriever, seed=seed, noise=config.noise,
                         solver_noise=config.solver_noise, solver_flaws=config.solver_flaws,
-                        solver_thoughts=config.solver_thoughts,
-                        num_solver=config.num_solver, num_proposer=config.num_proposer, num_reader=config.num_reader,
+                        solver_thoughts=config.solver_thoughts, proposer_thoughts=config.proposer_thoughts,
+                        num_solver=config.num_solver, num_proposer=config.num_proposer,
+                        proposer_chains=config.proposer_chains, num_reader=config.num_reader,
                         passage_repeats=config.passage_repeats, num_examples=num_examples,
                         reader_distractors=config.reader_distractors,
                         reading_worlds=[World(dataclasses.replace(world.config, seed=world.config.seed + 1000 * (i + 1)))

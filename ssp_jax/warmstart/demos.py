@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import re
 from collections.abc import Mapping, Sequence
 
 from ssp_jax.agent.prompts import DEFAULT_TEMPLATES, PromptTemplates, proposer_prompt, reader_prompt, solver_prompt
 from ssp_jax.data.microworld import Hop, Question, World
-from ssp_jax.data.microworld_text import ASK
+from ssp_jax.data.microworld_text import ASK, BACKREF_TEMPLATES, FACT_TEMPLATES
 from ssp_jax.retrieval.base import Passage, Retriever
 from ssp_jax.tokenizer import ChatTemplate, Tokenizer, format_passages, information_block
 
@@ -38,6 +39,7 @@ DESCRIBE = {"person": "{s}, who was born in the year {birth_year},", "city": "{s
 SOLVER_FLAWS = ("wrong_search", "early_answer", "wrong_answer")
 SOLVER_THOUGHTS = ("hop", "plan", "goal")
 PROPOSER_FLAWS = ("too_short", "leaks_answer")
+PROPOSER_THOUGHTS = ("goal", "quote")
 
 Span = tuple[list[int], bool]  # (token ids, trained)
 
@@ -177,13 +179,37 @@ def goal_question(world: World, chain: Sequence[Hop]) -> str:
     return text.replace(start.name, described, 1).replace(",?", "?")
 
 
+def quote(world: World, hop: Hop) -> str:
+    """The sentence of `hop`'s answer passage that names `hop.query` for `hop.relation` (a
+    back-reference, or for the symmetric spouse relation the fact), cut right after that name:
+    "People born in Esklix include Sulyal, Lodzul". A proposer that copies it before naming the
+    next entity picks that entity by copying a span it just read (any cut point in a list is a
+    valid pick), where naming it afresh produced invented names and repeated searches."""
+    by_template = BACKREF_TEMPLATES.get(hop.relation)
+    templates = by_template if by_template else FACT_TEMPLATES[hop.relation]
+    names = {"o": hop.answer, "s": hop.answer} if by_template else {"s": hop.answer, "o": hop.query}
+    patterns = [re.compile("".join(re.escape(names[part[1:-1]]) if part[1:-1] in names else ".+" if part == "{list}"
+                                   else re.escape(part) for part in re.split(r"(\{\w+\})", t)))
+                for t in templates]
+    text = world.passage(hop.answer_id).split("\n", 1)[1]
+    name = re.compile(rf"(?<!\w){re.escape(hop.query)}(?!\w)")
+    for sentence in re.split(r"(?<=\.) ", text):
+        found = name.search(sentence)
+        if found and any(pattern.fullmatch(sentence) for pattern in patterns):
+            return sentence[:found.end()]
+    raise ValueError(f"passage {hop.answer_id} has no {hop.relation} sentence naming {hop.query!r}")
+
+
 def proposer_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: Retriever,
                    answers: Sequence[Mapping[str, object]], rng: random.Random, noise: float,
-                   num_examples: int = NUM_EXAMPLES) -> list[Demo]:
+                   num_examples: int = NUM_EXAMPLES, thoughts: str = "goal") -> list[Demo]:
     """Search backwards from each answer (the answer, then each bridging entity found in a
     back-reference or fact) for max(n, 2) searches, then ask the forward chain question. Answers
     with no n-hop chain outside dev/test are skipped. A `noise` share writes a question that is
-    too short or leaks the answer, which the rule filters reject."""
+    too short or leaks the answer, which the rule filters reject. With `thoughts="quote"`, each
+    step's thought first copies the sentence that names the next entity (`quote`)."""
+    if thoughts not in PROPOSER_THOUGHTS:
+        raise ValueError(f"proposer thoughts must be one of {PROPOSER_THOUGHTS}, got {thoughts!r}")
     pool = [q.question for q in world.example_questions(3 * max(num_examples, 1))]
     demos = []
     for i, (record, flaw) in enumerate(zip(answers, _flaws(len(answers), noise, PROPOSER_FLAWS, rng))):
@@ -200,7 +226,8 @@ def proposer_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retrieve
         think = ""
         for k in reversed(range(len(chain))):  # the question grows one hop per search, end first
             hop = chain[k]
-            think = f"The {GOAL[hop.relation]} of {hop.query} is {hop.answer}. Ask for {goal_phrase(chain[k:])}."
+            read = f"{quote(world, hop)}. " if thoughts == "quote" else ""
+            think = f"{read}The {GOAL[hop.relation]} of {hop.query} is {hop.answer}. Ask for {goal_phrase(chain[k:])}."
             if k > 0 or hops == 1:  # the start entity is read from the last passage, not searched
                 b.search(f"{think} Search {hop.query}.", hop.query)
                 think = f"Ask for {goal_phrase(chain)}."
@@ -253,13 +280,14 @@ def passage_demos(world: World, tokenizer: Tokenizer, rng: random.Random) -> lis
 
 def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: Retriever, *, seed: int,
                 noise: float = 0.4, solver_noise: float = 0.4, solver_flaws: Sequence[str] = SOLVER_FLAWS,
-                solver_thoughts: str = "hop", num_solver: int = 600, num_proposer: int = 300, num_reader: int = 300,
-                passage_repeats: int = 1,
+                solver_thoughts: str = "hop", proposer_thoughts: str = "goal", num_solver: int = 600,
+                num_proposer: int = 300, proposer_chains: int = 1, num_reader: int = 300, passage_repeats: int = 1,
                 num_examples: int = NUM_EXAMPLES, reader_distractors: int = 4,
                 reading_worlds: Sequence[World] = ()) -> list[Demo]:
     """The shuffled warm-start mix of all four kinds; a pure function of `seed` and the worlds.
     Every other solver and reader question is in the proposer's phrasing (`goal_question`), so
-    each role can read what the other writes.
+    each role can read what the other writes. Each of `num_proposer` answers gets `proposer_chains`
+    demos, each building its own randomly drawn chain.
 
     `reading_worlds` add passage demos from other generated worlds: their facts cannot be
     memorised for the main world, so the only way to predict the restated facts is to read them
@@ -269,12 +297,13 @@ def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: 
                  for i, q in enumerate(world.example_questions(max(num_solver, num_reader), seed=seed))]
     answers = [a for a in world.answers() if world.example_questions_to(str(a["entity_id"]), int(a["search_turns"]))]
     if num_proposer > len(answers):  # one demo per answer: a larger count would silently change nothing
-        logging.warning("warm start: num_proposer=%d, but only %d answers have an example chain; using %d",
-                        num_proposer, len(answers), len(answers))
+        logging.warning("warm start: num_proposer=%d, but only %d answers have an example chain; using %d "
+                        "(proposer_chains sets demos per answer)", num_proposer, len(answers), len(answers))
     demos = (solver_demos(world, tokenizer, fmt, retriever, questions[:num_solver], rng, solver_noise, solver_flaws,
                            solver_thoughts)
-             + proposer_demos(world, tokenizer, fmt, retriever, rng.sample(answers, min(num_proposer, len(answers))),
-                              rng, noise, num_examples)
+             + proposer_demos(world, tokenizer, fmt, retriever,
+                              [a for a in rng.sample(answers, min(num_proposer, len(answers)))
+                               for _ in range(proposer_chains)], rng, noise, num_examples, proposer_thoughts)
              + reader_demos(world, tokenizer, fmt, rng.sample(questions, num_reader), rng, reader_distractors)
              + [d for _ in range(passage_repeats) for d in passage_demos(world, tokenizer, rng)]
              + [d for other in reading_worlds for d in passage_demos(other, tokenizer, rng)])
