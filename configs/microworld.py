@@ -7,7 +7,9 @@ the RAG check gates them, and the solver learns from them. Held-out EM (greedy, 
 split, which no SSP step or demonstration ever sees) is reported before and after.
 
 Sizes differ from SSP.md's defaults where the CPU budget demands it (short prompts, one passage
-per search, one distractor block); the algorithm is unchanged.
+per search, one distractor block). One part of the game differs too: the RAG check's reader plays
+the solver, searching only the proposer's documents, instead of reading them all in one step,
+which a 2-layer policy cannot do (it answers 8% of correct proposers' questions that way).
 """
 
 from ssp_jax.config import base_config
@@ -34,15 +36,20 @@ def get_config():
     config.prompts.proposer, config.prompts.solver, config.prompts.reader = PROPOSER, SOLVER, READER
     config.model.init.update(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                              num_key_value_heads=2, head_dim=32)
-    config.model.warm_start.update(enabled=True, noise=0.05, num_solver=1200, num_proposer=800, num_reader=800,
-                                   passage_repeats=2, reader_distractors=1)
-    config.model.sft.update(steps=1000, batch_size=16, lr=3e-3, warmup_steps=30,
+    # The solver demos write their plan ("Find the birthplace of X, then the country.") and 55% of
+    # them answer right after the first search: a consistent early-answer habit that the plan
+    # contradicts in words, which RL can unlearn where the plan says to go on. No reader demos: the
+    # RAG check's reader plays the solver (`rag_reader="search"` below).
+    config.model.warm_start.update(enabled=True, noise=0.05, num_solver=3000, num_proposer=800, num_reader=0,
+                                   passage_repeats=2, reader_distractors=1, solver_thoughts="plan",
+                                   solver_noise=0.55, solver_flaws=("early_answer",))
+    config.model.sft.update(steps=1500, batch_size=16, lr=3e-3, warmup_steps=30,
                             length_buckets=(128, 256, 384, 512, 640))
     # Few proposals pass the RAG check here, so the pool is small: one pool question refills at most
     # one slot per step, or the solver overfits it (a pool of 1 filling all 16 groups took held-out
     # EM from 0.19 to 0.09).
     config.selfplay.update(batch_size=16, solver_samples=4, num_distractor_blocks=1, reader_max_tokens=12,
-                           num_examples=2, pool_max_repeats=1)
+                           num_examples=2, pool_max_repeats=1, rag_reader="search")
     config.rollout.update(topk=1, max_turns=4, max_prompt_tokens=384, max_response_tokens=384)
     config.engine.update(num_slots=64, max_cache_len=768, prefill_buckets=(128, 256, 384),
                          extend_buckets=(64, 128), extend_group=16, decode_steps=16)
