@@ -184,13 +184,19 @@ def quote(world: World, hop: Hop) -> str:
     back-reference, or for the symmetric spouse relation the fact), cut right after that name:
     "People born in Esklix include Sulyal, Lodzul". A proposer that copies it before naming the
     next entity picks that entity by copying a span it just read (any cut point in a list is a
-    valid pick), where naming it afresh produced invented names and repeated searches."""
-    by_template = BACKREF_TEMPLATES.get(hop.relation)
-    templates = by_template if by_template else FACT_TEMPLATES[hop.relation]
-    names = {"o": hop.answer, "s": hop.answer} if by_template else {"s": hop.answer, "o": hop.query}
-    patterns = [re.compile("".join(re.escape(names[part[1:-1]]) if part[1:-1] in names else ".+" if part == "{list}"
-                                   else re.escape(part) for part in re.split(r"(\{\w+\})", t)))
-                for t in templates]
+    valid pick), where naming it afresh produced invented names and repeated searches. Measured
+    (README, "Micro world"): alone it did not raise the valid rate; with `proposer_chains=2` it did."""
+    backref = BACKREF_TEMPLATES.get(hop.relation)
+    # A back-reference names the answer as {o} and lists hop.query in {list}; a spouse fact names both.
+    templates, names = ((backref, {"o": hop.answer}) if backref
+                        else (FACT_TEMPLATES[hop.relation], {"s": hop.answer, "o": hop.query}))
+
+    def pattern(template: str) -> re.Pattern[str]:
+        parts = re.split(r"(\{\w+\})", template)  # literal text and {placeholders}, alternating
+        return re.compile("".join(re.escape(names[p[1:-1]]) if p[1:-1] in names else ".+" if p == "{list}"
+                                  else re.escape(p) for p in parts))
+
+    patterns = [pattern(t) for t in templates]
     text = world.passage(hop.answer_id).split("\n", 1)[1]
     name = re.compile(rf"(?<!\w){re.escape(hop.query)}(?!\w)")
     for sentence in re.split(r"(?<=\.) ", text):
