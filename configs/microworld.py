@@ -37,7 +37,7 @@ def get_config():
     config.model.init.update(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                              num_key_value_heads=2, head_dim=32)
     # The solver demos write their plan ("Find the birthplace of X, then the country.") and 55% of
-    # them answer right after the first search: a consistent early-answer habit that the plan
+    # the multi-hop ones answer right after the first search: a consistent early-answer habit that the plan
     # contradicts in words, which RL can unlearn where the plan says to go on. No reader demos: the
     # RAG check's reader plays the solver (`rag_reader="search"` below).
     config.model.warm_start.update(enabled=True, noise=0.05, num_solver=3000, num_proposer=800, num_reader=0,
