@@ -71,6 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     config.selfplay = ml_collections.ConfigDict(dataclasses.asdict(SelfPlayConfig()))
     config.selfplay.reader_path = ""  # frozen reader HF checkpoint; empty = the current policy
+    # Optional, yet overridable from the command line (a plain None field is not).
+    config.selfplay.proposer_temperature = ml_collections.FieldReference(None, field_type=float)
     config.prompts = ml_collections.ConfigDict(dataclasses.asdict(PromptTemplates()))
     config.judge = ml_collections.ConfigDict(dataclasses.asdict(JudgeConfig()))  # eval's optional LLM judge
     config.rl = ml_collections.ConfigDict(dataclasses.asdict(RLConfig()))

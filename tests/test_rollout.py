@@ -166,6 +166,27 @@ def test_searching_rag_reader_passes_only_questions_its_documents_answer(searche
     assert passed == [not hide_last_hop, False]  # an invalid proposal is never read
 
 
+# The searcher's own prompt ("find <key>"); the other required fields are formatted to nothing.
+SEARCHER_PROPOSER = "find {answer}{examples:.0}{num_searches!s:.0}"
+
+
+def test_proposer_temperature_applies_to_the_proposer_only(searcher):
+    """`selfplay.proposer_temperature=0` proposes greedily: the same trajectories under any seed,
+    where the shared temperature (1.0, unset override) samples different ones per seed."""
+    model, tokenizer, _ = searcher
+    params = nnx.state(model)
+    answers = [AnswerRecord(key, 2) for key in world.KEYS[:6]]
+
+    def proposed(seed: int, **overrides) -> list[str]:
+        game = SelfPlayGame(SelfPlayConfig(rag_check=False, **overrides), tokenizer, RawChat(), runner(searcher),
+                            runner(searcher), PromptTemplates(proposer=SEARCHER_PROPOSER))
+        return [t.response_text for t in game.propose(params, params, answers, np.random.default_rng(0), seed)
+                .trajectories]
+
+    assert proposed(1, proposer_temperature=0.0) == proposed(2, proposer_temperature=0.0)
+    assert proposed(1) != proposed(2)
+
+
 def test_end_of_turn_is_not_part_of_the_response_text(searcher):
     """With no `</answer>` stop the searcher ends on EOS; the text (which the RAG check's reader
     answer is parsed from) must not carry the special token, or no answer would ever match."""

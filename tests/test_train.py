@@ -101,6 +101,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(uninterrupted, tmp_pa
     ("engine", "prefill_buckets", (4096, 64), r"config\.engine: EngineConfig\.prefill_buckets"),
     ("selfplay", "proposer_reward", "nope", r"proposer reward shape|config\.selfplay"),
     ("selfplay", "rag_reader", "judge", r"selfplay\.rag_reader='judge'; expected one of \('read', 'search'\)"),
+    ("selfplay", "proposer_temperature", -0.5, r"selfplay\.proposer_temperature must be >= 0"),
 ])
 def test_bad_config_fails_at_startup_naming_the_field(tmp_path, section, field, value, message):
     config = small_config()

@@ -40,6 +40,9 @@ class SelfPlayConfig:
     batch_size: int = 256  # answers, hence proposer trajectories, per step
     solver_samples: int = 5  # solver rollouts per question (the GRPO group)
     temperature: float = 1.0  # sampling temperature of both roles
+    # The proposer's own temperature, when set. A weak proposer copies names more reliably closer to
+    # greedy, so more of its questions are valid; the solver keeps `temperature` for exploration.
+    proposer_temperature: float | None = None
     rag_check: bool = True
     # "read": SSP.md's tool-less reader answers from the documents in its prompt. "search": the
     # reader plays the solver, but its searches see only those documents (a `DocumentSet`), so a
@@ -74,6 +77,9 @@ class SelfPlayConfig:
             raise ValueError(f"selfplay.proposer_mode={self.proposer_mode!r}; expected one of {PROPOSER_MODES}")
         if self.rag_reader not in RAG_READERS:
             raise ValueError(f"selfplay.rag_reader={self.rag_reader!r}; expected one of {RAG_READERS}")
+        for name in ("temperature", "proposer_temperature"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"selfplay.{name} must be >= 0, got {getattr(self, name)}")
         if self.fixed_set_size < 1:
             raise ValueError(f"selfplay.fixed_set_size must be >= 1, got {self.fixed_set_size}")
         if self.proposer_reward not in PROPOSER_REWARD_SHAPES:
@@ -120,7 +126,8 @@ class SelfPlayGame:
                 rng: np.random.Generator, seed: int) -> Proposals:
         """Proposer rollouts, rule filters and (if enabled) the RAG check: which questions are valid."""
         cfg = self.config
-        sampling = SamplingParams(temperature=cfg.temperature)
+        temperature = cfg.temperature if cfg.proposer_temperature is None else cfg.proposer_temperature
+        sampling = SamplingParams(temperature=temperature)
         start = time.perf_counter()
         trajectories = self.runner.run(params, [
             RolloutRequest(self._prompt_ids(prompts.proposer_prompt(a.gold, a.search_turns,
