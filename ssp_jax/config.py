@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
         source="files",  # "files": answers + retrieval.index/url below; "microworld": generated in the workdir
         answers="",  # jsonl: {"ground_truth": str | [str], "search_turns": int, "examples": [str]}
         shuffle_seed=0,
+        search_turns=(),  # keep only answers with these search_turns, e.g. (2, 3); empty = all
         microworld=dataclasses.asdict(WorldConfig()),  # the generated world, when source="microworld"
         eval_questions="",  # FlashRAG-style QA jsonl for evaluation; microworld: the split below
         eval_split="test",  # microworld held-out split evaluated: "dev" for tuning, "test" for reporting

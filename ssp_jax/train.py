@@ -34,7 +34,7 @@ from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner, stop_token_sequences
 from ssp_jax.aot import check_fits
 from ssp_jax.checkpoint import Checkpointer, abstract_like
-from ssp_jax.data.answers import answers_for_step, load_answers
+from ssp_jax.data.answers import answers_for_step, load_answers, with_search_turns
 from ssp_jax.data.microworld import World, WorldConfig
 from ssp_jax.data.prepare import prepare_microworld
 from ssp_jax.distributed import any_process, initialize, is_leader, leader_first
@@ -126,7 +126,7 @@ class Trainer:
             logging.info("AOT fit check:\n%s", check_fits(config, config.aot_topology).format())
         self.mesh, self.rules = mesh_and_rules(config)
         answers_path, self.index_dir = self._data_paths()
-        self.answers = load_answers(answers_path)
+        self.answers = with_search_turns(load_answers(answers_path), config.data.search_turns)
         policy = load_policy(self._policy_config(templates), mesh=self.mesh, rules=self.rules, workdir=workdir)
         self.learner = Learner(policy.model, self.rl, mesh=self.mesh, rules=self.rules)
         tokenizer, chat = policy.tokenizer, get_chat_template(config.chat_template)

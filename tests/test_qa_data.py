@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow_datasets as tfds
 
-from ssp_jax.data.answers import load_answer_list, load_answers, parse_answer, prepare_answer_list
+from ssp_jax.data.answers import load_answer_list, load_answers, parse_answer, prepare_answer_list, with_search_turns
 from ssp_jax.data.qa_benchmarks import BENCHMARKS, load_benchmark, parse_question, prepare_benchmark
 from ssp_jax.selfplay.evaluate import QAItem
 from ssp_jax.selfplay.step import AnswerRecord
@@ -175,3 +175,11 @@ def test_answer_list_errors(tmp_path: Path) -> None:
         prepare_answer_list(bad, tmp_path / "tfds")
     with pytest.raises(FileNotFoundError, match="no prepared ssp_answers dataset under"):
         load_answer_list(tmp_path / "tfds")
+
+
+def test_with_search_turns_keeps_the_named_turns_in_order() -> None:
+    answers = [AnswerRecord("a", 1), AnswerRecord("b", 2), AnswerRecord("c", 3), AnswerRecord("d", 2)]
+    assert with_search_turns(answers, ()) == answers
+    assert [a.gold for a in with_search_turns(answers, (2, 3))] == ["b", "c", "d"]
+    with pytest.raises(ValueError, match=r"config\.data\.search_turns=\(4,\) keeps none .*\[1, 2, 3\]"):
+        with_search_turns(answers, (4,))

@@ -89,6 +89,20 @@ def load_answers(path: str | Path) -> list[AnswerRecord]:
     return [record for _, record in read_answer_file(path)[0]]
 
 
+def with_search_turns(answers: Sequence[AnswerRecord], turns: Sequence[int]) -> list[AnswerRecord]:
+    """The answers whose `search_turns` is one of `turns`, in order; all of them when `turns` is
+    empty. Dropping the 1-search answers keeps a weak proposer from filling the solver's batch with
+    single-hop questions, which teach no depth (config.data.search_turns)."""
+    if not turns:
+        return list(answers)
+    kept = [a for a in answers if a.search_turns in set(turns)]
+    if not kept:
+        found = sorted({a.search_turns for a in answers})
+        raise ValueError(f"config.data.search_turns={tuple(turns)} keeps none of the {len(answers)} answers "
+                         f"(their search_turns are {found})")
+    return kept
+
+
 class SspAnswers(tfds.core.GeneratorBasedBuilder):
     """Answer-list jsonl -> array_record, one row per good record, in file order.
 
