@@ -7,9 +7,11 @@ the RAG check gates them, and the solver learns from them. Held-out EM (greedy, 
 split, which no SSP step or demonstration ever sees) is reported before and after.
 
 Sizes differ from SSP.md's defaults where the CPU budget demands it (short prompts, one passage
-per search, one distractor block). One part of the game differs too: the RAG check's reader plays
-the solver, searching only the proposer's documents, instead of reading them all in one step,
-which a 2-layer policy cannot do (it answers 8% of correct proposers' questions that way).
+per search, one distractor block). Parts of the game differ too. The RAG check's reader plays the
+solver, searching only the proposer's documents, instead of reading them all in one step, which a
+2-layer policy cannot do (it answers 8% of correct proposers' questions that way). The answer list
+keeps only its 2- and 3-search answers, and the proposer samples at 0.5 instead of SSP.md's 1.0;
+the comments below say what each change measured.
 """
 
 from ssp_jax.config import base_config
