@@ -95,7 +95,8 @@ def with_search_turns(answers: Sequence[AnswerRecord], turns: Sequence[int]) -> 
     single-hop questions, which teach no depth (config.data.search_turns)."""
     if not turns:
         return list(answers)
-    kept = [a for a in answers if a.search_turns in set(turns)]
+    wanted = set(turns)
+    kept = [a for a in answers if a.search_turns in wanted]
     if not kept:
         found = sorted({a.search_turns for a in answers})
         raise ValueError(f"config.data.search_turns={tuple(turns)} keeps none of the {len(answers)} answers "
