@@ -209,6 +209,28 @@ def test_proposer_chains_give_each_answer_its_own_chains(world: World, tokenizer
     assert len({tuple(d.tokens) for d in three}) > 6  # whose chains differ
 
 
+def test_proposer_search_turns_keep_searched_names_out_of_questions(world: World, tokenizer: Tokenizer,
+                                                                    bm25: BM25Retriever) -> None:
+    answers = [a for a in world.answers() if world.example_questions_to(a["entity_id"], a["search_turns"])]
+    multi = [a for a in answers if a["search_turns"] in (2, 3)]
+    assert 0 < len(multi) < len(answers)
+
+    def names_a_search(demo: Demo) -> bool:  # the question names an entity the demo searched
+        text = response(demo, tokenizer)
+        question = last_tag(text, "question").content
+        return any(query in question for query in all_tags(text, "search"))
+
+    kwargs = dict(seed=0, noise=0.0, num_solver=0, num_proposer=len(answers), num_reader=0, passage_repeats=0)
+    every = build_demos(world, tokenizer, FMT, bm25, **kwargs)
+    kept = build_demos(world, tokenizer, FMT, bm25, **kwargs, proposer_search_turns=(2, 3))
+    assert len(every) == len(answers) and len(kept) == len(multi)
+    # A 1-search demo searches the entity its question asks about; a 2- or 3-search one never does.
+    assert sum(map(names_a_search, every)) == len(answers) - len(multi)
+    assert not any(map(names_a_search, kept))
+    with pytest.raises(ValueError, match=r"proposer_search_turns=\(9,\) keeps no answer"):
+        build_demos(world, tokenizer, FMT, bm25, **kwargs, proposer_search_turns=(9,))
+
+
 def test_goal_question_nests_the_chain_and_pads_short_ones(world: World) -> None:
     person = next(e for e in world.entities if e.kind == "person")
     company = next(e for e in world.entities if e.kind == "company")

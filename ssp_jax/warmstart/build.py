@@ -37,6 +37,10 @@ class WarmStartConfig:
     num_solver: int = 600
     num_proposer: int = 300  # answers with proposer demos (at most those with an example chain)
     proposer_chains: int = 1  # proposer demos per answer, each with its own chain
+    # Only answers of these search counts get proposer demos (empty = all); set it to the run's
+    # data.search_turns so the proposer is shown the game it will play. A 1-search demo asks about
+    # the entity it searched last, which a 2-search one must not name.
+    proposer_search_turns: tuple[int, ...] = ()
     num_reader: int = 300
     passage_repeats: int = 1
     reader_distractors: int = 4  # unrelated passages among the gold ones in a reader demo
@@ -64,7 +68,8 @@ def warm_start_demos(world: World, retriever: Retriever, config: WarmStartConfig
                         solver_noise=config.solver_noise, solver_flaws=config.solver_flaws,
                         solver_thoughts=config.solver_thoughts, proposer_thoughts=config.proposer_thoughts,
                         num_solver=config.num_solver, num_proposer=config.num_proposer,
-                        proposer_chains=config.proposer_chains, num_reader=config.num_reader,
+                        proposer_chains=config.proposer_chains,
+                        proposer_search_turns=config.proposer_search_turns, num_reader=config.num_reader,
                         passage_repeats=config.passage_repeats, num_examples=num_examples,
                         reader_distractors=config.reader_distractors,
                         reading_worlds=[World(dataclasses.replace(world.config, seed=world.config.seed + 1000 * (i + 1)))

@@ -287,13 +287,15 @@ def passage_demos(world: World, tokenizer: Tokenizer, rng: random.Random) -> lis
 def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: Retriever, *, seed: int,
                 noise: float = 0.4, solver_noise: float = 0.4, solver_flaws: Sequence[str] = SOLVER_FLAWS,
                 solver_thoughts: str = "hop", proposer_thoughts: str = "goal", num_solver: int = 600,
-                num_proposer: int = 300, proposer_chains: int = 1, num_reader: int = 300, passage_repeats: int = 1,
+                num_proposer: int = 300, proposer_chains: int = 1, proposer_search_turns: Sequence[int] = (),
+                num_reader: int = 300, passage_repeats: int = 1,
                 num_examples: int = NUM_EXAMPLES, reader_distractors: int = 4,
                 reading_worlds: Sequence[World] = ()) -> list[Demo]:
     """The shuffled warm-start mix of all four kinds; a pure function of `seed` and the worlds.
     Every other solver and reader question is in the proposer's phrasing (`goal_question`), so
     each role can read what the other writes. Each of `num_proposer` answers gets `proposer_chains`
-    demos, each building its own randomly drawn chain.
+    demos, each building its own randomly drawn chain; with `proposer_search_turns`, only answers of
+    those search counts are drawn.
 
     `reading_worlds` add passage demos from other generated worlds: their facts cannot be
     memorised for the main world, so the only way to predict the restated facts is to read them
@@ -301,7 +303,11 @@ def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: 
     rng = random.Random(f"warmstart:{seed}")
     questions = [dataclasses.replace(q, question=goal_question(world, q.chain)) if i % 2 else q  # both phrasings
                  for i, q in enumerate(world.example_questions(max(num_solver, num_reader), seed=seed))]
-    answers = [a for a in world.answers() if world.example_questions_to(str(a["entity_id"]), int(a["search_turns"]))]
+    answers = [a for a in world.answers() if world.example_questions_to(str(a["entity_id"]), int(a["search_turns"]))
+               and (not proposer_search_turns or int(a["search_turns"]) in proposer_search_turns)]
+    if not answers and num_proposer:
+        raise ValueError(f"model.warm_start.proposer_search_turns={tuple(proposer_search_turns)} keeps no answer "
+                         f"(the world's search_turns are {sorted({int(a['search_turns']) for a in world.answers()})})")
     if num_proposer > len(answers):  # one demo per answer: a larger count would silently change nothing
         logging.warning("warm start: num_proposer=%d, but only %d answers have an example chain; using %d "
                         "(proposer_chains sets demos per answer)", num_proposer, len(answers), len(answers))
