@@ -309,8 +309,9 @@ def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: 
         raise ValueError(f"model.warm_start.proposer_search_turns={tuple(proposer_search_turns)} keeps no answer "
                          f"(the world's search_turns are {sorted({int(a['search_turns']) for a in world.answers()})})")
     if num_proposer > len(answers):  # one demo per answer: a larger count would silently change nothing
-        logging.warning("warm start: num_proposer=%d, but only %d answers have an example chain; using %d "
-                        "(proposer_chains sets demos per answer)", num_proposer, len(answers), len(answers))
+        logging.warning("warm start: num_proposer=%d, but only %d answers have an example chain (and one of "
+                        "proposer_search_turns, if set); using %d (proposer_chains sets demos per answer)",
+                        num_proposer, len(answers), len(answers))
     demos = (solver_demos(world, tokenizer, fmt, retriever, questions[:num_solver], rng, solver_noise, solver_flaws,
                            solver_thoughts)
              + proposer_demos(world, tokenizer, fmt, retriever,
