@@ -303,9 +303,10 @@ def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: 
     rng = random.Random(f"warmstart:{seed}")
     questions = [dataclasses.replace(q, question=goal_question(world, q.chain)) if i % 2 else q  # both phrasings
                  for i, q in enumerate(world.example_questions(max(num_solver, num_reader), seed=seed))]
-    answers = [a for a in world.answers() if world.example_questions_to(str(a["entity_id"]), int(a["search_turns"]))
-               and (not proposer_search_turns or int(a["search_turns"]) in proposer_search_turns)]
-    if not answers and num_proposer:
+    answers = [a for a in world.answers()
+               if (not proposer_search_turns or int(a["search_turns"]) in proposer_search_turns)
+               and world.example_questions_to(str(a["entity_id"]), int(a["search_turns"]))]
+    if proposer_search_turns and not answers and num_proposer:
         raise ValueError(f"model.warm_start.proposer_search_turns={tuple(proposer_search_turns)} keeps no answer "
                          f"(the world's search_turns are {sorted({int(a['search_turns']) for a in world.answers()})})")
     if num_proposer > len(answers):  # one demo per answer: a larger count would silently change nothing
