@@ -58,6 +58,13 @@ def _special_tokens_from_configs(directory: Path) -> dict[str, str]:
     return found
 
 
+def byte_level_alphabet() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte: the alphabet of byte-level `tokenizer.json` vocabularies."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
+
+
 class Tokenizer:
     """A `tokenizers.Tokenizer` plus the special-token ids the rollout and the loss need."""
 
@@ -111,9 +118,13 @@ class Tokenizer:
             raise ValueError(f"{file}: not a valid {TOKENIZER_FILE} ({e})") from e
         found = _special_tokens_from_configs(file.parent)
         eos = eos_token or found.get("eos_token")
-        if eos is None:
+        if eos is None:  # a bare tokenizer.json, e.g. one converted from tiktoken ranks
+            specials = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
             raise ValueError(
-                f"{file.parent}: no eos_token in {' or '.join(SPECIAL_TOKEN_FILES)}; pass eos_token="
+                f"{file.parent}: no eos_token in {' or '.join(SPECIAL_TOKEN_FILES)}; pass "
+                f"Tokenizer.load(..., eos_token=...) naming the model's end-of-sequence token, one of its special "
+                f"tokens {specials[:8]}{' ...' if len(specials) > 8 else ''} (Qwen2.5: '<|endoftext|>' for a "
+                "base model, '<|im_end|>' for Instruct)"
             )
         return cls(
             tokenizer,
@@ -158,6 +169,27 @@ class Tokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self._tokenizer.token_to_id(token)
+
+    def token_bytes(self) -> list[bytes]:
+        """The UTF-8 bytes each id contributes to `decode(ids, skip_special_tokens=True)`, by id.
+
+        Stop strings are matched on these (`ssp_jax.engine.stops`). Special tokens contribute
+        nothing; other added tokens their content. A byte-level vocabulary maps back exactly, partial
+        UTF-8 characters included; any other decoder falls back to decoding each id alone, which is
+        exact for ASCII stop strings (a partial character decodes to U+FFFD, never to ASCII).
+        """
+        added = self._tokenizer.get_added_tokens_decoder()
+        byte_level = isinstance(self._tokenizer.decoder, tokenizers.decoders.ByteLevel)
+        to_byte = {ch: b for b, ch in byte_level_alphabet().items()}
+        out = []
+        for i in range(self.vocab_size):
+            if i in added:
+                out.append(b"" if added[i].special else added[i].content.encode("utf-8"))
+            elif byte_level:
+                out.append(bytes(to_byte[ch] for ch in self._tokenizer.id_to_token(i)))
+            else:
+                out.append(self._tokenizer.decode([i]).encode("utf-8"))
+        return out
 
     @property
     def vocab_size(self) -> int:

