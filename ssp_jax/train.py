@@ -31,7 +31,7 @@ from ml_collections import config_flags
 from tqdm.auto import tqdm
 
 from ssp_jax.agent.prompts import PromptTemplates
-from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner, stop_token_sequences
+from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner, text_stops
 from ssp_jax.aot import check_fits
 from ssp_jax.checkpoint import Checkpointer, abstract_like
 from ssp_jax.data.answers import answers_for_step, load_answers, with_search_turns
@@ -109,8 +109,8 @@ def make_engine(policy: Policy, chat_template: str, engine_cfg: EngineConfig, ro
     tokenizer = policy.tokenizer
     end_of_turn = tokenizer.token_to_id(get_chat_template(chat_template).end_of_turn)
     eos = sorted({tokenizer.eos_id} | ({end_of_turn} if end_of_turn is not None else set()))
-    return Engine(policy.model, engine_cfg, stop_sequences=stop_token_sequences(tokenizer, rollout_cfg.stop_strings),
-                  eos_ids=eos, mesh=mesh, rules=rules)
+    stops = text_stops(tokenizer, rollout_cfg.stop_strings, policy.model.cfg.vocab_size)
+    return Engine(policy.model, engine_cfg, stops=stops, eos_ids=eos, mesh=mesh, rules=rules)
 
 
 class Trainer:

@@ -19,7 +19,7 @@ from test_eval_cli import LIMIT, SHARD, write_benchmarks
 from test_eval_cli import tiny_config as eval_config
 from test_evaluate import BareTemplate
 
-from ssp_jax.agent.rollout import RolloutConfig, RolloutRequest, RolloutRunner, stop_token_sequences
+from ssp_jax.agent.rollout import RolloutConfig, RolloutRequest, RolloutRunner, text_stops
 from ssp_jax.distributed import (
     any_process,
     gather_objects,
@@ -127,7 +127,7 @@ def rollouts(out: Path) -> list[dict]:
     config = RolloutConfig(topk=1, retrieval_backoff_s=0.0)
     engine = Engine(model, EngineConfig(num_slots=4, max_cache_len=320, prefill_buckets=(32,), extend_buckets=(64,),
                                         extend_group=2, decode_steps=8),
-                    stop_sequences=stop_token_sequences(tokenizer, config.stop_strings), eos_ids=[tokenizer.eos_id],
+                    stops=text_stops(tokenizer, config.stop_strings, model.cfg.vocab_size), eos_ids=[tokenizer.eos_id],
                     mesh=mesh)
     requests = [RolloutRequest(tokenizer.encode(world.prompt_text(key)), num_samples=2, seed=5,
                                sampling=SamplingParams(temperature=1.0)) for key in world.KEYS[:6]]

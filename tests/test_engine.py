@@ -10,6 +10,7 @@ from flax import nnx
 from conftest import build_hf_model
 from ssp_jax.engine.engine import STOP_BUDGET, STOP_EOS, STOP_SEQUENCE, Engine, EngineConfig
 from ssp_jax.engine.sampling import GREEDY, SamplingParams, sample
+from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.models.decoder import positions_from_mask
 from ssp_jax.models.hf_import import load_hf_decoder
 from ssp_jax.models.sharding import MeshConfig, make_mesh
@@ -112,7 +113,7 @@ def test_prefix_sharing_and_per_slot_prng(qwen2):
     assert engine.compile_counts["prefill"] == 1  # both prompts fall in the 16-token bucket
 
 
-def test_stop_sequences_and_eos(qwen2):
+def test_token_sequence_stops_and_eos(qwen2):
     _, model, _ = qwen2
     probe = Engine(model, CONFIG)
     params = nnx.state(model)
@@ -121,7 +122,8 @@ def test_stop_sequences_and_eos(qwen2):
     _, greedy, _ = run_to_completion(probe, params, state, 4)
     greedy = greedy[0]
     # A two-token stop sequence ending at greedy position 5, and EOS = the token at position 3.
-    stops = Engine(model, CONFIG, stop_sequences=[[999, 998], greedy[4:6]])
+    vocab = model.cfg.vocab_size
+    stops = Engine(model, CONFIG, stops=StopAutomaton.for_token_sequences([[999, 998], greedy[4:6]], vocab))
     state = stops.insert(stops.prefill(params, PROMPTS[0]), stops.init_decode_state(), 0, seed=0,
                          sampling=GREEDY, budget=12)
     state, out, _ = run_to_completion(stops, params, state, 4)

@@ -7,7 +7,7 @@ from flax import nnx
 
 import search_world as world
 from ssp_jax.agent.prompts import DEFAULT_TEMPLATES, PromptTemplates
-from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner, stop_token_sequences
+from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner, text_stops
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.selfplay.evaluate import QAItem, QAResult, evaluate, load_qa_jsonl, summarize
 from ssp_jax.tokenizer import ChatTemplate
@@ -44,7 +44,7 @@ def test_greedy_evaluation_with_the_tiny_searcher():
     config = RolloutConfig(topk=1, retrieval_backoff_s=0.0)
     engine = Engine(model, EngineConfig(num_slots=4, max_cache_len=320, prefill_buckets=(32,), extend_buckets=(64,),
                                         extend_group=2, decode_steps=8),
-                    stop_sequences=stop_token_sequences(tokenizer, config.stop_strings), eos_ids=[tokenizer.eos_id])
+                    stops=text_stops(tokenizer, config.stop_strings, model.cfg.vocab_size), eos_ids=[tokenizer.eos_id])
     runner = RolloutRunner(engine, tokenizer, world.ScriptedRetriever(), config)
     templates = PromptTemplates(proposer=DEFAULT_TEMPLATES.proposer, solver="find {question}",
                                 reader=DEFAULT_TEMPLATES.reader)

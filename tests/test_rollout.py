@@ -8,7 +8,7 @@ from flax import nnx
 import search_world as world
 from ssp_jax.agent import trajectory as tj
 from ssp_jax.agent.prompts import PromptTemplates
-from ssp_jax.agent.rollout import RolloutConfig, RolloutRequest, RolloutRunner, stop_token_sequences
+from ssp_jax.agent.rollout import RolloutConfig, RolloutRequest, RolloutRunner, text_stops
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.engine.sampling import GREEDY, SamplingParams
 from ssp_jax.models.decoder import positions_from_mask
@@ -25,7 +25,7 @@ ROLLOUT = RolloutConfig(topk=1, retrieval_backoff_s=0.0)
 @pytest.fixture(scope="module")
 def searcher():
     model, tokenizer = world.trained_searcher()
-    engine = Engine(model, ENGINE, stop_sequences=stop_token_sequences(tokenizer, ROLLOUT.stop_strings),
+    engine = Engine(model, ENGINE, stops=text_stops(tokenizer, ROLLOUT.stop_strings, model.cfg.vocab_size),
                     eos_ids=[tokenizer.eos_id])
     return model, tokenizer, engine
 
@@ -192,7 +192,7 @@ def test_end_of_turn_is_not_part_of_the_response_text(searcher):
     answer is parsed from) must not carry the special token, or no answer would ever match."""
     model, tokenizer, _ = searcher
     stops = ("</search>",)
-    engine = Engine(model, ENGINE, stop_sequences=stop_token_sequences(tokenizer, stops), eos_ids=[tokenizer.eos_id])
+    engine = Engine(model, ENGINE, stops=text_stops(tokenizer, stops, model.cfg.vocab_size), eos_ids=[tokenizer.eos_id])
     config = RolloutConfig(**{**ROLLOUT.__dict__, "stop_strings": stops})
     (traj,) = RolloutRunner(engine, tokenizer, world.ScriptedRetriever(), config).run(
         nnx.state(model), requests(tokenizer, world.KEYS[:1], sampling=GREEDY))
@@ -213,8 +213,8 @@ def test_no_recompilation_across_many_rollouts(searcher):
 
 def test_runner_rejects_mismatched_stops(searcher):
     model, tokenizer, _ = searcher
-    engine = Engine(model, ENGINE, stop_sequences=[[1]])
-    with pytest.raises(ValueError, match="stop sequences"):
+    engine = Engine(model, ENGINE, stops=text_stops(tokenizer, ("</search>",), model.cfg.vocab_size))
+    with pytest.raises(ValueError, match="differ from RolloutConfig.stop_strings"):
         RolloutRunner(engine, tokenizer, world.ScriptedRetriever(), ROLLOUT)
 
 

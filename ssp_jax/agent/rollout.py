@@ -27,6 +27,7 @@ from ssp_jax.agent.trajectory import Trajectory
 from ssp_jax.distributed import host_value
 from ssp_jax.engine.engine import STOP_BUDGET, STOP_EOS, STOP_SEQUENCE, DecodeState, Engine, Prefix
 from ssp_jax.engine.sampling import SamplingParams
+from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.retrieval.base import Passage, Retriever, RetrieverError
 from ssp_jax.tokenizer import Tokenizer, information_block
 
@@ -56,19 +57,19 @@ class RolloutRequest:
     retriever: Retriever | None = None  # answers this request's searches instead of the runner's
 
 
-def stop_token_sequences(tokenizer: Tokenizer, stop_strings: Sequence[str]) -> list[list[int]]:
-    """Token ids of each stop string, for `Engine(stop_sequences=...)`: stops match at token level."""
-    return [tokenizer.encode(s) for s in stop_strings]
+def text_stops(tokenizer: Tokenizer, stop_strings: Sequence[str], vocab_size: int) -> StopAutomaton:
+    """`Engine(stops=...)` for `stop_strings`, matched on the decoded text: a real BPE spells a tag
+    differently after a space or before a newline, so no single id sequence would do."""
+    return StopAutomaton.for_strings(stop_strings, tokenizer.token_bytes(), vocab_size)
 
 
 class RolloutRunner:
     def __init__(self, engine: Engine, tokenizer: Tokenizer, retriever: Retriever | None, config: RolloutConfig):
         """`retriever=None` makes tool-less generation (e.g. the RAG reader): a search then ends the
         trajectory with a retriever error instead of being answered."""
-        expected = stop_token_sequences(tokenizer, config.stop_strings)
-        if engine.stop_sequences != expected:
-            raise ValueError(f"engine stop sequences {engine.stop_sequences} differ from the tokenized "
-                             f"RolloutConfig.stop_strings {config.stop_strings} ({expected})")
+        if engine.stops.strings != tuple(config.stop_strings):
+            raise ValueError(f"engine stops {engine.stops.strings} differ from RolloutConfig.stop_strings "
+                             f"{config.stop_strings}; build them with text_stops(tokenizer, stop_strings, vocab_size)")
         if SEARCH_STOP not in config.stop_strings:
             raise ValueError(f"RolloutConfig.stop_strings must include {SEARCH_STOP!r}")
         self.engine, self.tokenizer, self.retriever, self.config = engine, tokenizer, retriever, config

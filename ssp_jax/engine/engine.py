@@ -2,8 +2,8 @@
 
 Contract (JetStream): `prefill(params, tokens, true_length) -> Prefix`, `insert(prefix, state, slot)`,
 `generate(params, state) -> (state, StepOutput)`, a fixed number of slots and a preallocated KV
-cache. Additions: the log-prob of every sampled token, per-slot sampling and PRNG, token-level stop
-sequences and budgets, `extend` (append tool output to live slots in one prefill-like call), and
+cache. Additions: the log-prob of every sampled token, per-slot sampling and PRNG, stop strings
+matched on decoded text whatever the tokenization (`stops.py`) and budgets, `extend` (append tool output to live slots in one prefill-like call), and
 prefix sharing (one `Prefix` inserted into many slots).
 
 The "pending token" invariant keeps all three calls uniform: a slot's cache holds every token but
@@ -29,6 +29,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ssp_jax.engine.sampling import SamplingParams, sample
+from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.models.decoder import Decoder, KVCache
 from ssp_jax.models.sharding import DEFAULT_RULES, Rules, logical_to_spec
 
@@ -76,7 +77,7 @@ class DecodeState:
     budget: jax.Array  # [slots] int32: tokens the slot may still sample
     seeds: jax.Array  # [slots, 2] uint32: raw PRNG key per trajectory
     num_sampled: jax.Array  # [slots] int32: samples so far in the trajectory (PRNG counter)
-    recent: jax.Array  # [slots, max_stop_len] int32: last sampled tokens, right-aligned, -1 = none
+    stop_state: jax.Array  # [slots] int32: the stop automaton's state after the sampled tokens so far
     temperature: jax.Array  # [slots] float32
     top_k: jax.Array  # [slots] int32
     top_p: jax.Array  # [slots] float32
@@ -92,32 +93,27 @@ class StepOutput:
     emitted: jax.Array  # [decode_steps, slots] bool: the slot was active and produced this token
 
 
-def _stop_table(stop_sequences: Sequence[Sequence[int]]) -> np.ndarray:
-    """Right-aligned [num_stops, max_len] id table, -1 = wildcard (shorter sequences)."""
-    width = max([len(s) for s in stop_sequences] + [1])
-    table = np.full((max(len(stop_sequences), 1), width), -2, np.int32)  # -2 row never matches
-    for i, seq in enumerate(stop_sequences):
-        if not seq:
-            raise ValueError(f"stop sequence {i} is empty")
-        table[i] = -1
-        table[i, width - len(seq):] = seq
-    return table
-
-
 class Engine:
     """Owns the compiled prefill / insert / extend / generate functions for one model architecture.
 
     `params` (the model's `nnx.State`) are passed to every call, so RL can swap in new weights
-    without recompiling. `stop_sequences` are token-id sequences; `eos_ids` end a slot too.
+    without recompiling. `stops` (default: none) says which sampled tokens complete a stop string;
+    only sampled tokens advance it, never prompts or `extend` spans. `eos_ids` end a slot too.
     """
 
-    def __init__(self, model: Decoder, config: EngineConfig, *, stop_sequences: Sequence[Sequence[int]] = (),
+    def __init__(self, model: Decoder, config: EngineConfig, *, stops: StopAutomaton | None = None,
                  eos_ids: Sequence[int] = (), mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES):
         self.config = config
         self.model_config = model.cfg
         self.graphdef = nnx.graphdef(model)
-        self.stop_sequences = [list(s) for s in stop_sequences]
-        self._stops = jnp.asarray(_stop_table(self.stop_sequences))
+        vocab = model.cfg.vocab_size
+        self.stops = StopAutomaton.for_token_sequences([], vocab) if stops is None else stops
+        if self.stops.vocab_size != vocab:
+            raise ValueError(f"the stop automaton covers {self.stops.vocab_size} token ids; the model's "
+                             f"vocabulary has {vocab} (build it with vocab_size={vocab})")
+        self._token_class = jnp.asarray(self.stops.token_class)  # [vocab]
+        self._next_state = jnp.asarray(self.stops.next_state)  # [states, classes]
+        self._completed = jnp.asarray(self.stops.completed)  # [states, classes]
         self.eos_ids = list(eos_ids)
         self._eos = jnp.asarray(self.eos_ids or [-2], jnp.int32)
         self.mesh, self.rules = mesh, rules
@@ -225,7 +221,7 @@ class Engine:
             tokens=jnp.zeros(slots, jnp.int32), positions=jnp.zeros(slots, jnp.int32),
             active=jnp.zeros(slots, bool), budget=jnp.zeros(slots, jnp.int32),
             seeds=jnp.zeros((slots, 2), jnp.uint32), num_sampled=jnp.zeros(slots, jnp.int32),
-            recent=jnp.full((slots, self._stops.shape[1]), -1, jnp.int32),
+            stop_state=jnp.zeros(slots, jnp.int32),
             temperature=jnp.ones(slots, jnp.float32), top_k=jnp.zeros(slots, jnp.int32),
             top_p=jnp.ones(slots, jnp.float32), stop_reason=jnp.zeros(slots, jnp.int32),
             stop_index=jnp.full(slots, -1, jnp.int32))
@@ -253,7 +249,7 @@ class Engine:
             state, cache=cache, tokens=state.tokens.at[slot].set(prefix.last_token),
             positions=state.positions.at[slot].set(prefix.length), active=state.active.at[slot].set(True),
             budget=state.budget.at[slot].set(budget), seeds=state.seeds.at[slot].set(seed),
-            num_sampled=state.num_sampled.at[slot].set(0), recent=state.recent.at[slot].set(-1),
+            num_sampled=state.num_sampled.at[slot].set(0), stop_state=state.stop_state.at[slot].set(0),
             temperature=state.temperature.at[slot].set(temperature), top_k=state.top_k.at[slot].set(top_k),
             top_p=state.top_p.at[slot].set(top_p), stop_reason=state.stop_reason.at[slot].set(RUNNING),
             stop_index=state.stop_index.at[slot].set(-1))
@@ -279,7 +275,7 @@ class Engine:
             state, cache=cache, tokens=put(state.tokens, last),
             positions=put(state.positions, take(state.positions) + lengths),
             active=put(state.active, True), budget=put(state.budget, budgets),
-            recent=put(state.recent, -1), stop_reason=put(state.stop_reason, RUNNING),
+            stop_state=put(state.stop_state, 0), stop_reason=put(state.stop_reason, RUNNING),
             stop_index=put(state.stop_index, -1))
 
     def _generate_fn(self, params: nnx.State, state: DecodeState) -> tuple[DecodeState, StepOutput]:
@@ -297,21 +293,20 @@ class Engine:
                 state.seeds, state.num_sampled)
             new, logprobs = sample(logits, keys, state.temperature, state.top_k, state.top_p)
             emitted = state.active
-            recent = jnp.where(emitted[:, None], jnp.concatenate([state.recent[:, 1:], new[:, None]], 1),
-                               state.recent)
-            matches = jnp.all((self._stops[None] == -1) | (self._stops[None] == recent[:, None]), -1)
+            klass = self._token_class[new]  # [slots]
+            completed = self._completed[state.stop_state, klass]  # [slots]: stop index or NO_STOP
+            stop_state = jnp.where(emitted, self._next_state[state.stop_state, klass], state.stop_state)
             is_eos = jnp.isin(new, self._eos)
             budget = state.budget - emitted
-            reason = jnp.where(is_eos, STOP_EOS, jnp.where(matches.any(-1), STOP_SEQUENCE,
+            reason = jnp.where(is_eos, STOP_EOS, jnp.where(completed >= 0, STOP_SEQUENCE,
                                                          jnp.where(budget <= 0, STOP_BUDGET, RUNNING)))
             finished = emitted & (reason != RUNNING)
             state = dataclasses.replace(
                 state, cache=cache, tokens=jnp.where(emitted, new, state.tokens),
                 positions=state.positions + emitted, active=emitted & ~finished, budget=budget,
-                num_sampled=state.num_sampled + emitted, recent=recent,
+                num_sampled=state.num_sampled + emitted, stop_state=stop_state,
                 stop_reason=jnp.where(finished, reason, state.stop_reason),
-                stop_index=jnp.where(finished & (reason == STOP_SEQUENCE), jnp.argmax(matches, -1),
-                                     state.stop_index))
+                stop_index=jnp.where(finished & (reason == STOP_SEQUENCE), completed, state.stop_index))
             return (params, state), (new, logprobs, emitted)
 
         (_, state), (tokens, logprobs, emitted) = jax.lax.scan(step, (params, state), None,
