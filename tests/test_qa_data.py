@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow_datasets as tfds
 
-from ssp_jax.data.answers import load_answer_list, load_answers, parse_answer, prepare_answer_list, with_search_turns
+from ssp_jax.agent.prompts import NO_EXAMPLES, proposer_prompt
+from ssp_jax.data.answers import (load_answer_list, load_answers, parse_answer, prepare_answer_list, read_answer_file,
+                                  with_search_turns)
 from ssp_jax.data.qa_benchmarks import BENCHMARKS, load_benchmark, parse_question, prepare_benchmark
 from ssp_jax.selfplay.evaluate import QAItem
 from ssp_jax.selfplay.step import AnswerRecord
@@ -140,7 +142,7 @@ def test_answer_list_round_trip(tmp_path: Path) -> None:
         b'{"ground_truth": "cut',
         {"ground_truth": ["NYC", "New York City", ""], "search_turns": 1},
         "",
-        {"ground_truth": "x", "search_turns": "3"},
+        {"ground_truth": "x", "search_turns": "three"},
         {"ground_truth": "Oslo"},
     ])
     expected = [AnswerRecord("Paris", 2, ("Which city?", "Où?")),
@@ -153,7 +155,7 @@ def test_answer_list_round_trip(tmp_path: Path) -> None:
     metadata = tfds.builder("ssp_answers", data_dir=str(data)).info.metadata
     assert metadata["num_records"] == 3 and metadata["num_bad_lines"] == 2
     assert metadata["bad_lines"] == [f"{path}:2: malformed JSON: Unterminated string starting at (column 18)",
-                                     f"{path}:5: field 'search_turns' must be a positive integer, got '3'"]
+                                     f"{path}:5: field 'search_turns' must be a positive integer, got 'three'"]
     source = tfds.data_source("ssp_answers", data_dir=str(data), split="train", download=False)
     assert source[1] == {"ground_truth": [b"NYC", b"New York City"], "search_turns": 1, "examples": []}
 
@@ -161,6 +163,33 @@ def test_answer_list_round_trip(tmp_path: Path) -> None:
     other = write_jsonl(tmp_path / "other.jsonl", [{"ground_truth": "y"}])
     with pytest.raises(ValueError, match=f"already holds an answer list built from {path}"):
         prepare_answer_list(other, data)
+
+
+def test_answer_list_in_the_ssp_release_format(tmp_path: Path) -> None:
+    """The release names its example questions `sys_question_example` (one string of lines),
+    writes `search_turns` as a digit string and may wrap the gold as {"target": [...]}: all are
+    read, and the examples reach the proposer prompt instead of "(none given)"."""
+    path = write_jsonl(tmp_path / "release.jsonl", [
+        {"sys_question_example": "Question 1: Who wrote the novel that the 1968 film was based on?\n"
+                                 "Question 2: Which river flows through the capital of the country?\n\n"
+                                 "Question 3: In what year was the founder of the company born?",
+         "ground_truth": "Arthur C. Clarke", "search_turns": "2"},
+        {"sys_question_example": ["Who?", "Where?"], "ground_truth": ["NYC", "New York"], "search_turns": 3},
+        {"ground_truth": {"target": ["Oslo"]}, "search_turns": 1, "examples": ["Which capital?"]},
+        {"ground_truth": "x", "examples": ["a"], "sys_question_example": "b"},
+        {"ground_truth": "x", "sys_question_example": 7},
+    ])
+    records, bad = read_answer_file(path)
+    assert [r for _, r in records] == [
+        AnswerRecord("Arthur C. Clarke", 2, ("Who wrote the novel that the 1968 film was based on?",
+                                             "Which river flows through the capital of the country?",
+                                             "In what year was the founder of the company born?")),
+        AnswerRecord(("NYC", "New York"), 3, ("Who?", "Where?")),
+        AnswerRecord("Oslo", 1, ("Which capital?",))]
+    assert bad == [f"{path}:4: give the example questions in 'examples' or in 'sys_question_example', not both",
+                   f"{path}:5: field 'sys_question_example' must be a list of strings or one string of lines, got 7"]
+    prompt = proposer_prompt(records[0][1].gold, records[0][1].search_turns, records[0][1].examples)
+    assert "- Which river flows through the capital of the country?" in prompt and NO_EXAMPLES not in prompt
 
 
 def test_answer_list_errors(tmp_path: Path) -> None:

@@ -104,6 +104,8 @@ def answers(n, final="Paris"):
     (answers(10), "Paris", 1.0),  # exactly at the cap: full reward
     (answers(11), "Paris", 0.25),  # over the cap: spam reward
     (answers(11, final="Rome"), "Paris", 0.0),
+    ("<answer>Paris" + "</answer>" * 11, "Paris", 0.25),  # closing tags count too, as in the reference
+    ("<answer>Paris" + "</answer>" * 10, "Paris", 1.0),
 ])
 def test_solver_reward(response, gold, reward):
     assert solver_reward(response, gold) == reward

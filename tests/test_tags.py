@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssp_jax.agent.tags import (EMPTY, MISSING, OK, REASONS, UNCLOSED, TagResult, all_tags,
-                                count_open_tags, first_tag, last_tag, search_query)
+                                count_tags, first_tag, last_tag, search_query)
 
 TRAJECTORY = ("<think>I should look this up.</think><search> who built the Vantor bridge </search>\n"
               "<information>\nDoc 1 (Title: Vantor)\nThe bridge <answer>decoy</answer> was built by Ada.\n\n"
@@ -55,11 +55,12 @@ def test_first_question_of_proposer():
     assert first_tag("<question>unfinished", "question") == TagResult(None, UNCLOSED)
 
 
-def test_count_open_tags():
-    assert count_open_tags(TRAJECTORY, "answer") == 2
-    assert count_open_tags("<answer>" * 11 + "x</answer>", "answer") == 11
-    assert count_open_tags("<answer<answer>>", "answer") == 1
-    assert count_open_tags("no tags", "answer") == 0
+def test_count_tags():
+    assert count_tags(TRAJECTORY, "answer") == (2, 2)
+    assert count_tags("<answer>" * 11 + "x</answer>", "answer") == (11, 1)
+    assert count_tags("<answer>x" + "</answer>" * 12, "answer") == (1, 12)
+    assert count_tags("<answer<answer>>", "answer") == (1, 0)
+    assert count_tags("no tags", "answer") == (0, 0)
 
 
 @pytest.mark.parametrize("segment, expected", [
@@ -120,7 +121,7 @@ def test_properties_on_random_text(text, tag):
     _check(last, text, tag)
     _check(first, text, tag)
     _check(search_query(text), text, "search")
-    assert count_open_tags(text, tag) == text.count(f"<{tag}>")
+    assert count_tags(text, tag) == (text.count(f"<{tag}>"), text.count(f"</{tag}>"))
     assert all(s and s == s.strip() and s in text for s in spans)
     # last/first are the final/initial complete spans, the same ones all_tags finds.
     assert last.ok <= bool(spans) and (not last.ok or last.content == spans[-1])

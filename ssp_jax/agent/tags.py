@@ -81,10 +81,11 @@ def first_tag(text: str, tag: str) -> TagResult:
     return _result(text, text.rfind(open_, 0, end) + len(open_), end)
 
 
-def count_open_tags(text: str, tag: str) -> int:
-    """Number of opening tags: the solver reward caps answers spammed in > 10 `<answer>` tags."""
-    open_, _ = _markers(tag)
-    return text.count(open_)
+def count_tags(text: str, tag: str) -> tuple[int, int]:
+    """(opening, closing) tag counts: the solver reward caps an answer spammed in more than 10 of
+    either, as the reference does (a run of `</answer>` alone counts too)."""
+    open_, close = _markers(tag)
+    return text.count(open_), text.count(close)
 
 
 def search_query(segment: str) -> TagResult:

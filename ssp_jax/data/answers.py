@@ -1,5 +1,11 @@
 """The proposer's answer list: jsonl records `{"ground_truth": str | [str], "search_turns": int,
-"examples": [str]}` (SSP's answer files; the original questions are thrown away).
+"examples": [str]}`, or as the SSP release writes them (the original questions are thrown away).
+
+The release's answer file names the example questions `sys_question_example`: one string of
+newline-separated questions, pasted into its system prompt (often labelled "Question 1: ..."). Its
+`search_turns` may be a digit string, and its preprocessed parquet wraps the gold in
+`{"target": [...]}`. All of these are read; reading only `examples` would silently drop the
+release's examples and show the proposer "(none given)".
 
 Read directly with `load_answers`, or built once into the `ssp_answers` TFDS dataset (array_record,
 read without TensorFlow) with `prepare_answer_list`. Both go through `read_answer_file`, so they
@@ -10,6 +16,7 @@ builder does, so one malformed record does not stop a run; a file with no usable
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +30,10 @@ from ssp_jax.selfplay.rewards import Gold, as_answer_list
 from ssp_jax.selfplay.step import AnswerRecord
 
 BUILDER_NAME = "ssp_answers"
-EXPECTED = 'jsonl, one {"ground_truth": str | [str], "search_turns": int, "examples": [str]} per line'
+EXPECTED = ('jsonl, one {"ground_truth": str | [str], "search_turns": int, "examples": [str]} (or the SSP '
+            'release\'s "sys_question_example": str) per line')
+# A label the release puts before each example question ("Question 1:", "2.", "- ").
+_EXAMPLE_LABEL = re.compile(r"^\s*(?:question\s*\d+\s*[:.)]|\d+\s*[:.)]|[-*\u2022])\s*", re.IGNORECASE)
 MAX_REPORTED = 1000  # bad lines listed in the built dataset's metadata; all of them are counted
 _MAX_LOGGED = 20
 
@@ -44,14 +54,31 @@ def answers_field(record: dict[str, Any], field: str) -> list[str]:
 
 def parse_answer(record: dict[str, Any]) -> AnswerRecord:
     """One answer-list record; raises ValueError naming the bad field and what it must be."""
+    if isinstance(record.get("ground_truth"), dict):  # the release's preprocessed {"target": [...]}
+        record = {**record, "ground_truth": required(record["ground_truth"], "target")}
     gold = answers_field(record, "ground_truth")
     turns = record.get("search_turns", 1)
+    if isinstance(turns, str) and turns.strip().isdigit():  # the release writes "2"
+        turns = int(turns)
     if not isinstance(turns, int) or isinstance(turns, bool) or turns < 1:
         raise ValueError(f"field 'search_turns' must be a positive integer, got {turns!r:.100}")
-    examples = record.get("examples", [])
-    if not isinstance(examples, list) or not all(isinstance(e, str) for e in examples):
-        raise ValueError(f"field 'examples' must be a list of strings, got {examples!r:.100}")
-    return AnswerRecord(gold=_gold(gold), search_turns=turns, examples=tuple(examples))
+    return AnswerRecord(gold=_gold(gold), search_turns=turns, examples=tuple(_examples(record)))
+
+
+def _examples(record: dict[str, Any]) -> list[str]:
+    """`examples` (a list of strings) or the release's `sys_question_example` (a string of one
+    question per line, labels such as "Question 1:" removed, or a list); not both."""
+    if "examples" in record and "sys_question_example" in record:
+        raise ValueError("give the example questions in 'examples' or in 'sys_question_example', not both")
+    field = "examples" if "examples" in record else "sys_question_example"
+    value = record.get(field, [])
+    if field == "sys_question_example" and isinstance(value, str):
+        value = [_EXAMPLE_LABEL.sub("", line).strip() for line in value.splitlines()]
+        return [line for line in value if line]
+    if not isinstance(value, list) or not all(isinstance(e, str) for e in value):
+        kind = "a list of strings" + (" or one string of lines" if field == "sys_question_example" else "")
+        raise ValueError(f"field {field!r} must be {kind}, got {value!r:.100}")
+    return value
 
 
 def _gold(answers: Sequence[str]) -> Gold:

@@ -14,7 +14,7 @@ import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from ssp_jax.agent.tags import count_open_tags, last_tag
+from ssp_jax.agent.tags import count_tags, last_tag
 from ssp_jax.registry import Registry
 
 Gold = str | Sequence[str]
@@ -98,13 +98,14 @@ def solver_reward(response_text: str, gold: Gold, *, max_answer_tags: int = 10, 
                   question: str = "", judge: Judge | None = None) -> float:
     """1 if the last complete `<answer>` is correct, else 0; no format reward.
 
-    A correct answer in a response with more than `max_answer_tags` `<answer>` tags earns only
-    `spam_reward`, so enumerating guesses does not pay.
+    A correct answer in a response with more than `max_answer_tags` opening or more than
+    `max_answer_tags` closing `<answer>` tags earns only `spam_reward`, so enumerating guesses does
+    not pay (the reference's rule; its count also covers retrieved text, ours the generated text only).
     """
     text = generated_text(response_text)
     if not is_correct(last_tag(text, "answer").content, gold, question=question, judge=judge):
         return 0.0
-    return spam_reward if count_open_tags(text, "answer") > max_answer_tags else 1.0
+    return spam_reward if max(count_tags(text, "answer")) > max_answer_tags else 1.0
 
 
 PROPOSER_REWARD_SHAPES: Registry[Callable[[float], float]] = Registry("proposer_reward")
