@@ -116,7 +116,7 @@ def reader_em(trainer: Trainer, world: World, questions: Sequence[Question], phr
     for i, question in enumerate(questions):
         text = question.question if phrasing == "heldout" else goal_question(world, question.chain)
         requests.append(trainer.game.reader_request(text, rag_passages(
-            blocks[i], blocks[:i] + blocks[i + 1:], num_distractor_blocks, rng)))
+            blocks[i], blocks[:i] + blocks[i + 1:], num_distractor_blocks, rng))[0])
     outputs = trainer.game.reader.run(trainer.reader_params(trainer.learner.params), requests)
     hits = [float(exact_match(reader_answer(o.response_text), q.golden_answers)) for o, q in zip(outputs, questions)]
     result = {"em": float(np.mean(hits))}

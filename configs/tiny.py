@@ -25,6 +25,9 @@ def get_config():
     config.engine.extend_buckets = (1024,)
     config.engine.extend_group = 4
     config.engine.decode_steps = 16
+    config.selfplay.reader_max_prompt_tokens = 2048
+    config.reader_engine.update(num_slots=8, max_cache_len=2048 + 64, prefill_buckets=(1024, 2048),
+                                extend_buckets=(64,), extend_group=4, decode_steps=16)
     config.rl.lr = 1e-4
     config.rl.warmup_steps = 1
     config.rl.length_buckets = (512, 1024, 2048 + 64)

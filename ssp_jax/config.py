@@ -1,7 +1,7 @@
 """The base config every `configs/*.py` file starts from (ml_collections, MaxText-style base + overrides).
 
 Sections mirror the layers of the package: `model` (what policy to load), `mesh` and
-`sharding_rules` (how to lay it out), `engine` and `rollout` (sampling), `retrieval`, `data` (the
+`sharding_rules` (how to lay it out), `engine`, `rollout` and `reader_engine` (sampling), `retrieval`, `data` (the
 answer list), `selfplay` (the game), `rl` (the update) and `train` (the loop). Every default of
 SSP.md is a field here; each section is validated by the typed dataclass it feeds
 (`EngineConfig`, `RolloutConfig`, `SelfPlayConfig`, `RLConfig`), which names a bad field.
@@ -55,6 +55,12 @@ def base_config() -> ml_collections.ConfigDict:
         num_slots=256, max_cache_len=4096 + 8192, prefill_buckets=(256, 512, 1024, 2048, 4096),
         extend_buckets=(128, 256, 512, 1024), extend_group=16, decode_steps=16)))
     config.rollout = ml_collections.ConfigDict(dataclasses.asdict(RolloutConfig()))
+    # The reading RAG reader's own engine (selfplay.rag_reader="read"): prompts up to
+    # selfplay.reader_max_prompt_tokens (12,288 for five blocks of 2-4 searches at top-3) and
+    # reader_max_tokens new tokens; its KV cache per slot matches the rollout engine's.
+    config.reader_engine = ml_collections.ConfigDict(dataclasses.asdict(EngineConfig(
+        num_slots=256, max_cache_len=12288 + 128, prefill_buckets=(1024, 2048, 4096, 8192, 12288),
+        extend_buckets=(128,), extend_group=16, decode_steps=16)))
     config.retrieval = ml_collections.ConfigDict(dict(
         index="",  # directory written by python -m ssp_jax.retrieval.build (in-process retrieval)
         url="",  # or a Search-R1-compatible service, e.g. http://host:8000/retrieve

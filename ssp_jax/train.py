@@ -133,18 +133,13 @@ class Trainer:
         self.engine = make_engine(policy, config.chat_template, engine_cfg, rollout_cfg, mesh=self.mesh,
                                   rules=self.rules)
         self.reader_policy: Policy | None = None
-        reader_engine = self.engine
         if config.selfplay.reader_path:
             self.reader_policy = load_frozen(config.model, config.selfplay.reader_path, mesh=self.mesh,
                                              rules=self.rules)
-            reader_engine = make_engine(self.reader_policy, config.chat_template, engine_cfg, rollout_cfg,
-                                        mesh=self.mesh, rules=self.rules)
         # Split by process index; the warm start's demo search below runs on process 0 alone, unsplit.
         retriever = ProcessShardedRetriever(make_retriever(config.retrieval, self.index_dir))
         runner = RolloutRunner(self.engine, tokenizer, retriever, rollout_cfg)
-        reader_cfg = rollout_cfg if self.selfplay.rag_reader == "search" else dataclasses.replace(
-            rollout_cfg, max_turns=1, max_response_tokens=self.selfplay.reader_max_tokens)
-        reader = RolloutRunner(reader_engine, tokenizer, None, reader_cfg)
+        reader = self._reader(policy, engine_cfg, rollout_cfg)
         self.game = SelfPlayGame(self.selfplay, tokenizer, chat, runner, reader, templates)
         self._evaluate = lambda params, progress=False: evaluate(runner, tokenizer, chat, params, self.eval_items,
                                                                  templates, progress=progress)
@@ -155,6 +150,21 @@ class Trainer:
         self.metrics = MetricsWriter(workdir)
         self.step = 0
         self._stop_requested = False
+
+    def _reader(self, policy: Policy, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig) -> RolloutRunner:
+        """The RAG check's tool-less runner. The searching reader plays the solver (the rollout's
+        engine and budgets); the reading one has its own prompt budget and engine (`reader_engine`)."""
+        reader_policy = self.reader_policy or policy
+        if self.selfplay.rag_reader == "search":
+            engine = self.engine if self.reader_policy is None else make_engine(
+                reader_policy, self.config.chat_template, engine_cfg, rollout_cfg, mesh=self.mesh, rules=self.rules)
+            return RolloutRunner(engine, policy.tokenizer, None, rollout_cfg)
+        reader_cfg = dataclasses.replace(rollout_cfg, max_turns=1, max_response_tokens=self.selfplay.reader_max_tokens,
+                                         max_prompt_tokens=self.selfplay.reader_max_prompt_tokens)
+        reader_engine_cfg = typed(EngineConfig, self.config.reader_engine, "reader_engine")
+        engine = make_engine(reader_policy, self.config.chat_template, reader_engine_cfg, reader_cfg, mesh=self.mesh,
+                             rules=self.rules)
+        return RolloutRunner(engine, policy.tokenizer, None, reader_cfg)
 
     def _data_paths(self) -> tuple[str, str]:
         """(answer list, index dir): from config, or the micro world generated into the workdir."""
@@ -207,6 +217,12 @@ class Trainer:
             if rows[role] % mini:
                 raise ValueError(f"config.rl.{role}_mini_batches={mini} does not divide the {rows[role]} {role} "
                                  "trajectories per step (selfplay.batch_size x solver_samples)")
+        reader, budget = self.config.reader_engine, self.selfplay.reader_max_prompt_tokens
+        if self.selfplay.rag_reader == "read" and (
+                max(reader.prefill_buckets) < budget or reader.max_cache_len < budget + self.selfplay.reader_max_tokens):
+            raise ValueError(f"selfplay.reader_max_prompt_tokens={budget} (+ reader_max_tokens="
+                             f"{self.selfplay.reader_max_tokens}) must fit reader_engine.prefill_buckets="
+                             f"{tuple(reader.prefill_buckets)} and reader_engine.max_cache_len={reader.max_cache_len}")
         buckets = tuple(self.config.rl.length_buckets)
         if not buckets or max(buckets) < self.config.engine.max_cache_len:
             raise ValueError(f"config.rl.length_buckets={buckets} must reach engine.max_cache_len="

@@ -162,7 +162,7 @@ def test_searching_rag_reader_passes_only_questions_its_documents_answer(searche
     templates = PromptTemplates(solver="find {question}")
     game = SelfPlayGame(SelfPlayConfig(rag_reader="search", num_distractor_blocks=1), tokenizer, RawChat(),
                         runner(searcher, retriever=None), runner(searcher, retriever=None), templates)
-    passed = game._rag_check(nnx.state(model), proposals, answers, checks, np.random.default_rng(0))
+    passed, _ = game._rag_check(nnx.state(model), proposals, answers, checks, np.random.default_rng(0))
     assert passed == [not hide_last_hop, False]  # an invalid proposal is never read
 
 

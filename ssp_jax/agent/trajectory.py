@@ -22,6 +22,8 @@ FINISH_LENGTH = "length"  # the response-token limit or the cache ran out
 FINISH_NO_QUERY = "no_query"  # stopped at </search> with no parsable query
 FINISH_RETRIEVER_ERROR = "retriever_error"
 FINISH_PROMPT_TOO_LONG = "prompt_too_long"
+FINISH_REASONS = (FINISH_ANSWER, FINISH_EOS, FINISH_LENGTH, FINISH_PROMPT_TOO_LONG, FINISH_MAX_TURNS,
+                  FINISH_NO_QUERY, FINISH_RETRIEVER_ERROR)
 
 
 @dataclasses.dataclass

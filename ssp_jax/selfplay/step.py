@@ -8,6 +8,7 @@ trajectory with its reward and a `trainable` flag, which the trainer turns into 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -23,8 +24,9 @@ from ssp_jax.agent.trajectory import Trajectory
 from ssp_jax.engine.sampling import GREEDY, SamplingParams
 from ssp_jax.retrieval.base import Passage
 from ssp_jax.retrieval.document_set import DocumentSet
-from ssp_jax.selfplay.documents import passages_text, proposer_blocks, rag_passages
+from ssp_jax.selfplay.documents import Fitted, fit_passages, passages_text, proposer_blocks, rag_passages
 from ssp_jax.selfplay.filters import FAILURES, check_proposal
+from ssp_jax.selfplay.finish import finish_shares, finish_warnings
 from ssp_jax.selfplay.pool import PoolQuestion, QuestionPool, is_dummy
 from ssp_jax.selfplay.rewards import PROPOSER_REWARD_SHAPES, Gold, exact_match, proposer_reward, solver_reward
 from ssp_jax.tokenizer import ChatTemplate, Tokenizer
@@ -50,6 +52,13 @@ class SelfPlayConfig:
     rag_reader: str = "read"
     num_distractor_blocks: int = 4
     reader_max_tokens: int = 70
+    # The reading reader's prompt budget: five blocks of 2-4 searches x top-3 ~100-word passages
+    # (~430 Qwen tokens per search) come to ~9k tokens, over the rollout's 4,096. Documents beyond
+    # it are shortened evenly (`fit_passages`) and counted (reader/cut_*).
+    reader_max_prompt_tokens: int = 12288
+    # A role's share of trajectories ending on a limit (not a stop string or EOS) above which a
+    # warning names the budget to raise (selfplay/finish.py).
+    finish_warning_share: float = 0.05
     min_question_words: int = 10
     min_searches: int = 2
     pool_clear_every: int = 10
@@ -68,7 +77,8 @@ class SelfPlayConfig:
     fixed_set_size: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "solver_samples", "reader_max_tokens", "pool_clear_every"):
+        for name in ("batch_size", "solver_samples", "reader_max_tokens", "reader_max_prompt_tokens",
+                     "pool_clear_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"selfplay.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_distractor_blocks < 0 or self.num_examples < 0 or self.pool_max_repeats < 0:
@@ -80,6 +90,8 @@ class SelfPlayConfig:
         for name in ("temperature", "proposer_temperature"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"selfplay.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.finish_warning_share <= 1.0:
+            raise ValueError(f"selfplay.finish_warning_share must be in [0, 1], got {self.finish_warning_share}")
         if self.fixed_set_size < 1:
             raise ValueError(f"selfplay.fixed_set_size must be >= 1, got {self.fixed_set_size}")
         if self.proposer_reward not in PROPOSER_REWARD_SHAPES:
@@ -139,7 +151,8 @@ class SelfPlayGame:
         checks = [check_proposal(t.response_text, t.queries, a.gold, min_words=cfg.min_question_words,
                                  min_searches=cfg.min_searches) for t, a in zip(trajectories, answers)]
         rule_valid = [c.valid for c in checks]
-        rag_pass = self._rag_check(reader_params, trajectories, answers, checks, rng) if cfg.rag_check else rule_valid
+        rag_pass, reader_metrics = (self._rag_check(reader_params, trajectories, answers, checks, rng)
+                                    if cfg.rag_check else (rule_valid, {}))
         valid = [r and p for r, p in zip(rule_valid, rag_pass)]
         questions = [PoolQuestion(c.question, a.gold) if v else None for c, a, v in zip(checks, answers, valid)]
         metrics = {
@@ -153,6 +166,7 @@ class SelfPlayGame:
                for turns in sorted({a.search_turns for a in answers})},
             **_filter_breakdown(checks),
             **_trajectory_stats("proposer", trajectories),
+            **reader_metrics,
         }
         return Proposals(trajectories, questions, metrics)
 
@@ -198,28 +212,47 @@ class SelfPlayGame:
             **({"proposer/reward": float(proposer_rewards.mean())} if len(proposer_rewards) else {}),
             **_trajectory_stats("solver", solver),
         }
+        for message in finish_warnings(metrics, cfg.finish_warning_share, reader_reads=cfg.rag_reader == "read"):
+            logging.warning("%s", message)
         return GameResult(proposals.trajectories, proposer_rewards, solver, solver_rewards, trainable, metrics)
 
-    def reader_request(self, question: str, passages: Sequence[Passage]) -> RolloutRequest:
+    def reader_request(self, question: str, passages: Sequence[Passage]) -> tuple[RolloutRequest, Fitted]:
         """The RAG check's greedy request for `question` over `passages`, as `rag_reader` says: the
-        reader prompt showing them, or the solver prompt searching only them."""
+        reader prompt showing them (shortened to the reader's prompt budget), or the solver prompt
+        searching only them; with what was cut to fit."""
         if self.config.rag_reader == "search":
-            return RolloutRequest(self._prompt_ids(prompts.solver_prompt(question, self.templates)), sampling=GREEDY,
-                                  retriever=DocumentSet(passages))
-        prompt = prompts.reader_prompt(passages_text(passages), question, self.templates)
-        return RolloutRequest(self._prompt_ids(prompt), sampling=GREEDY)
+            return (RolloutRequest(self._prompt_ids(prompts.solver_prompt(question, self.templates)), sampling=GREEDY,
+                                   retriever=DocumentSet(passages)), Fitted(list(passages), 0, 0))
+
+        def prompt_ids(shown: Sequence[Passage]) -> list[int]:
+            return self._prompt_ids(prompts.reader_prompt(passages_text(shown), question, self.templates))
+
+        fitted = fit_passages(passages, prompt_ids, self.reader.config.max_prompt_tokens, self.tokenizer)
+        return RolloutRequest(prompt_ids(fitted.passages), sampling=GREEDY), fitted
 
     def _rag_check(self, reader_params: nnx.State, proposer: list[Trajectory], answers: Sequence[AnswerRecord],
-                   checks: list[Any], rng: np.random.Generator) -> list[bool]:
-        """Can the reader answer each rule-valid question from the retrieved documents alone?"""
+                   checks: list[Any], rng: np.random.Generator) -> tuple[list[bool], dict[str, float]]:
+        """Can the reader answer each rule-valid question from the retrieved documents alone? With
+        the reader's metrics: finish reasons, prompt lengths and what was cut to fit its budget."""
         blocks = [proposer_blocks(t) for t in proposer]
         todo = [i for i, c in enumerate(checks) if c.valid]
-        requests = [self.reader_request(checks[i].question, rag_passages(
+        built = [self.reader_request(checks[i].question, rag_passages(
             blocks[i], blocks[:i] + blocks[i + 1:], self.config.num_distractor_blocks, rng)) for i in todo]
         passed = [False] * len(proposer)
-        for i, traj in zip(todo, self.reader.run(reader_params, requests)):
+        readers = self.reader.run(reader_params, [request for request, _ in built])
+        for i, traj in zip(todo, readers):
             passed[i] = exact_match(reader_answer(traj.response_text), answers[i].gold)
-        return passed
+        lengths = [len(request.prompt_ids) for request, _ in built]
+        metrics = {
+            **finish_shares("reader", readers),
+            "reader/prompts": float(len(built)),
+            "reader/prompt_tokens_median": float(np.median(lengths)) if lengths else 0.0,
+            "reader/prompt_tokens_max": float(max(lengths, default=0)),
+            "reader/cut_prompts": float(sum(f.cut_passages > 0 for _, f in built)),
+            "reader/cut_passages": float(sum(f.cut_passages for _, f in built)),
+            "reader/cut_tokens": float(sum(f.cut_tokens for _, f in built)),
+        }
+        return passed, metrics
 
 
 def reader_answer(response_text: str) -> str:
@@ -241,10 +274,9 @@ def _filter_breakdown(checks: Sequence[Any]) -> dict[str, float]:
 
 
 def _trajectory_stats(role: str, trajs: Sequence[Trajectory]) -> dict[str, float]:
-    finish = Counter(t.finish_reason for t in trajs)
     return {
         f"{role}/searches": float(np.mean([len(t.queries) for t in trajs])),
         f"{role}/response_tokens": float(np.mean([len(t.response_ids) for t in trajs])),
         f"{role}/generated_tokens": float(np.mean([sum(t.loss_mask) for t in trajs])),
-        **{f"{role}/finish_{reason}": n / len(trajs) for reason, n in finish.items()},
+        **finish_shares(role, trajs),
     }
