@@ -113,7 +113,7 @@ def test_token_level_matching_missed_what_a_model_writes(qwen_tokenizer):
 
 # --- inside the compiled engine, over the full Qwen2.5 vocabulary -------------------------------------
 
-CONFIG = EngineConfig(num_slots=2, max_cache_len=96, prefill_buckets=(16,), extend_buckets=(16,), extend_group=1,
+CONFIG = EngineConfig(num_slots=2, max_cache_len=96, prefill_buckets=(16,), extend_buckets=(32,), extend_group=1,
                       decode_steps=4)
 
 
@@ -166,7 +166,7 @@ def test_prompt_and_extended_text_never_complete_a_stop(random_qwen, qwen_tokeni
     model, params = random_qwen
     table = qwen_tokenizer.token_bytes() + [b""] * (FULL_VOCAB - qwen_tokenizer.vocab_size)
     prompt = qwen_tokenizer.encode("Search for it: <search> Acme </search")
-    passage = qwen_tokenizer.encode("\n<information>\nDoc 1 (Title: Tags)\nwrite </search")
+    passage = qwen_tokenizer.encode("\n<information>\nDoc 1 (Title: Tags)\nclose it with </search> or </search")
     plain = Engine(model, CONFIG)
     free, _, _ = greedy(plain, params, prompt, budget=6)
     after, _, _ = greedy(plain, params, prompt, budget=6, extend=passage)
