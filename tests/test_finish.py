@@ -34,3 +34,12 @@ def test_warnings_name_the_budget_of_each_role():
     searching = finish_warnings(metrics, 0.05, reader_reads=False)  # the searching reader uses the rollout's
     assert "raise rollout.max_response_tokens" in searching[2] and "raise rollout.max_prompt_tokens" in searching[3]
     assert finish_warnings(metrics, 1.0, reader_reads=True) == []
+
+
+def test_generated_spans_are_the_runs_the_policy_wrote():
+    traj = tj.Trajectory(0, 0, [1])
+    traj.append_generated([5, 6], [0.0, 0.0])
+    traj.append_tool([7, 8, 9], "q", [])
+    traj.append_generated([10], [0.0])
+    assert traj.generated_spans() == [[5, 6], [10]]
+    assert tj.Trajectory(0, 0, [1]).generated_spans() == []

@@ -159,13 +159,14 @@ class SelfPlayGame:
             "time/proposer_rollout": rollout_s,
             "time/rag_check": time.perf_counter() - start,
             "selfplay/valid_rate": float(np.mean(valid)),
+            "selfplay/valid_questions": float(sum(valid)),
             "selfplay/rule_valid_rate": float(np.mean(rule_valid)),
             "selfplay/rag_pass_rate": float(np.mean([p for p, r in zip(rag_pass, rule_valid) if r] or [0.0])),
             **{f"selfplay/valid_rate_{turns}turns": float(np.mean([v for v, a in zip(valid, answers)
                                                                   if a.search_turns == turns]))
                for turns in sorted({a.search_turns for a in answers})},
             **_filter_breakdown(checks),
-            **_trajectory_stats("proposer", trajectories),
+            **_trajectory_stats("proposer", trajectories, self.tokenizer),
             **reader_metrics,
         }
         return Proposals(trajectories, questions, metrics)
@@ -210,7 +211,7 @@ class SelfPlayGame:
             "selfplay/dummy_groups": float((~trainable).sum()),
             "solver/reward": float(solver_rewards.mean()),
             **({"proposer/reward": float(proposer_rewards.mean())} if len(proposer_rewards) else {}),
-            **_trajectory_stats("solver", solver),
+            **_trajectory_stats("solver", solver, self.tokenizer),
         }
         for message in finish_warnings(metrics, cfg.finish_warning_share, reader_reads=cfg.rag_reader == "read"):
             logging.warning("%s", message)
@@ -273,10 +274,15 @@ def _filter_breakdown(checks: Sequence[Any]) -> dict[str, float]:
     return {f"selfplay/fail_{name}": counts[name] / max(len(checks), 1) for name in FAILURES}
 
 
-def _trajectory_stats(role: str, trajs: Sequence[Trajectory]) -> dict[str, float]:
+def _trajectory_stats(role: str, trajs: Sequence[Trajectory], tokenizer: Tokenizer) -> dict[str, float]:
+    """Per-role means, finish-reason shares, and the share of trajectories that wrote an
+    `<information>` tag themselves: a stop string that failed to fire lets the policy invent its
+    own search results (it should be 0)."""
+    wrote = [any("<information>" in tokenizer.decode(span) for span in t.generated_spans()) for t in trajs]
     return {
         f"{role}/searches": float(np.mean([len(t.queries) for t in trajs])),
         f"{role}/response_tokens": float(np.mean([len(t.response_ids) for t in trajs])),
         f"{role}/generated_tokens": float(np.mean([sum(t.loss_mask) for t in trajs])),
+        f"{role}/generated_information": float(np.mean(wrote)),
         **finish_shares(role, trajs),
     }
