@@ -1,29 +1,36 @@
-"""Build (once) and cache the micro world's warm-start policy: the analogue of an instruct model.
+"""Build (once) and cache a warm-start policy: the analogue of an instruct model.
 
-A tokenizer trained on the world, a fresh decoder of the configured shape, SFT on deliberately
-imperfect demonstrations of every role plus passage reading, exported as an HF checkpoint under
-the workdir. Demonstrations come from example-style chains only: no SSP step and no warm-start
-sequence ever sees a held-out question.
+The micro world's: a tokenizer trained on the world, a fresh decoder of the configured shape, SFT on
+deliberately imperfect demonstrations of every role plus passage reading, exported as an HF
+checkpoint under the workdir. Demonstrations come from example-style chains only: no SSP step and
+no warm-start sequence ever sees a held-out question. The wiki rehearsal's
+(`wiki_warm_start_checkpoint`): the real Qwen2.5 vocabulary and format demonstrations over real
+passages. Both train and export through `sft_checkpoint`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from flax import nnx
 
+from ssp_jax.bpe_ranks import VOCABULARIES, build_tokenizer
 from ssp_jax.data.microworld import World
 from ssp_jax.data.microworld_tokenizer import train_tokenizer
+from ssp_jax.data.wiki_offline import WikiOfflineConfig, cloze_questions, passages, sample_articles
 from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import decoder_config_from_hf, export_hf_decoder
-from ssp_jax.retrieval.base import Retriever
+from ssp_jax.retrieval.base import Passage, Retriever
 from ssp_jax.tokenizer import Tokenizer
 from ssp_jax.warmstart.demos import (NUM_EXAMPLES, PROPOSER_THOUGHTS, SOLVER_FLAWS, SOLVER_THOUGHTS, Demo, DemoFormat,
                                     build_demos)
 from ssp_jax.warmstart.sft import SFTConfig, sft
+from ssp_jax.warmstart.wiki_demos import wiki_demos
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +53,10 @@ class WarmStartConfig:
     reader_distractors: int = 4  # unrelated passages among the gold ones in a reader demo
     reading_worlds: int = 0  # other generated worlds whose passages teach reading rather than memorising
     vocab_size: int = 2048  # of the world's BPE tokenizer (the model's embedding is padded to x64)
+    # The wiki rehearsal's real vocabulary ("qwen2.5" or "llama3", ssp_jax/bpe_ranks.py); the micro
+    # world trains its own BPE instead. For data.source="wiki_offline", num_solver, num_proposer,
+    # num_reader and reader_distractors apply; the other fields shape the micro world's demos.
+    vocabulary: str = "qwen2.5"
 
     def __post_init__(self) -> None:
         if self.solver_thoughts not in SOLVER_THOUGHTS:
@@ -54,6 +65,8 @@ class WarmStartConfig:
         if self.proposer_thoughts not in PROPOSER_THOUGHTS:
             raise ValueError(f"model.warm_start.proposer_thoughts must be one of {PROPOSER_THOUGHTS}, "
                              f"got {self.proposer_thoughts!r}")
+        if self.vocabulary not in VOCABULARIES:
+            raise ValueError(f"model.warm_start.vocabulary={self.vocabulary!r}; known: {sorted(VOCABULARIES)}")
         if self.proposer_chains < 1:
             raise ValueError(f"model.warm_start.proposer_chains must be >= 1, got {self.proposer_chains}")
 
@@ -80,13 +93,41 @@ def warm_start_demos(world: World, retriever: Retriever, config: WarmStartConfig
 def warm_start_checkpoint(out_dir: str | Path, world: World, retriever: Retriever, init: dict[str, Any],
                           config: WarmStartConfig, sft_config: SFTConfig, *, fmt: DemoFormat,
                           num_examples: int = NUM_EXAMPLES, seed: int = 0, progress: bool = True) -> Path:
-    """The cached checkpoint directory; built on first use (written aside, then renamed into place)."""
+    """The micro world's cached checkpoint directory; built on first use."""
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
         return out_dir
     tokenizer, demos = warm_start_demos(world, retriever, config, fmt=fmt, num_examples=num_examples, seed=seed)
-    hf_config = {**init, "vocab_size": -(-tokenizer.vocab_size // 64) * 64,
-                 "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    return sft_checkpoint(out_dir, tokenizer, demos, init, sft_config, seed=seed, progress=progress)
+
+
+def wiki_warm_start_checkpoint(out_dir: str | Path, data: WikiOfflineConfig, answers: str | Path,
+                               retriever: Retriever, init: dict[str, Any], config: WarmStartConfig,
+                               sft_config: SFTConfig, *, fmt: DemoFormat, seed: int = 0, progress: bool = True) -> Path:
+    """The wiki rehearsal's cached checkpoint: the real `config.vocabulary` tokenizer, SFT on
+    demonstrations over the rehearsal's passages (searched with `retriever`) and answer list."""
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    articles = sample_articles(data)
+    corpus = [Passage(str(i), f'"{title}"\n{text}') for i, (title, text) in enumerate(passages(articles, data.passage_words))]
+    with Path(answers).open(encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    tokenizer = build_tokenizer(VOCABULARIES[config.vocabulary])
+    demos = wiki_demos(articles, corpus, records, cloze_questions(articles), tokenizer, fmt, retriever,
+                       num_solver=config.num_solver, num_proposer=config.num_proposer, num_reader=config.num_reader,
+                       seed=seed, reader_distractors=config.reader_distractors)
+    return sft_checkpoint(out_dir, tokenizer, demos, init, sft_config, seed=seed, progress=progress)
+
+
+def sft_checkpoint(out_dir: str | Path, tokenizer: Tokenizer, demos: Sequence[Demo], init: dict[str, Any],
+                   sft_config: SFTConfig, *, seed: int = 0, progress: bool = True) -> Path:
+    """A fresh decoder of shape `init`, SFT-trained on `demos`, exported with `tokenizer` as an HF
+    checkpoint (written aside, then renamed into place). Its embedding covers the tokenizer,
+    padded to a multiple of 64, or `init`'s larger vocab_size (Qwen2.5's 151,936 rows)."""
+    out_dir = Path(out_dir)
+    vocab = max(-(-tokenizer.vocab_size // 64) * 64, int(init.get("vocab_size", 0)))
+    hf_config = {**init, "vocab_size": vocab, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
     model = Decoder(decoder_config_from_hf(hf_config, source="config model.init"), rngs=nnx.Rngs(seed))
     sft(model, [d.tokens for d in demos], [d.loss_mask for d in demos], sft_config, progress=progress)
     staging = out_dir.with_name(out_dir.name + ".partial")

@@ -52,6 +52,9 @@ class DemoFormat:
     chat: ChatTemplate
     templates: PromptTemplates = DEFAULT_TEMPLATES
     topk: int = TOPK
+    # A generated search turn. The micro world's tokenizer makes each tag one token; real text
+    # (the wiki rehearsal) uses SSP.md's spelling, whose spaces and newline a real BPE merges.
+    search_span: str = "<think>{think}</think><search>{query}</search>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +75,9 @@ class Demo:
         return [0] * len(self.prompt_ids) + [int(trained) for ids, trained in self.spans for _ in ids]
 
 
-class _Builder:
-    """Accumulates one trajectory's text turns into spans, tokenizing each piece on its own."""
+class TrajectoryBuilder:
+    """Accumulates one trajectory's text turns into spans, tokenizing each piece on its own, as a
+    rollout appends them (generated ids, then each information block tokenized alone)."""
 
     def __init__(self, tokenizer: Tokenizer, fmt: DemoFormat, retriever: Retriever | None = None) -> None:
         self.tokenizer, self.fmt, self.retriever = tokenizer, fmt, retriever
@@ -84,9 +88,9 @@ class _Builder:
         return self.fmt.chat.render_ids(self.tokenizer, [{"role": "user", "content": text}])
 
     def search(self, think: str, query: str) -> list[Passage]:
-        """A generated `<think>..</think><search>q</search>` and the untrained information block."""
+        """A generated `fmt.search_span` turn and the untrained information block."""
         passages = self.retriever.search([query], self.fmt.topk)[0]
-        self.spans.append((self.tokenizer.encode(f"<think>{think}</think><search>{query}</search>"), True))
+        self.spans.append((self.tokenizer.encode(self.fmt.search_span.format(think=think, query=query)), True))
         block = information_block([(p.title, p.text) for p in passages])
         self.spans.append((self.tokenizer.encode(block), False))
         return passages
@@ -140,7 +144,7 @@ def solver_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever:
         raise ValueError(f"solver flaws must be a non-empty selection of {SOLVER_FLAWS}, got {tuple(flaws)}")
     demos = []
     for question, flaw in zip(questions, _flaws(len(questions), noise, flaws, rng)):
-        b = _Builder(tokenizer, fmt, retriever)
+        b = TrajectoryBuilder(tokenizer, fmt, retriever)
         chain: Sequence[Hop] = question.chain
         answer = question.golden_answers[0]
         if flaw == "early_answer" and len(chain) == 1:  # nothing to stop early from
@@ -226,7 +230,7 @@ def proposer_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retrieve
         question = rng.choice(candidates)
         chain = question.chain
         examples = (record.get("examples") or [pool[(i + j) % len(pool)] for j in range(NUM_EXAMPLES)])[:num_examples]
-        b = _Builder(tokenizer, fmt, retriever)
+        b = TrajectoryBuilder(tokenizer, fmt, retriever)
         answer = chain[-1].answer
         b.search(f"Start from {answer}.", answer)
         think = ""
@@ -262,7 +266,7 @@ def reader_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, questions:
         others = [pid for pid in passages if pid not in gold]
         docs = [passages[pid] for pid in gold + rng.sample(others, num_distractors)]
         rng.shuffle(docs)
-        b = _Builder(tokenizer, fmt)
+        b = TrajectoryBuilder(tokenizer, fmt)
         prompt = reader_prompt(format_passages([(p.title, p.text) for p in docs]), question.question, fmt.templates)
         demos.append(Demo(b.prompt(prompt), b.finish(question.golden_answers[0]), "reader"))
     return demos
