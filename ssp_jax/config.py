@@ -16,6 +16,7 @@ import ml_collections
 from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig
 from ssp_jax.data.microworld import WorldConfig
+from ssp_jax.data.wiki_offline import WikiOfflineConfig
 from ssp_jax.engine.engine import EngineConfig
 from ssp_jax.models.sharding import DEFAULT_RULES
 from ssp_jax.rl.config import RLConfig
@@ -44,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                   rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
                   max_position_embeddings=4096, architectures=["Qwen2ForCausalLM"]),
-        # Micro world only: SFT the `init` shape on demonstrations first (the instruct-model analogue).
+        # Micro world and wiki rehearsal: SFT the `init` shape on demonstrations first (the instruct-model analogue).
         warm_start=dataclasses.asdict(WarmStartConfig()),
         sft=dataclasses.asdict(SFTConfig()),
     ))
@@ -67,11 +68,15 @@ def base_config() -> ml_collections.ConfigDict:
         timeout_s=30.0,
     ))
     config.data = ml_collections.ConfigDict(dict(
-        source="files",  # "files": answers + retrieval.index/url below; "microworld": generated in the workdir
-        answers="",  # jsonl: {"ground_truth": str | [str], "search_turns": int, "examples": [str]}
+        # "files": answers + retrieval.index/url below; "microworld": generated in the workdir;
+        # "wiki_offline": the wiki rehearsal's real Wikipedia passages and answer list, built in the workdir
+        source="files",
+        answers="",  # jsonl: {"ground_truth": str | [str], "search_turns": int, "examples": [str]}, or as released
+        # by SSP (sys_question_example: one string of questions; search_turns as a digit string)
         shuffle_seed=0,
         search_turns=(),  # keep only answers with these search_turns, e.g. (2, 3); empty = all
         microworld=dataclasses.asdict(WorldConfig()),  # the generated world, when source="microworld"
+        wiki_offline=dataclasses.asdict(WikiOfflineConfig()),  # when source="wiki_offline"
         eval_questions="",  # FlashRAG-style QA jsonl for evaluation; microworld: the split below
         eval_split="test",  # microworld held-out split evaluated: "dev" for tuning, "test" for reporting
         eval_limit=500,  # questions per periodic evaluation (fixed-seed subsample)

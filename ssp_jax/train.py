@@ -36,7 +36,8 @@ from ssp_jax.aot import check_fits
 from ssp_jax.checkpoint import Checkpointer, abstract_like
 from ssp_jax.data.answers import answers_for_step, load_answers, with_search_turns
 from ssp_jax.data.microworld import World, WorldConfig
-from ssp_jax.data.prepare import prepare_microworld
+from ssp_jax.data.prepare import prepare_microworld, prepare_wiki_offline
+from ssp_jax.data.wiki_offline import WikiOfflineConfig
 from ssp_jax.distributed import any_process, initialize, is_leader, leader_first
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.metrics import MetricsWriter, read_jsonl, read_metrics
@@ -55,10 +56,11 @@ from ssp_jax.selfplay.evaluate import QAItem, evaluate, load_qa_jsonl, result_re
 from ssp_jax.selfplay.pool import PoolQuestion, QuestionPool
 from ssp_jax.selfplay.step import GameResult, SelfPlayConfig, SelfPlayGame
 from ssp_jax.tokenizer import get_chat_template
-from ssp_jax.warmstart.build import WarmStartConfig, warm_start_checkpoint
+from ssp_jax.warmstart.build import WarmStartConfig, warm_start_checkpoint, wiki_warm_start_checkpoint
 from ssp_jax.warmstart.demos import DemoFormat
 from ssp_jax.warmstart.sft import SFTConfig
 
+DATA_SOURCES = ("files", "microworld", "wiki_offline")
 FIXED_SET_ROUNDS = 50  # proposer rounds the fixed-set control may spend collecting its questions
 FIXED_SET_SEED = 1 << 30  # rollout seeds of those rounds, apart from every training step's
 ORACLE_SEED = 1000  # the oracle control's example questions, apart from the warm start's (seed model.seed)
@@ -125,8 +127,8 @@ class Trainer:
         if config.aot_topology:  # before any weight loads: a config that cannot fit its slice stops here
             logging.info("AOT fit check:\n%s", check_fits(config, config.aot_topology).format())
         self.mesh, self.rules = mesh_and_rules(config)
-        answers_path, self.index_dir = self._data_paths()
-        self.answers = with_search_turns(load_answers(answers_path), config.data.search_turns)
+        self.answers_path, self.index_dir = self._data_paths()
+        self.answers = with_search_turns(load_answers(self.answers_path), config.data.search_turns)
         policy = load_policy(self._policy_config(templates), mesh=self.mesh, rules=self.rules, workdir=workdir)
         self.learner = Learner(policy.model, self.rl, mesh=self.mesh, rules=self.rules)
         tokenizer, chat = policy.tokenizer, get_chat_template(config.chat_template)
@@ -171,28 +173,39 @@ class Trainer:
         data = self.config.data
         if data.source == "files":
             return data.answers, self.config.retrieval.index
-        if data.source != "microworld":
-            raise ValueError(f"config.data.source={data.source!r}; expected 'files' or 'microworld'")
+        if data.source not in DATA_SOURCES:
+            raise ValueError(f"config.data.source={data.source!r}; expected one of {DATA_SOURCES}")
+        if data.source == "wiki_offline":
+            wiki = typed(WikiOfflineConfig, data.wiki_offline, "data.wiki_offline")
+            answers, index = leader_first(lambda: prepare_wiki_offline(self.workdir / "wiki", wiki), "wiki data")
+            return str(answers), "" if self.config.retrieval.url else str(index)
         world = typed(WorldConfig, data.microworld, "data.microworld")
         answers, index = leader_first(lambda: prepare_microworld(self.workdir / "microworld", world,
                                                                  num_examples=self.selfplay.num_examples), "microworld")
         return str(answers), "" if self.config.retrieval.url else str(index)
 
     def _policy_config(self, templates: PromptTemplates) -> ml_collections.ConfigDict:
-        """`config.model`, pointed at the micro world's warm-start checkpoint when that is enabled."""
-        model = self.config.model
+        """`config.model`, pointed at the built-in world's warm-start checkpoint when that is enabled."""
+        model, data = self.config.model, self.config.data
         warm = typed(WarmStartConfig, model.warm_start, "model.warm_start")
         if not warm.enabled or model.hf_path:
             return model
-        if self.config.data.source != "microworld":
-            raise ValueError("config.model.warm_start.enabled needs config.data.source='microworld'")
-        world = World(typed(WorldConfig, self.config.data.microworld, "data.microworld"))
-        checkpoint = leader_first(lambda: warm_start_checkpoint(
-            self.workdir / "warm_start", world, make_retriever(self.config.retrieval, self.index_dir),
-            model.init.to_dict(), warm,
-            typed(SFTConfig, model.sft, "model.sft"),
-            fmt=DemoFormat(get_chat_template(self.config.chat_template), templates, self.config.rollout.topk),
-            num_examples=self.selfplay.num_examples, seed=model.seed), "warm start")
+        sft_config = typed(SFTConfig, model.sft, "model.sft")
+        fmt = DemoFormat(get_chat_template(self.config.chat_template), templates, self.config.rollout.topk)
+        retriever = make_retriever(self.config.retrieval, self.index_dir)
+        if data.source == "microworld":
+            world = World(typed(WorldConfig, data.microworld, "data.microworld"))
+            build = lambda: warm_start_checkpoint(  # noqa: E731
+                self.workdir / "warm_start", world, retriever, model.init.to_dict(), warm, sft_config, fmt=fmt,
+                num_examples=self.selfplay.num_examples, seed=model.seed)
+        elif data.source == "wiki_offline":
+            wiki = typed(WikiOfflineConfig, data.wiki_offline, "data.wiki_offline")
+            build = lambda: wiki_warm_start_checkpoint(  # noqa: E731
+                self.workdir / "warm_start", wiki, self.answers_path, retriever, model.init.to_dict(), warm,
+                sft_config, fmt=fmt, seed=model.seed)
+        else:
+            raise ValueError("config.model.warm_start.enabled needs config.data.source='microworld' or 'wiki_offline'")
+        checkpoint = leader_first(build, "warm start")
         model = model.copy_and_resolve_references()
         with model.unlocked():
             model.hf_path = str(checkpoint)
