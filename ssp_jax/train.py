@@ -40,6 +40,7 @@ from ssp_jax.data.prepare import prepare_microworld, prepare_wiki_offline
 from ssp_jax.data.wiki_offline import WikiOfflineConfig
 from ssp_jax.distributed import any_process, initialize, is_leader, leader_first
 from ssp_jax.engine.engine import Engine, EngineConfig
+from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.metrics import MetricsWriter, read_jsonl, read_metrics
 from ssp_jax.models.policy import Policy, load_frozen, load_policy
 from ssp_jax.models.sharding import MeshConfig, Rules, make_mesh
@@ -106,12 +107,16 @@ def mesh_and_rules(config: ml_collections.ConfigDict) -> tuple[Mesh, Rules]:
 
 
 def make_engine(policy: Policy, chat_template: str, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig, *,
-                mesh: Mesh | None, rules: Rules) -> Engine:
-    """The sampling engine of `policy`, stopping at the rollout's stop strings, EOS and end of turn."""
+                mesh: Mesh | None, rules: Rules, stops: StopAutomaton | None = None) -> Engine:
+    """The sampling engine of `policy`, stopping at the rollout's stop strings, EOS and end of turn.
+
+    `stops`: another engine's automaton for the same policy and stop strings, reused (building one
+    over a 152k vocabulary takes about a second)."""
     tokenizer = policy.tokenizer
     end_of_turn = tokenizer.token_to_id(get_chat_template(chat_template).end_of_turn)
     eos = sorted({tokenizer.eos_id} | ({end_of_turn} if end_of_turn is not None else set()))
-    stops = text_stops(tokenizer, rollout_cfg.stop_strings, policy.model.cfg.vocab_size)
+    if stops is None:
+        stops = text_stops(tokenizer, rollout_cfg.stop_strings, policy.model.cfg.vocab_size)
     return Engine(policy.model, engine_cfg, stops=stops, eos_ids=eos, mesh=mesh, rules=rules)
 
 
@@ -165,7 +170,7 @@ class Trainer:
                                          max_prompt_tokens=self.selfplay.reader_max_prompt_tokens)
         reader_engine_cfg = typed(EngineConfig, self.config.reader_engine, "reader_engine")
         engine = make_engine(reader_policy, self.config.chat_template, reader_engine_cfg, reader_cfg, mesh=self.mesh,
-                             rules=self.rules)
+                             rules=self.rules, stops=self.engine.stops if self.reader_policy is None else None)
         return RolloutRunner(engine, policy.tokenizer, None, reader_cfg)
 
     def _data_paths(self) -> tuple[str, str]:

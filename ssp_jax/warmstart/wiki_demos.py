@@ -103,14 +103,11 @@ def wiki_demos(articles: Sequence[Article], corpus: Sequence[Passage], records: 
     index = {article.title: i for i, article in enumerate(articles)}
     pairs = [pair for found in questions.values() for pair in found]
     answers = [(r, index[str(r["ground_truth"])]) for r in records]
-    return _shuffled(rng, [
+    demos = [
         *solver_demos(articles, tokenizer, fmt, retriever, rng.sample(pairs, min(num_solver, len(pairs))), rng),
         *proposer_demos(articles, tokenizer, fmt, retriever, rng.sample(answers, min(num_proposer, len(answers))),
                         questions, rng),
         *reader_demos(articles, tokenizer, fmt, corpus, rng.sample(pairs, min(num_reader, len(pairs))), rng,
-                      reader_distractors)])
-
-
-def _shuffled(rng: random.Random, demos: list[Demo]) -> list[Demo]:
+                      reader_distractors)]
     rng.shuffle(demos)
     return demos
