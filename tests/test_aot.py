@@ -139,3 +139,14 @@ def test_libtpu_leaves_plain_cpu_jax_alone():
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["cpu", "1"]
     assert time.perf_counter() - start < 30
+
+
+def test_importing_ssp_jax_keeps_libtpu_quiet_without_a_tpu():
+    """libtpu is installed for AOT; on a host without TPU chips its probe prints three error lines
+    that read as failures. Importing ssp_jax pins the platform search to CPU first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "TPU_", "XLA_"))}
+    out = subprocess.run([sys.executable, "-c", "import ssp_jax, jax; print(jax.default_backend())"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["cpu"]
+    assert "tpu" not in out.stderr.lower(), out.stderr
