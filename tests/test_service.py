@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from ssp_jax.retrieval.base import RetrieverError
+from ssp_jax.retrieval.base import Passage, RetrieverError
+from ssp_jax.retrieval.batcher import SearchBatcher
 from ssp_jax.retrieval.bm25 import BM25Retriever
 from ssp_jax.retrieval.build import build
 from ssp_jax.retrieval.corpus import Corpus
@@ -74,9 +75,14 @@ def test_retrieve_without_scores_and_default_topk(service: RetrievalService, bm2
 def test_status(service: RetrievalService) -> None:
     response = requests.get(f"{service.url}/status", timeout=10)
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "kind": "bm25", "num_passages": len(TOPICS),
-                               "limits": {"default_topk": 3, "max_topk": 5, "max_queries": 4,
-                                          "max_body_bytes": 2048, "read_timeout": 2.0}}
+    status = response.json()
+    batches = status.pop("batches")
+    assert status == {"status": "ok", "kind": "bm25", "num_passages": len(TOPICS),
+                      "limits": {"default_topk": 3, "max_topk": 5, "max_queries": 4, "max_body_bytes": 2048,
+                                 "read_timeout": 2.0, "backlog": 1024, "max_batch_queries": 1024,
+                                 "max_discard_bytes": 64 << 20}}
+    assert set(batches) == {"requests", "queries", "calls", "largest_call"}
+    assert batches["calls"] <= batches["requests"]
 
 
 BAD_REQUESTS = [
@@ -228,11 +234,12 @@ def test_client_gives_up_on_closed_port() -> None:
         RemoteRetriever(url, timeout=1.0, retries=2, backoff=0.01).search(["a"], 3)
 
 
-def test_cli_serves_a_built_index(tmp_path: Path) -> None:
+def test_cli_serves_a_built_index_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert build(write_topics(tmp_path / "c.jsonl"), tmp_path / "index", kind="bm25", progress=False)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "ssp_jax.retrieval.service", "--index", str(tmp_path / "index"),
-                               "--port", str(port), "--topk", "2"], cwd=Path(__file__).parents[1])
+                               "--port", str(port), "--topk", "2"], cwd=Path(__file__).parents[1],
+                              stderr=subprocess.PIPE, text=True)
     try:
         client = RemoteRetriever(f"http://127.0.0.1:{port}/retrieve", timeout=5.0, retries=60, backoff=0.5,
                                  max_backoff=0.5)  # polls for up to ~30 s while the process starts
@@ -240,5 +247,85 @@ def test_cli_serves_a_built_index(tmp_path: Path) -> None:
         status = requests.get(f"http://127.0.0.1:{port}/status", timeout=10).json()
         assert (status["kind"], status["num_passages"], status["limits"]["default_topk"]) == ("bm25", 8, 2)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.terminate()  # SIGTERM: a normal stop
+        _, stderr = server.communicate(timeout=30)
+    assert server.returncode == 0, stderr
+    assert "Traceback" not in stderr and "SIGTERM: shutting down" in stderr, stderr
+
+
+def test_oversized_body_gets_a_readable_413(service: RetrievalService) -> None:
+    """A body far past the socket buffers: the server reads and drops it, so the client still gets
+    the 413 (closing with unread data resets the connection: a broken pipe mid-send)."""
+    host, port = service.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)  # the stdlib client RemoteRetriever uses
+    conn.request("POST", "/retrieve", body=b"x" * (4 << 20), headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 413 and "exceeds the 2048-byte limit" in json.loads(response.read())["detail"]
+    conn.close()
+
+
+def test_200_concurrent_clients_are_all_served(service: RetrievalService) -> None:
+    """Every client connects at once: the listen backlog must hold them (it held 5)."""
+    start = threading.Barrier(200)
+
+    def ask(i: int) -> str:
+        payload = json.dumps({"queries": [TOPICS[i % len(TOPICS)]], "topk": 1}).encode()
+        start.wait()
+        with socket.create_connection(service.url.removeprefix("http://").split(":"), timeout=30) as conn:
+            conn.sendall(b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload))
+            reply = b"".join(iter(lambda: conn.recv(65536), b""))
+        return json.loads(reply.split(b"\r\n\r\n", 1)[1])["result"][0][0]["id"]
+
+    with ThreadPoolExecutor(200) as pool:
+        assert list(pool.map(ask, range(200))) == [f"p{i % len(TOPICS)}" for i in range(200)]
+
+
+class SlowRetriever:
+    """Counts calls and takes `delay` seconds per call, as a dense encoder would."""
+
+    def __init__(self, inner: BM25Retriever, delay: float) -> None:
+        self.inner, self.delay, self.calls = inner, delay, []
+
+    def search(self, queries: list[str], k: int) -> list[list[Passage]]:
+        self.calls.append((len(queries), k))
+        time.sleep(self.delay)
+        if "boom" in queries:
+            raise RuntimeError("encoder failed")
+        return self.inner.search(queries, k)
+
+
+def test_batcher_merges_waiting_requests_into_one_call(bm25: BM25Retriever) -> None:
+    slow = SlowRetriever(bm25, delay=0.3)
+    batcher = SearchBatcher(slow, max_batch_queries=64)
+    requests_ = [([TOPICS[i % 8], TOPICS[(i + 3) % 8]], 1 + i % 2) for i in range(16)]
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda r: batcher.search(*r), requests_))
+    finally:
+        batcher.close()
+    assert results == [bm25.search(queries, k) for queries, k in requests_]  # each its own k, in order
+    assert len(slow.calls) <= 4, slow.calls  # one per k while the first call ran, not 16
+    assert batcher.stats.requests == 16 and batcher.stats.queries == 32 and batcher.stats.calls == len(slow.calls)
+
+
+def test_batcher_caps_a_call_and_fails_only_that_call(bm25: BM25Retriever) -> None:
+    slow = SlowRetriever(bm25, delay=0.3)
+    batcher = SearchBatcher(slow, max_batch_queries=3)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(batcher.search, ["jazz"], 1)  # keeps the worker busy while the others queue
+            time.sleep(0.1)
+            fits = pool.submit(batcher.search, ["chess", "lava"], 1)
+            time.sleep(0.05)
+            overflow = pool.submit(batcher.search, ["boom", "lava"], 1)  # 2 + 2 > 3: the next call
+            assert first.result() == bm25.search(["jazz"], 1)
+            assert fits.result() == bm25.search(["chess", "lava"], 1)
+            with pytest.raises(RuntimeError, match="encoder failed"):
+                overflow.result()
+        assert slow.calls == [(1, 1), (2, 1), (2, 1)]
+        assert batcher.search(["chess"], 1) == bm25.search(["chess"], 1)  # the worker survived the failure
+    finally:
+        batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.search(["chess"], 1)

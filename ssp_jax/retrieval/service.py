@@ -7,8 +7,10 @@
 
 Fields, defaults and shapes follow Search-R1's `retrieval_server.py`: `topk` missing, null or 0 means
 the server's default, `return_scores` defaults to false. A bad request gets a 4xx with FastAPI's
-error shape `{"detail": message}` and the server keeps serving. Searches run one at a time (one
-batched search per request), so a single device-resident index is never driven from two threads.
+error shape `{"detail": message}` and the server keeps serving; an oversized body is read and dropped so
+the client gets its 413 rather than a broken pipe. Concurrent requests are merged into one retriever
+call (`batcher.py`), and the listen backlog holds `ServiceLimits.backlog` connections. SIGTERM (or
+Ctrl-C) stops the server cleanly: it stops accepting, answers the searches already queued and exits 0.
 
     python -m ssp_jax.retrieval.service --index /data/wiki-e5 --port 8000
 """
@@ -19,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -26,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ssp_jax.retrieval.base import Passage, Retriever
+from ssp_jax.retrieval.batcher import SearchBatcher
 from ssp_jax.retrieval.index import load_retriever, read_manifest
 
 LOOPBACK = "127.0.0.1"
@@ -38,14 +42,18 @@ class ServiceLimits:
     max_queries: int = 512
     max_body_bytes: int = 1 << 20
     read_timeout: float = 30.0  # seconds a client may take to send its request
+    backlog: int = 1024  # pending connections the kernel queues (capped by net.core.somaxconn)
+    max_batch_queries: int = 1024  # queries merged into one retriever call
+    max_discard_bytes: int = 64 << 20  # an oversized body is read and dropped up to this size
 
 
 class RequestError(Exception):
     """A client error: HTTP `status` with `message` as the JSON `detail`."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, unread: int = 0) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+        self.unread = unread  # body bytes still on the socket, read and dropped after the reply
 
 
 def parse_request(body: bytes, limits: ServiceLimits) -> tuple[list[str], int, bool]:
@@ -92,8 +100,16 @@ class RetrievalService:
                  limits: ServiceLimits = ServiceLimits(), info: Mapping[str, Any] | None = None) -> None:
         self.retriever, self.limits = retriever, limits
         self._info = dict(info or {})
-        self._lock = threading.Lock()
-        self._server = _Server((host, port), _Handler)
+        self._batcher = SearchBatcher(retriever, max_batch_queries=limits.max_batch_queries)
+        self._server = _Server((host, port), _Handler, bind_and_activate=False)
+        self._server.request_queue_size = limits.backlog  # listen(backlog) reads it in server_activate
+        try:
+            self._server.server_bind()
+            self._server.server_activate()
+        except OSError:
+            self._server.server_close()
+            self._batcher.close()
+            raise
         self._server.service = self
         self._thread: threading.Thread | None = None
 
@@ -103,11 +119,11 @@ class RetrievalService:
         return f"http://{host}:{port}"
 
     def search(self, queries: list[str], k: int) -> list[list[Passage]]:
-        with self._lock:
-            return self.retriever.search(queries, k)
+        return self._batcher.search(queries, k)
 
     def status(self) -> dict[str, Any]:
-        return {"status": "ok", **self._info, "limits": dataclasses.asdict(self.limits)}
+        return {"status": "ok", **self._info, "limits": dataclasses.asdict(self.limits),
+                "batches": dataclasses.asdict(self._batcher.stats)}
 
     def serve_forever(self) -> None:
         self._server.serve_forever(poll_interval=0.1)
@@ -118,10 +134,12 @@ class RetrievalService:
         return self
 
     def close(self) -> None:
+        """Stop accepting connections, then answer the searches already queued."""
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join()
         self._server.server_close()
+        self._batcher.close()
 
     def __enter__(self) -> RetrievalService:
         return self.start()
@@ -156,7 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
                 raise RequestError(404, f"no route POST {self.path}")
             queries, topk, return_scores = parse_request(body, service.limits)
         except RequestError as e:
-            return self._reply(e.status, {"detail": e.message})
+            self._reply(e.status, {"detail": e.message})
+            return self._discard(e.unread)
         try:
             results = service.search(queries, topk)
         except Exception as e:  # the retriever's failure is the server's, not the client's
@@ -177,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not length.isdigit():
             raise RequestError(400, f"bad Content-Length {length!r}")
         if int(length) > max_bytes:
-            raise RequestError(413, f"body of {length} bytes exceeds the {max_bytes}-byte limit")
+            raise RequestError(413, f"body of {length} bytes exceeds the {max_bytes}-byte limit", unread=int(length))
         try:
             body = self.rfile.read(int(length))
         except TimeoutError:
@@ -186,6 +205,16 @@ class _Handler(BaseHTTPRequestHandler):
             raise RequestError(400, f"body ended after {len(body)} of {length} bytes")
         self.close_connection = close_after
         return body
+
+    def _discard(self, num_bytes: int) -> None:
+        """Read and drop an unread body (the connection closes after): closing with unread data makes
+        the kernel reset the connection, so a client still sending would see a broken pipe, not the reply."""
+        left = min(num_bytes, self.server.service.limits.max_discard_bytes)
+        try:
+            while left > 0 and (chunk := self.rfile.read1(min(left, 1 << 16))):
+                left -= len(chunk)
+        except OSError:  # timeout or reset: the client gave up, nothing left to protect
+            pass
 
     def _reply(self, status: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload).encode()
@@ -225,13 +254,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.warning("listening on %s: reachable beyond this machine, with no authentication", args.host)
     logging.info("serving %s (%s, %d passages) at %s/retrieve", args.index, manifest.kind,
                  manifest.num_passages, service.url)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
         service.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    except _Stop as stop:
+        logging.info("%s: shutting down", stop)
     finally:
         service.close()
+    logging.info("stopped")
     return 0
+
+
+class _Stop(Exception):
+    """A stop signal (SIGTERM, SIGINT): a normal shutdown, not a crash."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
+    raise _Stop(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":
