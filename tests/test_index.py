@@ -6,10 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tokenizers
 
+from ssp_jax.models.encoder import TextEncoder, minilm_path
 from ssp_jax.models.sharding import MeshConfig, make_mesh
+from ssp_jax.retrieval.base import Passage
 from ssp_jax.retrieval.bm25 import BM25Retriever
 from ssp_jax.retrieval.build import main as build_main
+from ssp_jax.retrieval.calibrate import RecallCheck, calibrate_width
 from ssp_jax.retrieval.corpus import Corpus
 from ssp_jax.retrieval.embeddings import EmbeddingStore
 from ssp_jax.retrieval.exact import ExactIndex
@@ -160,3 +164,90 @@ def test_build_command_resumes_and_serves_minilm(tmp_path: Path) -> None:
                        "--no-progress"]) == 0  # a prepared TFDS corpus used in place
     assert read_manifest(tmp_path / "bm25").corpus == str((out / "corpus").resolve())
     assert load_retriever(tmp_path / "bm25").search(["Fleming penicillin"], 1)[0][0].title == "Penicillin"
+
+
+def test_build_counts_truncated_passages_and_reuses_embeddings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A passage over the encoder's max length is counted in the log and the manifest; a second dense
+    index of the same encoder and corpus links the first one's embeddings instead of encoding again."""
+    write_jsonl(tmp_path / "c.jsonl")
+    common = ["--corpus", str(tmp_path / "c.jsonl"), "--encoder", "minilm", "--max-length", "20",
+              "--chunk-rows", "8", "--no-progress"]
+    with caplog.at_level("INFO"):
+        assert build_main([*common, "--index", "exact", "--out", str(tmp_path / "exact")]) == 0
+    tokenizer = tokenizers.Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    expected = sum(len(tokenizer.encode(f'"{t}"\n{x}').ids) > 20 for t, x in PASSAGES)
+    assert 0 < expected < len(PASSAGES)
+    assert read_manifest(tmp_path / "exact").truncated_passages == expected
+    assert f"{expected} of {len(PASSAGES)} passages" in caplog.text and "longer than the encoder's 20 tokens" in caplog.text
+
+    def no_encoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the corpus was encoded again")
+
+    monkeypatch.setattr(TextEncoder, "encode_passages", no_encoding)
+    assert build_main([*common, "--index", "scann", "--out", str(tmp_path / "scann"),
+                       "--embeddings-from", str(tmp_path / "exact")]) == 0
+    source, linked = (EmbeddingStore.open(tmp_path / d / "embeddings") for d in ("exact", "scann"))
+    assert all(source.path(c).stat().st_ino == linked.path(c).stat().st_ino for c in range(source.num_chunks))
+    manifest = read_manifest(tmp_path / "scann")
+    assert manifest.truncated_passages == expected and manifest.scann_recall["met"]
+    queries = ["Which tower stands in Paris?", "Who found the first antibiotic?"]
+    exact, scann = load_retriever(tmp_path / "exact"), load_retriever(tmp_path / "scann")
+    assert [[p.id for p in h] for h in scann.search(queries, 3)] == [[p.id for p in h] for h in exact.search(queries, 3)]
+
+    other = [*common[:4], "--max-length", "24", *common[6:]]  # another encoder setting: not the same embeddings
+    with pytest.raises(ValueError, match="--embeddings-from .*exact: its embeddings were made with"):
+        build_main([*other, "--index", "scann", "--out", str(tmp_path / "other"),
+                    "--embeddings-from", str(tmp_path / "exact")])
+    with pytest.raises(FileNotFoundError, match="--embeddings-from .*: no embeddings there"):
+        build_main([*common, "--index", "scann", "--out", str(tmp_path / "none"), "--embeddings-from", str(tmp_path)])
+
+
+class IdRows:
+    """`n` passages whose text is their row id, for a stand-in encoder that knows the vectors."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def get_batch(self, rows: np.ndarray) -> list[Passage]:
+        return [Passage(str(r), f'"Title"\np{r}') for r in np.asarray(rows).reshape(-1)]
+
+
+class NoisyEncoder:
+    """Query "p{row}" -> that row's vector plus noise: the source passage is near, not exactly there."""
+
+    def __init__(self, vectors: np.ndarray, noise: float) -> None:
+        self.vectors, self.noise, self.rng = vectors, noise, np.random.default_rng(1)
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        x = self.vectors[[int(t[1:]) for t in texts]]  # [q, d]
+        x = x + self.noise * self.rng.standard_normal(x.shape).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_scann_width_is_calibrated_to_exact_recall(tmp_path: Path) -> None:
+    """The size-only width (8 of 77 leaves) loses 18 points of recall@10 on these queries; the build's
+    check widens the search to the fewest leaves within 1 point of exact search, and saves it."""
+    vectors, _ = clustered(6000, 32, clusters=6000, seed=0)
+    index = ScannIndex.build(vectors)
+    assert (index.config.num_leaves, index.config.leaves_to_search) == (77, 8)
+    check = RecallCheck(sample=500, tolerance=0.01)
+
+    fixed = calibrate_width(index, vectors, NoisyEncoder(vectors, 0.15), IdRows(6000), check, tune=False)
+    assert list(fixed.tried) == [8] and not fixed.met and fixed.scann_recall < fixed.exact_recall - 0.1
+
+    report = calibrate_width(index, vectors, NoisyEncoder(vectors, 0.15), IdRows(6000), check)
+    target = report.exact_recall - 0.01
+    assert report.met and report.scann_recall >= target and report.sample == 500
+    assert report.tried[report.leaves_to_search - 1] < target  # the narrowest width that meets it
+    assert f"searching {report.leaves_to_search} of 77 leaves" in report.summary()
+    index.set_leaves_to_search(report.leaves_to_search)
+    index.save(tmp_path / "scann")
+    assert ScannIndex.load(tmp_path / "scann").config.leaves_to_search == report.leaves_to_search
+    with pytest.raises(ValueError, match=r"leaves_to_search must be in \[1, 77\]"):
+        index.set_leaves_to_search(78)

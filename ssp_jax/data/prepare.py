@@ -13,7 +13,6 @@ import collections
 import dataclasses
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import numpy as np
 from ssp_jax.data.microworld import World, WorldConfig
 from ssp_jax.data.wiki_offline import WikiOfflineConfig, answer_records, cloze_questions, sample_articles, write_corpus
 from ssp_jax.retrieval.build import build
-from ssp_jax.retrieval.index import EMBEDDINGS_DIR, MANIFEST, MINILM, EncoderSpec, load_retriever
+from ssp_jax.retrieval.index import MANIFEST, MINILM, EncoderSpec, load_retriever
 
 ANSWERS_FILE, CORPUS_FILE, INDEX_DIR = "answers.jsonl", "corpus.jsonl", "index"
 
@@ -53,7 +52,7 @@ def prepare_wiki_offline(out_dir: str | Path, config: WikiOfflineConfig = WikiOf
 
     The corpus is the lead paragraphs cut into Search-R1 passages; both indexes come from the
     project's build command with MiniLM: exact (what the paper searches), then ScaNN from the same
-    embeddings (copied, not re-encoded). `prep.json` records the sizes and how often ScaNN's top-3
+    embeddings (linked, not re-encoded). `prep.json` records the sizes and how often ScaNN's top-3
     equals exact search's on the answers' titles.
     """
     out_dir = Path(out_dir)
@@ -74,8 +73,7 @@ def prepare_wiki_offline(out_dir: str | Path, config: WikiOfflineConfig = WikiOf
     if not (indexes["exact"] / MANIFEST).is_file():
         build(corpus, indexes["exact"], kind="exact", encoder=encoder)
     if not (indexes["scann"] / MANIFEST).is_file():
-        shutil.copytree(indexes["exact"] / EMBEDDINGS_DIR, indexes["scann"] / EMBEDDINGS_DIR, dirs_exist_ok=True)
-        build(corpus, indexes["scann"], kind="scann", encoder=encoder)
+        build(corpus, indexes["scann"], kind="scann", encoder=encoder, embeddings_from=indexes["exact"])
     report = {"config": wanted, "articles": len(articles), "passages": sum(1 for _ in corpus.open(encoding="utf-8")),
               "answers": len(records), "questions": sum(map(len, questions.values())),
               "search_turns": dict(collections.Counter(str(r["search_turns"]) for r in records)),

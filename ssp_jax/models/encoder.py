@@ -295,6 +295,11 @@ class TextEncoder:
         """[n, dim] float32, L2-normalised, with the passage prefix (E5: "passage: ")."""
         return self.encode(texts, self.passage_prefix)
 
+    def count_truncated(self, texts: Sequence[str], prefix: str = "") -> int:
+        """How many of `prefix + text` exceed `max_length` tokens: `encode` embeds only their start."""
+        encodings = self._tokenizer.encode_batch_fast([prefix + t for t in texts], add_special_tokens=True)
+        return sum(bool(e.overflowing) for e in encodings)
+
     def encode(self, texts: Sequence[str], prefix: str = "") -> np.ndarray:
         """Embed `prefix + text` for each text; rows come back in input order."""
         ids = [e.ids for e in self._tokenizer.encode_batch_fast([prefix + t for t in texts],

@@ -28,6 +28,7 @@ class EmbeddingStore:
         self.num_rows, self.dim, self.chunk_size = num_rows, dim, chunk_size
         meta = {"num_rows": num_rows, "dim": dim, "chunk_size": chunk_size, "fingerprint": fingerprint or {}}
         meta = json.loads(json.dumps(meta))  # compare in JSON form (tuples -> lists)
+        self.fingerprint: dict[str, Any] = meta["fingerprint"]
         path = self.directory / _META
         if path.exists():
             found = json.loads(path.read_text())

@@ -15,7 +15,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from jax.sharding import Mesh
@@ -90,6 +90,8 @@ class Manifest:
     corpus: str  # TFDS data dir; relative paths are relative to the index directory
     num_passages: int
     encoder: EncoderSpec | None = None
+    truncated_passages: int | None = None  # dense kinds: passages over encoder.max_length tokens
+    scann_recall: dict[str, Any] | None = None  # scann: the build's held-out recall check (calibrate.py)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

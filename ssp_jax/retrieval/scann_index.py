@@ -89,6 +89,12 @@ class ScannIndex:
                         .build())
         return cls(searcher, config, n, dim)
 
+    def set_leaves_to_search(self, width: int) -> None:
+        """The default search width from now on (and in `save`): the build's calibrated value."""
+        if not 1 <= width <= (self.config.num_leaves or 1):
+            raise ValueError(f"leaves_to_search must be in [1, {self.config.num_leaves}], got {width}")
+        self.config = dataclasses.replace(self.config, leaves_to_search=width)
+
     def search(self, queries: np.ndarray, k: int, *, leaves_to_search: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         """Top-min(k, n) (scores [q, k], row ids [q, k]), best first; id -1 (score -inf) where the
