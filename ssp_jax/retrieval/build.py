@@ -152,8 +152,8 @@ def build(corpus: str | Path, out: str | Path, *, kind: str = "scann", encoder: 
             if recall.sample:
                 report = calibrate_width(index, vectors, model, passages, recall, tune=scann.leaves_to_search is None)
                 index.set_leaves_to_search(report.leaves_to_search)
-                (logging.info if report.met else logging.warning)("ScaNN %s%s", report.summary(), "" if report.met
-                                                                 else f": below exact - {recall.tolerance}")
+                (logging.info if report.met else logging.warning)(
+                    "ScaNN %s%s", report.summary(), "" if report.met else ": outside the tolerance even so")
                 manifest = dataclasses.replace(manifest, scann_recall=dataclasses.asdict(report))
             index.save(out / INDEX_DIR)
     write_manifest(out, manifest)
@@ -177,12 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-chunks", type=int, help="encode at most this many chunks in this run, then stop")
     p.add_argument("--part-bytes", type=int, default=PART_BYTES, help="jsonl bytes per TFDS split")
     p.add_argument("--num-leaves", type=int, help="ScaNN tree leaves (default ~sqrt(n))")
-    p.add_argument("--leaves-to-search", type=int, help="ScaNN leaves searched per query (default 5%%, >= 8)")
+    p.add_argument("--leaves-to-search", type=int, help="ScaNN leaves searched per query (default: the fewest that pass the recall check)")
     p.add_argument("--reorder", type=int, default=ScannConfig.reorder, help="ScaNN candidates rescored exactly")
     p.add_argument("--recall-sample", type=int, default=RecallCheck.sample,
                    help="held-out queries that calibrate ScaNN's search width (0: keep the size-based default)")
     p.add_argument("--recall-tolerance", type=float, default=RecallCheck.tolerance,
-                   help="how far ScaNN's recall@10 may stay below exact search's (0.01 = 1 point)")
+                   help="how far ScaNN's recall@10 may stay below exact search's on unseen queries (0.01 = 1 point; "
+                        "the held-out gap plus two standard errors must fit)")
     p.add_argument("--embeddings-from", help="an index directory of the same encoder and corpus: link its "
                                              "embeddings instead of encoding again")
     p.add_argument("--no-progress", action="store_true")
