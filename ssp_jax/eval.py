@@ -39,7 +39,7 @@ from jax.sharding import Mesh
 
 from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner
-from ssp_jax.checkpoint import Checkpointer, abstract_like
+from ssp_jax.checkpoint import CheckpointError, Checkpointer, abstract_like
 from ssp_jax.data.qa_benchmarks import BENCHMARKS, load_benchmark
 from ssp_jax.distributed import is_leader, leader_value
 from ssp_jax.engine.engine import EngineConfig
@@ -50,7 +50,8 @@ from ssp_jax.retrieval.sharded import ProcessShardedRetriever
 from ssp_jax.selfplay.evaluate import QAItem, QAResult, evaluate, load_qa_jsonl, result_record, subsample, summarize
 from ssp_jax.selfplay.judge import Judge, JudgeConfig
 from ssp_jax.tokenizer import get_chat_template
-from ssp_jax.train import join_cluster, make_engine, make_retriever, mesh_and_rules, typed
+from ssp_jax.train import (check_hf_dir, join_cluster, make_engine, make_retriever, mesh_and_rules, one_line_errors,
+                           typed)
 
 Solve = Callable[[list[QAItem]], list[QAResult]]
 
@@ -96,7 +97,7 @@ def _orbax_step(checkpoint: Path) -> tuple[Path, int]:
         return checkpoint.parent, int(checkpoint.name)
     step = Checkpointer(checkpoint).latest_step() if checkpoint.is_dir() else None
     if step is None:
-        raise FileNotFoundError(f"{checkpoint}: neither an HF checkpoint (config.json) nor an orbax checkpoint dir")
+        raise CheckpointError(f"{checkpoint}: neither an HF checkpoint (config.json) nor an orbax checkpoint dir")
     return checkpoint, step
 
 
@@ -180,6 +181,9 @@ def run_eval(config: ml_collections.ConfigDict, checkpoint: str | Path, benchmar
     """Load questions and the policy, then `evaluate_benchmarks` under the config's rollout protocol.
     `retriever` replaces `config.retrieval` (tests inject a scripted one)."""
     out_dir = Path(out_dir)
+    judge_cfg = typed(JudgeConfig, config.judge, "judge")
+    if judge_cfg.path:  # before the questions, the policy and the engine are loaded
+        check_hf_dir("config.judge.path", judge_cfg.path, tokenizer=not judge_cfg.tokenizer_path)
     run = {"checkpoint": str(Path(checkpoint).resolve()), "limit": limit, "seed": config.seed,
            "shard_size": shard_size, "split": split, "chat_template": config.chat_template,
            "rollout": config.rollout.to_dict(), "solver_prompt": config.prompts.solver,
@@ -243,8 +247,9 @@ def main(argv: list[str]) -> None:
     checkpoint = Path(_CHECKPOINT.value)
     out_dir = Path(_OUT.value or Path("eval") / checkpoint.resolve().name)
     # --config is ssp_jax.train's flag (defined on import, for its builders): the same config file.
-    table = run_eval(flags.FLAGS.config, checkpoint, _BENCHMARKS.value, out_dir, data_dir=_DATA_DIR.value,
-                     split=_SPLIT.value, limit=_LIMIT.value, shard_size=_SHARD_SIZE.value)
+    with one_line_errors("ssp_jax.eval"):
+        table = run_eval(flags.FLAGS.config, checkpoint, _BENCHMARKS.value, out_dir, data_dir=_DATA_DIR.value,
+                         split=_SPLIT.value, limit=_LIMIT.value, shard_size=_SHARD_SIZE.value)
     if is_leader():
         print(markdown_table(table), end="")
         print(f"written to {out_dir}/results.json and results.md")

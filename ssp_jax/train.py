@@ -3,7 +3,8 @@
 Each step plays one round of the game (selfplay/step.py), computes both roles' behaviour and
 reference log-probs under the current weights before any update, then updates on the proposer
 batch and then on the solver batch (SSP.md section 4). Checkpoints are saved every
-`train.save_every` steps and on SIGTERM; a restart in the same workdir resumes from the latest.
+`train.save_every` steps and on SIGTERM; a restart in the same workdir resumes from the latest
+intact one (a damaged newer one is moved aside with a warning), or from `--resume_from=<step>`.
 Config overrides: `--config.rl.lr=1e-6`; gin overrides of the registered losses / advantages:
 `--gin_file=configs/sweeps/x.gin --gin_bindings='grpo.eps=1e-5'`.
 Multi-host: run the same command on every host with `--multihost` (see ssp_jax/distributed.py).
@@ -11,12 +12,14 @@ Multi-host: run the same command on every host with `--multihost` (see ssp_jax/d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ from tqdm.auto import tqdm
 from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner, text_stops
 from ssp_jax.aot import check_fits
-from ssp_jax.checkpoint import Checkpointer, abstract_like
+from ssp_jax.checkpoint import CheckpointError, Checkpointer, abstract_like
 from ssp_jax.data.answers import answers_for_step, load_answers, with_search_turns
 from ssp_jax.data.microworld import World, WorldConfig
 from ssp_jax.data.prepare import prepare_microworld, prepare_wiki_offline
@@ -46,7 +49,7 @@ from ssp_jax.models.policy import Policy, load_frozen, load_policy
 from ssp_jax.models.sharding import MeshConfig, Rules, make_mesh
 from ssp_jax.report import summarize_run, write_summary
 from ssp_jax.retrieval.base import Retriever
-from ssp_jax.retrieval.index import load_retriever
+from ssp_jax.retrieval.index import MANIFEST, load_retriever
 from ssp_jax.retrieval.remote import RemoteRetriever
 from ssp_jax.retrieval.sharded import ProcessShardedRetriever
 from ssp_jax.rl.advantages import get_advantage
@@ -56,7 +59,7 @@ from ssp_jax.rl.update import Learner
 from ssp_jax.selfplay.evaluate import QAItem, evaluate, load_qa_jsonl, result_record, subsample, summarize
 from ssp_jax.selfplay.pool import PoolQuestion, QuestionPool
 from ssp_jax.selfplay.step import GameResult, SelfPlayConfig, SelfPlayGame
-from ssp_jax.tokenizer import get_chat_template
+from ssp_jax.tokenizer import TOKENIZER_FILE, get_chat_template
 from ssp_jax.warmstart.build import WarmStartConfig, warm_start_checkpoint, wiki_warm_start_checkpoint
 from ssp_jax.warmstart.demos import DemoFormat
 from ssp_jax.warmstart.sft import SFTConfig
@@ -76,6 +79,19 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 (it, --num_processes or --process_id imply --multihost)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in a multi-process run")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index in a multi-process run")
+_RESUME_FROM = flags.DEFINE_integer(
+    "resume_from", None, "resume from this checkpoint step instead of the latest intact one; newer steps are moved "
+    "aside to <workdir>/checkpoints/<step>.superseded. Fails if the step is missing or damaged. Use it for one "
+    "restart, then drop it (kept, it would move the new steps aside again)")
+
+HF_FILES = "config.json, model.safetensors (or model.safetensors.index.json and its shards)"
+WARM_START_SOURCES = "config.model.warm_start.enabled needs config.data.source='microworld' or 'wiki_offline'"
+EVAL_QUESTIONS = "config.train.eval_every or eval_at_ends is set but config.data.eval_questions is empty"
+
+
+class ConfigError(ValueError):
+    """A bad config value, found before any expensive work; the message names the field
+    (`config.<section>.<field>`) in one line, which the CLIs print alone."""
 
 
 def typed(cls: type, section: ml_collections.ConfigDict, name: str, drop: tuple[str, ...] = ()) -> Any:
@@ -84,18 +100,88 @@ def typed(cls: type, section: ml_collections.ConfigDict, name: str, drop: tuple[
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"config.{name}: unknown field(s) {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"config.{name}: unknown field(s) {unknown}; known: {sorted(known)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"config.{name}: {e}") from e
+        raise ConfigError(f"config.{name}: {e}") from e
+
+
+def check_hf_dir(field: str, path: str, *, tokenizer: bool) -> None:
+    """`path` (the value of config `field`) is a Hugging Face model directory: config.json, the
+    safetensors weights (every shard its index lists) and, when `tokenizer`, tokenizer.json."""
+    directory = Path(path)
+    expected = f"expected a Hugging Face model directory holding {HF_FILES}"
+    expected += f", {TOKENIZER_FILE}" if tokenizer else ""
+    if not directory.is_dir():
+        raise ConfigError(f"{field}={path!r} is not a directory; {expected}")
+    missing = [] if (directory / "config.json").is_file() else ["config.json"]
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError) as e:
+            raise ConfigError(f"{field}={path!r}: {index.name} is not a safetensors index ({e!r})") from e
+        missing += [shard for shard in shards if not (directory / shard).is_file()]
+    elif not (directory / "model.safetensors").is_file():
+        missing.append("model.safetensors (or model.safetensors.index.json)")
+    if tokenizer and not (directory / TOKENIZER_FILE).is_file():
+        missing.append(f"{TOKENIZER_FILE} (or set config.model.tokenizer_path)")
+    if missing:
+        raise ConfigError(f"{field}={path!r} lacks {', '.join(missing)}; {expected}")
+
+
+def check_inputs(config: ml_collections.ConfigDict) -> None:
+    """The data source is known and the files and directories a training config names exist and
+    hold what they should; a bad one fails here, naming its field, before the data is built or any
+    weight is loaded (where each was found until now)."""
+    model, data, retrieval = config.model, config.data, config.retrieval
+    if data.source not in DATA_SOURCES:
+        raise ConfigError(f"config.data.source={data.source!r}; expected one of {DATA_SOURCES}")
+    if model.warm_start.enabled and not model.hf_path and data.source not in ("microworld", "wiki_offline"):
+        raise ConfigError(WARM_START_SOURCES)
+    evaluates = config.train.eval_every or config.train.eval_at_ends
+    if evaluates and not data.eval_questions and data.source != "microworld":
+        raise ConfigError(EVAL_QUESTIONS)
+    if model.tokenizer_path:
+        tokenizer = Path(model.tokenizer_path)
+        if not tokenizer.is_file() and not (tokenizer / TOKENIZER_FILE).is_file():
+            raise ConfigError(f"config.model.tokenizer_path={model.tokenizer_path!r} is neither a {TOKENIZER_FILE} "
+                              f"file nor a directory holding one")
+    if model.hf_path:
+        check_hf_dir("config.model.hf_path", model.hf_path, tokenizer=not model.tokenizer_path)
+    if config.selfplay.reader_path:  # the reader takes model.tokenizer_path too, when set
+        check_hf_dir("config.selfplay.reader_path", config.selfplay.reader_path, tokenizer=not model.tokenizer_path)
+    if data.source == "files":
+        if not data.answers or not Path(data.answers).is_file():
+            raise ConfigError(f"config.data.answers={data.answers!r} is not a file; data.source='files' needs the "
+                              "answer-list jsonl")
+        if bool(retrieval.index) == bool(retrieval.url):
+            raise ConfigError("config.retrieval: set exactly one of `index` (a build directory) or `url`")
+        if retrieval.index and not (Path(retrieval.index) / MANIFEST).is_file():
+            raise ConfigError(f"config.retrieval.index={retrieval.index!r} holds no {MANIFEST}; expected a directory "
+                              "written by python -m ssp_jax.retrieval.build")
+    if evaluates and data.eval_questions and not Path(data.eval_questions).is_file():
+        raise ConfigError(f"config.data.eval_questions={data.eval_questions!r} is not a file; expected a QA jsonl "
+                          "(question, golden_answers per line)")
+
+
+@contextlib.contextmanager
+def one_line_errors(program: str) -> Iterator[None]:
+    """A config or checkpoint error ends the program with its one-line message alone (exit status
+    1), not a traceback; `--verbosity=1` logs the full chain of the underlying error."""
+    try:
+        yield
+    except (ConfigError, CheckpointError) as e:
+        logging.debug("%s failed", program, exc_info=e)
+        raise SystemExit(f"{program}: error: {e}") from None
 
 
 def make_retriever(config: ml_collections.ConfigDict, index_dir: str) -> Retriever:
     """The in-process index at `index_dir`, or the remote service at `config.url`."""
     if bool(config.url) == bool(index_dir):
-        raise ValueError("config.retrieval: set exactly one of `index` (a build directory) or `url`")
+        raise ConfigError("config.retrieval: set exactly one of `index` (a build directory) or `url`")
     if config.url:
         return RemoteRetriever(config.url, timeout=config.timeout_s)
     return load_retriever(index_dir)
@@ -121,14 +207,20 @@ def make_engine(policy: Policy, chat_template: str, engine_cfg: EngineConfig, ro
 
 
 class Trainer:
-    def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
-        self.config, self.workdir = config, workdir
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, *, resume_from: int | None = None):
+        """`resume_from`: the checkpoint step `run` resumes from (see `Checkpointer.resume`); None,
+        the latest intact one."""
+        self.config, self.workdir, self.resume_from = config, workdir, resume_from
         self.selfplay = typed(SelfPlayConfig, config.selfplay, "selfplay", drop=("reader_path",))
         self.rl = typed(RLConfig, config.rl, "rl", drop=("length_buckets",))
         engine_cfg = typed(EngineConfig, config.engine, "engine")
         rollout_cfg = typed(RolloutConfig, config.rollout, "rollout")
         templates = typed(PromptTemplates, config.prompts, "prompts")
         self._check_sizes()
+        check_inputs(config)
+        self.checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.max_to_keep)
+        if resume_from is not None:  # a missing or resized file fails now; other damage when `run` restores
+            self.checkpointer.check_step(resume_from)
         if config.aot_topology:  # before any weight loads: a config that cannot fit its slice stops here
             logging.info("AOT fit check:\n%s", check_fits(config, config.aot_topology).format())
         self.mesh, self.rules = mesh_and_rules(config)
@@ -153,8 +245,8 @@ class Trainer:
         self.eval_items = self._eval_items() if config.train.eval_every or config.train.eval_at_ends else []
         self.pool = QuestionPool(self.selfplay.pool_clear_every)
         self._oracle: list[PoolQuestion] | None = None
-        self.checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.max_to_keep)
         self.metrics = MetricsWriter(workdir)
+        self._resume_metrics: dict[str, float] = {}  # written with the first step after a resume
         self.step = 0
         self._stop_requested = False
 
@@ -179,7 +271,7 @@ class Trainer:
         if data.source == "files":
             return data.answers, self.config.retrieval.index
         if data.source not in DATA_SOURCES:
-            raise ValueError(f"config.data.source={data.source!r}; expected one of {DATA_SOURCES}")
+            raise ConfigError(f"config.data.source={data.source!r}; expected one of {DATA_SOURCES}")
         if data.source == "wiki_offline":
             wiki = typed(WikiOfflineConfig, data.wiki_offline, "data.wiki_offline")
             answers, index = leader_first(lambda: prepare_wiki_offline(self.workdir / "wiki", wiki), "wiki data")
@@ -209,7 +301,7 @@ class Trainer:
                 self.workdir / "warm_start", wiki, self.answers_path, retriever, model.init.to_dict(), warm,
                 sft_config, fmt=fmt, seed=model.seed)
         else:
-            raise ValueError("config.model.warm_start.enabled needs config.data.source='microworld' or 'wiki_offline'")
+            raise ConfigError(WARM_START_SOURCES)
         checkpoint = leader_first(build, "warm start")
         model = model.copy_and_resolve_references()
         with model.unlocked():
@@ -224,7 +316,7 @@ class Trainer:
             world = World(typed(WorldConfig, data.microworld, "data.microworld"))
             items = [QAItem(q.question, q.golden_answers, q.hops) for q in world.heldout_questions(data.eval_split)]
         else:
-            raise ValueError("config.train.eval_every or eval_at_ends is set but config.data.eval_questions is empty")
+            raise ConfigError(EVAL_QUESTIONS)
         return subsample(items, data.eval_limit, self.config.seed)
 
     def _check_sizes(self) -> None:
@@ -233,30 +325,35 @@ class Trainer:
                 "solver": self.selfplay.batch_size * self.selfplay.solver_samples}
         for role, mini in (("proposer", self.rl.proposer_mini_batches), ("solver", self.rl.solver_mini_batches)):
             if rows[role] % mini:
-                raise ValueError(f"config.rl.{role}_mini_batches={mini} does not divide the {rows[role]} {role} "
-                                 "trajectories per step (selfplay.batch_size x solver_samples)")
+                raise ConfigError(f"config.rl.{role}_mini_batches={mini} does not divide the {rows[role]} {role} "
+                                  "trajectories per step (selfplay.batch_size x solver_samples)")
         reader, budget = self.config.reader_engine, self.selfplay.reader_max_prompt_tokens
         if self.selfplay.rag_reader == "read" and (
                 max(reader.prefill_buckets) < budget or reader.max_cache_len < budget + self.selfplay.reader_max_tokens):
-            raise ValueError(f"selfplay.reader_max_prompt_tokens={budget} (+ reader_max_tokens="
-                             f"{self.selfplay.reader_max_tokens}) must fit reader_engine.prefill_buckets="
-                             f"{tuple(reader.prefill_buckets)} and reader_engine.max_cache_len={reader.max_cache_len}")
+            raise ConfigError(f"selfplay.reader_max_prompt_tokens={budget} (+ reader_max_tokens="
+                              f"{self.selfplay.reader_max_tokens}) must fit reader_engine.prefill_buckets="
+                              f"{tuple(reader.prefill_buckets)} and reader_engine.max_cache_len={reader.max_cache_len}")
         buckets = tuple(self.config.rl.length_buckets)
         if not buckets or max(buckets) < self.config.engine.max_cache_len:
-            raise ValueError(f"config.rl.length_buckets={buckets} must reach engine.max_cache_len="
-                             f"{self.config.engine.max_cache_len} (the longest trajectory)")
+            raise ConfigError(f"config.rl.length_buckets={buckets} must reach engine.max_cache_len="
+                              f"{self.config.engine.max_cache_len} (the longest trajectory)")
 
     # -- the loop ---------------------------------------------------------------------------------
 
     def resume(self) -> None:
-        latest = self.checkpointer.latest_step()
-        if latest is None:
+        """Restore the latest intact checkpoint, or step `resume_from`; a damaged newer one is
+        counted in the next step's metrics (`checkpoint/damaged_steps_skipped`)."""
+        resumed = self.checkpointer.resume(abstract_like(self.learner.state()), self.resume_from)
+        if resumed is None:
             return
-        arrays, host = self.checkpointer.restore(latest, abstract_like(self.learner.state()))
-        self.learner.restore(arrays)
-        self.pool = QuestionPool.from_state_dict(host["pool"])
-        self.step = host["step"]
+        self.learner.restore(resumed.arrays)
+        self.pool = QuestionPool.from_state_dict(resumed.host["pool"])
+        self.step = resumed.host["step"]
         logging.info("resumed from %s at step %d", self.checkpointer.directory, self.step)
+        if resumed.damaged:
+            self._resume_metrics["checkpoint/damaged_steps_skipped"] = float(len(resumed.damaged))
+            logging.warning("checkpoint/damaged_steps_skipped=%d: resumed at step %d, not at the damaged step(s) %s",
+                            len(resumed.damaged), self.step, resumed.damaged)
 
     def save(self) -> None:
         self.checkpointer.save(self.step, self.learner.state(), {"step": self.step, "pool": self.pool.state_dict()})
@@ -292,7 +389,8 @@ class Trainer:
         stop = False
         try:
             while self.step < steps and not stop:
-                metrics = self.train_step()
+                metrics = self.train_step() | self._resume_metrics
+                self._resume_metrics = {}
                 self.step += 1
                 stop = any_process(self._stop_requested)  # every process stops after the same step
                 every = self.config.train.eval_every
@@ -424,8 +522,9 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     workdir = Path(_WORKDIR.value or Path("workdir") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
     workdir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, workdir)
-    metrics = trainer.run()
+    with one_line_errors("ssp_jax.train"):
+        trainer = Trainer(config, workdir, resume_from=_RESUME_FROM.value)
+        metrics = trainer.run()
     print(f"finished at step {trainer.step} in {workdir}; last step's metrics:" if metrics else
           f"nothing to do: {workdir} is already at step {trainer.step} of {config.train.steps}")
     for key, value in sorted(metrics.items()):

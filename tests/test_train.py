@@ -4,6 +4,8 @@ after SIGKILL, and start-up errors that name the bad config field."""
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +17,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ssp_jax.checkpoint import CheckpointError
 from ssp_jax.models.hf_import import load_hf_decoder
-from ssp_jax.train import Trainer
+from ssp_jax.train import ConfigError, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "configs"))
@@ -208,3 +211,120 @@ def test_fixed_set_control_names_the_field_when_no_question_is_valid(tmp_path, m
     trainer = Trainer(small_config(**{"selfplay.proposer_mode": "fixed", "selfplay.fixed_set_size": 4}), tmp_path)
     with pytest.raises(RuntimeError, match="made only 0 valid questions in 2 rounds.*fixed_set_size=4"):
         trainer.train_step()
+
+
+LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")  # absl's log prefix
+
+
+def error_lines(stderr: str) -> list[str]:
+    """What the program printed to stderr besides log records (and tqdm's bar)."""
+    return [line for line in stderr.splitlines() if line.strip() and not LOG_LINE.match(line)
+            and not line.startswith("ssp:")]
+
+
+def train_command(workdir: Path, *extra: str) -> list[str]:
+    return ([sys.executable, "-m", "ssp_jax.train", "--config", str(REPO / "configs/tiny.py"),
+             "--workdir", str(workdir)] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()] + list(extra))
+
+
+def test_damaged_latest_checkpoint_falls_back_and_explicit_steps_fail_in_one_line(uninterrupted, tmp_path):
+    """The latest checkpoint (step 3) loses the tail of a data file: asked for explicitly it fails in
+    one line naming the step; by default the run resumes from step 2 with a warning, counts the
+    damaged step, and trains step 3 again as the uninterrupted run did; `resume_from=2` works too."""
+    reference = read_jsonl(uninterrupted[0] / "metrics.jsonl")
+    shutil.copytree(uninterrupted[0], tmp_path, dirs_exist_ok=True)
+    checkpoints = tmp_path / "checkpoints"
+    data = [p for p in (checkpoints / "3" / "arrays").rglob("*") if p.is_file() and p.parent.name == "d"]
+    largest = max(data, key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[:1000])
+
+    failed = subprocess.run(train_command(tmp_path, "--resume_from=3"), cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    [line] = error_lines(failed.stderr)  # one line, naming the step, the file and the steps there are
+    assert line.startswith(f"ssp_jax.train: error: checkpoint step 3 in {checkpoints}/3 is damaged: file "
+                           f"{largest.relative_to(checkpoints / '3')} has 1000 bytes, ")
+    assert line.endswith("were saved; steps there: 1, 2, 3")
+    assert not (tmp_path / "checkpoints" / "3.damaged").exists()  # an explicit step never falls back
+
+    resumed = subprocess.run(train_command(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "RESUMING FROM AN EARLIER CHECKPOINT: step 2" in resumed.stderr
+    assert f"checkpoint step 3 in {checkpoints}/3 is damaged: file " in resumed.stderr
+    assert (checkpoints / "3.damaged").is_dir() and (checkpoints / "3" / "commit_success.txt").is_file()
+    last = read_jsonl(tmp_path / "metrics.jsonl")[-1]
+    assert last["step"] == 3 and last.pop("checkpoint/damaged_steps_skipped") == 1.0
+    assert stable(last) == pytest.approx(stable(reference[-1]), rel=1e-5, abs=1e-6)
+
+    trainer = Trainer(small_config(), tmp_path, resume_from=2)
+    metrics = trainer.run()
+    assert trainer.step == 3 and (checkpoints / "3.superseded").is_dir()
+    assert "checkpoint/damaged_steps_skipped" not in metrics
+    assert stable(read_jsonl(tmp_path / "metrics.jsonl")[-1]) == pytest.approx(stable(reference[-1]), rel=1e-5,
+                                                                               abs=1e-6)
+
+
+EXPENSIVE = ("check_fits", "prepare_microworld", "prepare_wiki_offline", "load_answers", "load_policy", "load_frozen",
+             "warm_start_checkpoint", "wiki_warm_start_checkpoint")
+
+
+@pytest.fixture
+def no_expensive_work(monkeypatch):
+    """Each step that builds data or loads weights fails the test if it is reached."""
+    import ssp_jax.train
+
+    def reached(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"{name} ran before the bad config value was reported")
+        return fail
+
+    for name in EXPENSIVE:
+        monkeypatch.setattr(ssp_jax.train, name, reached(name))
+
+
+HF_EXPECTED = ("expected a Hugging Face model directory holding config.json, model.safetensors "
+               "(or model.safetensors.index.json and its shards), tokenizer.json")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model.hf_path": "{tmp}/missing"}, "config.model.hf_path='{tmp}/missing' is not a directory; " + HF_EXPECTED),
+    ({"model.hf_path": "{tmp}"}, "config.model.hf_path='{tmp}' lacks config.json, model.safetensors (or "
+     "model.safetensors.index.json), tokenizer.json (or set config.model.tokenizer_path); " + HF_EXPECTED),
+    ({"model.tokenizer_path": "{tmp}/missing"},
+     "config.model.tokenizer_path='{tmp}/missing' is neither a tokenizer.json file nor a directory holding one"),
+    ({"selfplay.reader_path": "{tmp}/missing"}, "config.selfplay.reader_path='{tmp}/missing' is not a directory; "
+     + HF_EXPECTED),
+    ({"data.source": "files", "data.answers": "{tmp}/missing.jsonl", "retrieval.index": "{tmp}", "train.eval_every": 0},
+     "config.data.answers='{tmp}/missing.jsonl' is not a file; data.source='files' needs the answer-list jsonl"),
+    ({"data.source": "files", "data.answers": "{tmp}/answers.jsonl", "retrieval.index": "{tmp}", "train.eval_every": 0},
+     "config.retrieval.index='{tmp}' holds no retriever.json; expected a directory written by "
+     "python -m ssp_jax.retrieval.build"),
+    ({"data.eval_questions": "{tmp}/missing.jsonl"},
+     "config.data.eval_questions='{tmp}/missing.jsonl' is not a file; expected a QA jsonl (question, golden_answers "
+     "per line)"),
+], ids=["hf_path_missing", "hf_path_incomplete", "tokenizer_path", "reader_path", "answers", "retrieval_index",
+        "eval_questions"])
+def test_bad_paths_fail_before_any_data_is_built_or_weight_loaded(tmp_path, no_expensive_work, overrides, message):
+    (tmp_path / "answers.jsonl").write_text("")
+    config = small_config()
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        config[section][field] = value.format(tmp=tmp_path) if isinstance(value, str) else value
+    with pytest.raises(ConfigError) as error:
+        Trainer(config, tmp_path / "run")
+    assert str(error.value) == message.format(tmp=tmp_path)
+
+
+def test_missing_resume_from_step_fails_before_any_data_is_built(tmp_path, no_expensive_work):
+    with pytest.raises(CheckpointError, match=r"checkpoint step 4 not found in .*/checkpoints; steps there: none$"):
+        Trainer(small_config(), tmp_path, resume_from=4)
+
+
+def test_bad_hf_path_stops_the_cli_in_one_line_before_the_micro_world(tmp_path):
+    missing = tmp_path / "missing"
+    result = subprocess.run(train_command(tmp_path / "run", f"--config.model.hf_path={missing}"), cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert error_lines(result.stderr) == [
+        f"ssp_jax.train: error: config.model.hf_path='{missing}' is not a directory; {HF_EXPECTED}"]
+    assert (tmp_path / "run").is_dir() and not (tmp_path / "run" / "microworld").exists()  # nothing was built
