@@ -13,7 +13,7 @@ embeddings instead of encoding again; both build times are reported. Two query s
   filmmaker?"), a hit being a passage that contains the answer title (DPR's has-answer rule).
 
 Usage (from the repo root; about 10 minutes on 2 cores, most of it encoding the corpus once):
-    python -m benchmarks.retrieval_recall [--workdir /tmp/recall] [--queries 2000] [--words 0]
+    python -m benchmarks.retrieval_recall [--workdir /tmp/recall] [--queries 4000] [--words 0]
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ def recall(hits: list[np.ndarray]) -> dict[int, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="/tmp/ssp_recall")
-    p.add_argument("--queries", type=int, default=2000, help="queries per set (seeded samples)")
+    p.add_argument("--queries", type=int, default=4000, help="queries per set (seeded samples)")
     p.add_argument("--words", type=int, default=0, help="passage window in words; 0: one passage per paragraph")
+    p.add_argument("--widths", type=int, nargs="*", default=[16, 24, 32, 48, 64, 100],
+                   help="ScaNN leaves searched, for the recall@10 sweep on the passage windows")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     work = Path(args.workdir)
@@ -97,9 +99,14 @@ def main() -> int:
         return np.array([i >= 0 and cloze[query][1].lower() in contents[i].lower() for i in ids])
 
     table: dict[str, dict[str, dict[int, float]]] = {}
+    sweep: dict[int, float] = {}
     for set_name, queries, hit in (("passage windows", windows[0], hits_window),
                                    ("cloze questions", [q for q, _ in cloze], hits_cloze)):
         vectors = exact.encoder.encode_queries(queries)  # [q, d]
+        if set_name == "passage windows":  # recall@10 against the searched leaves, on unseen queries
+            for width in sorted({*args.widths, scann.config.leaves_to_search, size_only}):
+                found = scann.search(vectors, 10, leaves_to_search=min(width, scann.config.num_leaves))[1]
+                sweep[width] = recall([hit(list(r), i) for i, r in enumerate(found)])[10]
         for name, search in vector_indexes.items():
             found = search(vectors)
             table.setdefault(name, {})[set_name] = recall([hit(list(r), i) for i, r in enumerate(found)])
@@ -114,6 +121,9 @@ def main() -> int:
              "|---|" + "---|" * (len(sets) * len(KS))]
     lines += [f"| {name} | " + " | ".join(f"{r[s][k]:.3f}" for s in sets for k in KS) + " |"
               for name, r in table.items()]
+    lines += ["", "ScaNN recall@10 on the passage windows by leaves searched: "
+              + ", ".join(f"{w}: {r:.3f}" for w, r in sweep.items())
+              + f" (exact {table['exact']['passage windows'][10]:.3f})"]
     manifest = read_manifest(work / "scann")
     check_report = dict(manifest.scann_recall or {})
     if check_report:

@@ -13,7 +13,7 @@ import transformers
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
-from ssp_jax.models.encoder import TextEncoder, length_buckets, load_hf_encoder, minilm_path
+from ssp_jax.models.encoder import TextEncoder, length_buckets, load_hf_encoder, minilm_path, row_buckets
 from ssp_jax.models.sharding import MeshConfig, make_mesh
 
 _BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -154,14 +154,23 @@ def test_buckets_do_not_recompile(tiny_bert: tuple[torch.nn.Module, Path]) -> No
     e5 = length_buckets(512)  # E5: few compilations, padding at most 1/8 (or 16 tokens) per batch
     assert len(e5) == 24 and e5[-1] == 512
     assert all(0 < hi - lo <= max(16, lo // 8) for lo, hi in zip(e5, e5[1:], strict=False))
+    assert encoder.row_buckets == row_buckets(4) == (1, 4) and row_buckets(64) == (1, 4, 16, 64)
+    assert row_buckets(64, shards=8) == (8, 32, 64)
     word = "capital "
     warm = [word * n for n in (3, 20, 60)]  # token lengths 5, 22, 40 (truncated): one per bucket
     expected = np.concatenate([encoder.encode_passages([text]) for text in warm])  # one call per bucket
-    with CompileCounter() as counter:
+
+    def shapes() -> None:
         for size in (1, 3, 4, 5, 9):
             for n_words in (0, 7, 14, 30, 100):
                 out = encoder.encode_passages([word * ((n_words + i) % 45) for i in range(size)])
                 assert out.shape == (size, 32)
+
+    with CompileCounter() as first:
+        shapes()
+    assert first.count <= len(encoder.row_buckets) * len(encoder.buckets)
+    with CompileCounter() as counter:
+        shapes()
         again = encoder.encode_passages(warm[::-1])[::-1]
     assert counter.count == 0
     np.testing.assert_allclose(again, expected, atol=1e-6)  # batch composition and order do not matter

@@ -156,6 +156,9 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"  # keep-alive: every reply carries Content-Length
+    # The reply goes out as two writes (headers, body); with Nagle's algorithm on, the body waits for
+    # the client's delayed ACK of the headers, about 40 ms on Linux: 44 ms per one-query BM25 request.
+    disable_nagle_algorithm = True
 
     def setup(self) -> None:
         self.timeout = self.server.service.limits.read_timeout  # applied to the socket by super().setup()
