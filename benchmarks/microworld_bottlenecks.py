@@ -35,11 +35,12 @@ from ssp_jax.agent import prompts
 from ssp_jax.agent.rollout import RolloutRequest, RolloutRunner
 from ssp_jax.agent.tags import last_tag
 from ssp_jax.data.answers import answers_for_step
+from ssp_jax.data.gold import QAItem
 from ssp_jax.data.microworld import Question, World, WorldConfig
 from ssp_jax.engine.sampling import GREEDY
 from ssp_jax.retrieval.base import Passage
 from ssp_jax.selfplay.documents import rag_passages
-from ssp_jax.selfplay.evaluate import QAItem, evaluate, summarize
+from ssp_jax.selfplay.evaluate import evaluate, summarize
 from ssp_jax.selfplay.rewards import exact_match, generated_text
 from ssp_jax.selfplay.step import reader_answer
 from ssp_jax.train import Trainer, typed

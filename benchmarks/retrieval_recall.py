@@ -35,8 +35,15 @@ from ssp_jax.retrieval.build import build  # noqa: E402
 from ssp_jax.retrieval.calibrate import RecallCheck, RecallReport, held_out_queries  # noqa: E402
 from ssp_jax.retrieval.embeddings import EmbeddingStore  # noqa: E402
 from ssp_jax.retrieval.exact import ExactIndex  # noqa: E402
-from ssp_jax.retrieval.index import (EMBEDDINGS_DIR, INDEX_DIR, MINILM, DenseRetriever, EncoderSpec,  # noqa: E402
-                                     load_retriever, read_manifest)
+from ssp_jax.retrieval.index import (  # noqa: E402
+    EMBEDDINGS_DIR,
+    INDEX_DIR,
+    MINILM,
+    DenseRetriever,
+    EncoderSpec,
+    load_retriever,
+    read_manifest,
+)
 from ssp_jax.retrieval.scann_index import ScannConfig, ScannIndex  # noqa: E402
 
 KS = (1, 3, 10)
@@ -59,7 +66,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     articles = lead_articles()
-    corpus_file = write_corpus(articles, work / "corpus.jsonl", args.words or max(len(a.text.split()) for a in articles))
+    corpus_file = write_corpus(articles, work / "corpus.jsonl",
+                               args.words or max(len(a.text.split()) for a in articles))
     timings = {}
     for kind, extra in (("exact", {}), ("scann", {"embeddings_from": work / "exact"}), ("bm25", {})):
         if not (work / kind / "retriever.json").is_file():

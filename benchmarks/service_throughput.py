@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shlex
-import statistics
 import sys
 import threading
 import time

@@ -27,7 +27,6 @@ from flax import nnx
 from benchmarks.microworld_bottlenecks import load_config
 from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.data.microworld import World, WorldConfig
-from ssp_jax.data.prepare import prepare_microworld
 from ssp_jax.models import decoder
 from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import decoder_config_from_hf
@@ -36,6 +35,7 @@ from ssp_jax.train import make_retriever, typed
 from ssp_jax.warmstart.build import WarmStartConfig, warm_start_demos
 from ssp_jax.warmstart.demos import DemoFormat
 from ssp_jax.warmstart.sft import SFTConfig, sft
+from ssp_jax.worlds.prepare import prepare_microworld
 
 
 def main() -> None:

@@ -13,8 +13,9 @@ BPE, real Wikipedia passages, the paper's lengths) and checks what a TPU-pod run
 Usage (from the repo root; a new workdir builds the data, index and warm start first):
     python -m benchmarks.wiki_rehearsal --workdir /tmp/rehearsal [--short] [--config.x=y ...]
 
-The table is printed and written to `<workdir>/rehearsal.md`. `--short` is the smaller variant (about 10 minutes; `python -m pytest -m rehearsal` runs it): 1,500
-articles, a shorter warm start, 2 steps. The exit status is 1 when a check fails.
+The table is printed and written to `<workdir>/rehearsal.md`. `--short` is the smaller variant
+(about 10 minutes; `python -m pytest -m rehearsal` runs it): 1,500 articles, a shorter warm start,
+2 steps. The exit status is 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def checks(rows: list[dict[str, Any]]) -> dict[str, bool]:
         return all(test(r.get(key, float("nan"))) for r in rows)
 
     return {
-        "searches in both roles": every("proposer/searches", lambda v: v > 0) and every("solver/searches", lambda v: v > 0),
+        "searches in both roles": every("proposer/searches", lambda v: v > 0)
+                                  and every("solver/searches", lambda v: v > 0),
         "no prompt too long": all(every(f"{role}/finish_prompt_too_long", lambda v: v == 0) for role in ROLES),
         "no generated <information>": all(every(f"{role}/generated_information", lambda v: v == 0)
                                           for role in ROLES[:2]),

@@ -14,10 +14,10 @@ Mesh (64 chips, 95 GB HBM each), chosen as follows:
   ~2.8 GB per chip with slots over data x fsdp and KV heads over tensor).
 
 Checked without a TPU (`python -m ssp_jax.aot --config configs/qwen2_5_7b.py --topology v5p:4x4x4`,
-XLA's per-chip figures): the solver update (1280 x 12288 tokens) needs 72.1 GiB of 95 GiB, mostly
-attention scratch of the 64-row micro-batches; the decode step 10.0 GiB. The behaviour/reference
-log-prob pass over the whole solver batch does NOT fit: it is not micro-batched, and XLA needs
-340 GiB of temporaries for it.
+XLA's per-chip figures, 2026-11-22): the solver update (1280 x 12288 tokens) needs 72.1 GiB of 95 GiB,
+mostly attention scratch of the 64-row micro-batches; the behaviour/reference log-prob pass 19.3 GiB
+(it runs `rl.micro_batch_size` rows at a time; over the whole batch at once it needed 340 GiB); the
+decode step 10.0 GiB. README.md, "Will it fit?", has the table.
 """
 
 from ssp_jax.config import base_config

@@ -1,7 +1,7 @@
-"""Embedded CPU default until the micro-world warm start lands: a tiny random Qwen2-shaped policy
-playing SSP on a generated micro world with a BM25 index. It exercises every part of the loop
-(rollouts, RAG check, rewards, both updates, checkpoints) in about a minute; a random policy
-cannot yet write valid questions, so rewards stay near zero."""
+"""The smallest end-to-end run: a tiny random Qwen2-shaped policy playing SSP on a generated micro
+world with a BM25 index, without a warm start. It exercises every part of the loop (rollouts, RAG
+check, rewards, both updates, checkpoints) in about a minute; a random policy cannot write valid
+questions, so rewards stay near zero. The embedded default that learns is configs/microworld.py."""
 
 from ssp_jax.config import base_config
 

@@ -110,7 +110,8 @@ def byte_level_bpe(ranks: Mapping[bytes, int]) -> tokenizers.models.BPE:
     merges = []
     for token, rank in ranks.items():
         splits = [(token[:i], token[i:]) for i in range(1, len(token))]
-        known = sorted(((a, b) for a, b in splits if a in ranks and b in ranks), key=lambda p: (ranks[p[0]], ranks[p[1]]))
+        known = sorted(((a, b) for a, b in splits if a in ranks and b in ranks),
+                       key=lambda p: (ranks[p[0]], ranks[p[1]]))
         merges.extend((rank, text[a], text[b]) for a, b in known)
     merges.sort(key=lambda m: m[0])
     vocab = {text[token]: rank for token, rank in ranks.items()}

@@ -39,7 +39,8 @@ from jax.sharding import Mesh
 
 from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner
-from ssp_jax.checkpoint import CheckpointError, Checkpointer, abstract_like
+from ssp_jax.checkpoint import Checkpointer, CheckpointError, abstract_like
+from ssp_jax.data.gold import QAItem
 from ssp_jax.data.qa_benchmarks import BENCHMARKS, load_benchmark
 from ssp_jax.distributed import is_leader, leader_value
 from ssp_jax.engine.engine import EngineConfig
@@ -47,11 +48,18 @@ from ssp_jax.models.policy import Policy, load_frozen, load_policy
 from ssp_jax.models.sharding import Rules
 from ssp_jax.retrieval.base import Retriever
 from ssp_jax.retrieval.sharded import ProcessShardedRetriever
-from ssp_jax.selfplay.evaluate import QAItem, QAResult, evaluate, load_qa_jsonl, result_record, subsample, summarize
+from ssp_jax.selfplay.evaluate import QAResult, evaluate, load_qa_jsonl, result_record, subsample, summarize
 from ssp_jax.selfplay.judge import Judge, JudgeConfig
 from ssp_jax.tokenizer import get_chat_template
-from ssp_jax.train import (check_hf_dir, join_cluster, make_engine, make_retriever, mesh_and_rules, one_line_errors,
-                           typed)
+from ssp_jax.train import (
+    check_hf_dir,
+    join_cluster,
+    make_engine,
+    make_retriever,
+    mesh_and_rules,
+    one_line_errors,
+    typed,
+)
 
 Solve = Callable[[list[QAItem]], list[QAResult]]
 

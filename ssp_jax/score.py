@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.policy import load_policy
+from ssp_jax.models.shapes import batch_shards
 from ssp_jax.models.sharding import MeshConfig, make_mesh, shard_batch
 from ssp_jax.tokenizer import get_chat_template
 
@@ -31,10 +32,6 @@ _ANSWER = flags.DEFINE_string("answer", "<think>I need to search.</think><search
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed repetitions after compilation")
 
 
-def _bucket(n: int, multiple: int = 64) -> int:
-    return -(-n // multiple) * multiple
-
-
 def main(argv: list[str]) -> None:
     del argv
     config = _CONFIG.value
@@ -45,8 +42,8 @@ def main(argv: list[str]) -> None:
     prompt = template.render_ids(policy.tokenizer, [{"role": "user", "content": _TEXT.value}])
     ids = prompt + policy.tokenizer.encode(_ANSWER.value)
 
-    # Pad to a bucketed length and a batch that the mesh's batch axes divide.
-    rows, width = mesh.shape["data"] * mesh.shape["fsdp"], _bucket(len(ids))
+    # Pad the length to a multiple of 64 and the rows to the mesh's batch shards.
+    rows, width = batch_shards(mesh, rules), -(-len(ids) // 64) * 64
     tokens = np.zeros((rows, width), np.int32)
     mask = np.zeros((rows, width), np.int32)
     tokens[:, :len(ids)], mask[:, :len(ids)] = ids, 1

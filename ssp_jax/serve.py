@@ -23,6 +23,7 @@ import jax
 import ml_collections
 from absl import app, flags
 from flax import nnx
+from jetstream.core import config_lib, server_lib  # noqa: I001 - after ssp_jax.engine.jetstream's jax shim
 
 from ssp_jax.agent.rollout import RolloutConfig
 from ssp_jax.engine.engine import EngineConfig
@@ -31,7 +32,6 @@ from ssp_jax.engine.sampling import GREEDY, SamplingParams
 from ssp_jax.eval import load_eval_policy
 from ssp_jax.tokenizer import get_chat_template
 from ssp_jax.train import make_engine, mesh_and_rules, typed
-from jetstream.core import config_lib, server_lib  # noqa: I001 - after ssp_jax.engine.jetstream's jax shim
 
 _PORT = flags.DEFINE_integer("port", 9000, "gRPC port")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "sampling temperature; 0 = greedy")

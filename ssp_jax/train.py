@@ -36,16 +36,17 @@ from tqdm.auto import tqdm
 from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner, text_stops
 from ssp_jax.aot import check_fits
-from ssp_jax.checkpoint import CheckpointError, Checkpointer, abstract_like
+from ssp_jax.checkpoint import Checkpointer, CheckpointError, abstract_like
 from ssp_jax.data.answers import answers_for_step, load_answers, with_search_turns
+from ssp_jax.data.gold import QAItem
 from ssp_jax.data.microworld import World, WorldConfig
-from ssp_jax.data.prepare import prepare_microworld, prepare_wiki_offline
 from ssp_jax.data.wiki_offline import WikiOfflineConfig
 from ssp_jax.distributed import any_process, initialize, is_leader, leader_first
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.metrics import MetricsWriter, read_jsonl, read_metrics
 from ssp_jax.models.policy import Policy, load_frozen, load_policy
+from ssp_jax.models.shapes import batch_shards
 from ssp_jax.models.sharding import MeshConfig, Rules, make_mesh
 from ssp_jax.report import summarize_run, write_summary
 from ssp_jax.retrieval.base import Retriever
@@ -56,13 +57,14 @@ from ssp_jax.rl.advantages import get_advantage
 from ssp_jax.rl.batch import RLBatch, pack_batch
 from ssp_jax.rl.config import RLConfig
 from ssp_jax.rl.update import Learner
-from ssp_jax.selfplay.evaluate import QAItem, evaluate, load_qa_jsonl, result_record, subsample, summarize
+from ssp_jax.selfplay.evaluate import evaluate, load_qa_jsonl, result_record, subsample, summarize
 from ssp_jax.selfplay.pool import PoolQuestion, QuestionPool
 from ssp_jax.selfplay.step import GameResult, SelfPlayConfig, SelfPlayGame
 from ssp_jax.tokenizer import TOKENIZER_FILE, get_chat_template
 from ssp_jax.warmstart.build import WarmStartConfig, warm_start_checkpoint, wiki_warm_start_checkpoint
 from ssp_jax.warmstart.demos import DemoFormat
 from ssp_jax.warmstart.sft import SFTConfig
+from ssp_jax.worlds.prepare import prepare_microworld, prepare_wiki_offline
 
 DATA_SOURCES = ("files", "microworld", "wiki_offline")
 FIXED_SET_ROUNDS = 50  # proposer rounds the fixed-set control may spend collecting its questions
@@ -329,7 +331,8 @@ class Trainer:
                                   "trajectories per step (selfplay.batch_size x solver_samples)")
         reader, budget = self.config.reader_engine, self.selfplay.reader_max_prompt_tokens
         if self.selfplay.rag_reader == "read" and (
-                max(reader.prefill_buckets) < budget or reader.max_cache_len < budget + self.selfplay.reader_max_tokens):
+                max(reader.prefill_buckets) < budget
+                or reader.max_cache_len < budget + self.selfplay.reader_max_tokens):
             raise ConfigError(f"selfplay.reader_max_prompt_tokens={budget} (+ reader_max_tokens="
                               f"{self.selfplay.reader_max_tokens}) must fit reader_engine.prefill_buckets="
                               f"{tuple(reader.prefill_buckets)} and reader_engine.max_cache_len={reader.max_cache_len}")
@@ -433,13 +436,15 @@ class Trainer:
         timing = {"time/logprobs": time.perf_counter() - start}
         start = time.perf_counter()
         update = {} if mode != "selfplay" else {
-            f"proposer/{k}": v for k, v in self.learner.update(proposer, mini_batches=self.rl.proposer_mini_batches).items()}
+            f"proposer/{k}": v for k, v in
+            self.learner.update(proposer, mini_batches=self.rl.proposer_mini_batches).items()}
         update |= {f"solver/{k}": v for k, v in
                    self.learner.update(solver, mini_batches=self.rl.solver_mini_batches).items()}
         timing["time/update"] = time.perf_counter() - start
         rollout_s = game.metrics.get("time/proposer_rollout", 0.0) + game.metrics["time/solver_rollout"]
         generated = sum(sum(t.loss_mask) for t in game.proposer + game.solver)
-        metrics = {**game.metrics, **update, **timing, "throughput/rollout_tokens_per_s": generated / max(rollout_s, 1e-9)}
+        metrics = {**game.metrics, **update, **timing,
+                   "throughput/rollout_tokens_per_s": generated / max(rollout_s, 1e-9)}
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
         if bad:
             logging.warning("step %d: non-finite metrics %s", self.step, bad)
@@ -467,7 +472,8 @@ class Trainer:
             if rounds == FIXED_SET_ROUNDS:
                 raise RuntimeError(f"the frozen proposer made only {len(self.pool)} valid questions in {rounds} "
                                    f"rounds; lower selfplay.fixed_set_size={size}")
-            answers = answers_for_step(self.answers, rounds, self.selfplay.batch_size, self.config.data.shuffle_seed + 1)
+            answers = answers_for_step(self.answers, rounds, self.selfplay.batch_size,
+                                       self.config.data.shuffle_seed + 1)
             proposals = self.game.propose(reference, reference, answers,
                                           np.random.default_rng([self.config.seed, rounds, 1]),
                                           seed=FIXED_SET_SEED + rounds)
@@ -493,7 +499,8 @@ class Trainer:
             engine = [[0.0] * len(t.prompt_ids) + t.logprobs for t in trajs] if from_engine else None
             batch = pack_batch([t.tokens for t in trajs], [[0] * len(t.prompt_ids) + t.loss_mask for t in trajs],
                                engine, advantages, self.config.rl.length_buckets,
-                               batch_multiple=mini * math.lcm(self.rl.micro_batch_size or 1, self._batch_shards()))
+                               batch_multiple=mini * math.lcm(self.rl.micro_batch_size or 1,
+                                                              batch_shards(self.mesh, self.rules)))
             batches.append(batch)
         with_logprobs = []
         for batch in batches:  # behaviour log-probs of BOTH roles before either update (SSP.md section 4)
@@ -506,8 +513,6 @@ class Trainer:
         jax.block_until_ready(with_logprobs)  # so time/logprobs is not billed to the update
         return with_logprobs[0], with_logprobs[1]
 
-    def _batch_shards(self) -> int:
-        return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
 
 
 def join_cluster() -> bool:
@@ -520,7 +525,8 @@ def main(argv: list[str]) -> None:
     join_cluster()
     gin.parse_config_files_and_bindings(_GIN_FILES.value, _GIN_BINDINGS.value)
     config = _CONFIG.value
-    workdir = Path(_WORKDIR.value or Path("workdir") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
+    workdir = Path(_WORKDIR.value
+                   or Path("workdir") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
     workdir.mkdir(parents=True, exist_ok=True)
     with one_line_errors("ssp_jax.train"):
         trainer = Trainer(config, workdir, resume_from=_RESUME_FROM.value)

@@ -95,6 +95,7 @@ def test_model_too_big_for_the_slice_is_refused_before_compiling():
     assert time.perf_counter() - start < 60
 
 
+@pytest.mark.slow
 def test_activations_that_cannot_fit_are_refused_naming_the_step():
     # 32 rows of 16k tokens: each device's 8 rows hold [8, 4 heads, 4k, up to 16k] fp32 attention
     # scores per query block, which the update's backward keeps for every block (the forward-only

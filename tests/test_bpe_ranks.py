@@ -12,6 +12,7 @@ from ssp_jax.tokenizer import Tokenizer
 TAGGED = "<think>find it</think>\n<search> who founded Acme </search>\n\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(VOCABULARIES))
 def test_conversion_encodes_real_text_exactly_as_tiktoken(name, real_tokenizer, wiki_sentences):
     """3,000 real sentences (English, Spanish, French) and the SSP tag format: our tokenizer.json
@@ -56,6 +57,7 @@ def test_token_bytes_rebuild_the_decoded_text(qwen_tokenizer, wiki_sentences):
     assert b"".join(table[i] for i in ids) == b"x"  # special tokens are skipped, as decoding skips them
 
 
+@pytest.mark.slow
 def test_saved_directory_loads_without_arguments(tmp_path):
     directory = tokenizer_dir("qwen2.5", tmp_path / "qwen")
     config = json.loads((directory / "tokenizer_config.json").read_text())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ssp_jax.checkpoint import FILE_LIST, CheckpointError, Checkpointer, abstract_like
+from ssp_jax.checkpoint import FILE_LIST, Checkpointer, CheckpointError, abstract_like
 from ssp_jax.models.sharding import MeshConfig, make_mesh
 
 
@@ -22,7 +22,7 @@ def test_round_trip_keeps_values_and_shardings(tmp_path):
     host = {"pool": [{"question": "q", "gold": ["a", "b"]}], "step": 3}
     ckpt = Checkpointer(tmp_path, max_to_keep=2)
     for step in (1, 2, 3):
-        ckpt.save(step, jax.tree.map(lambda x: x + step, arrays), {**host, "step": step})
+        ckpt.save(step, jax.tree.map(lambda x, step=step: x + step, arrays), {**host, "step": step})
     assert ckpt.latest_step() == 3
     restored, restored_host = ckpt.restore(3, abstract_like(arrays))
     np.testing.assert_array_equal(restored["w"], arrays["w"] + 3)
@@ -47,7 +47,7 @@ ARRAYS = {"w": jnp.arange(4096.0), "b": jnp.ones(3)}
 def save_steps(directory, steps=(1, 2)):
     ckpt = Checkpointer(directory)
     for step in steps:
-        ckpt.save(step, jax.tree.map(lambda x: x + step, ARRAYS), {"step": step})
+        ckpt.save(step, jax.tree.map(lambda x, step=step: x + step, ARRAYS), {"step": step})
     ckpt.close()
 
 

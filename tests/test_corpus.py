@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ssp_jax.data.wiki_corpus import parse_line, plan_parts
 from ssp_jax.retrieval.base import Passage
 from ssp_jax.retrieval.corpus import Corpus
+from ssp_jax.retrieval.wiki_corpus import parse_line, plan_parts
 
 # line number (1-based) -> bad line and the start of its reported reason
 BAD = {

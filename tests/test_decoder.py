@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssp_jax.models.decoder import (MIN_BLOCKED_LEN, Decoder, DecoderConfig, KVCache, RopeScaling, attend,
-                                    causal_attend, positions_from_mask)
+from ssp_jax.models.decoder import (
+    MIN_BLOCKED_LEN,
+    Decoder,
+    DecoderConfig,
+    KVCache,
+    RopeScaling,
+    attend,
+    causal_attend,
+    positions_from_mask,
+)
 
 TINY = DecoderConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                      num_kv_heads=2, head_dim=8, qkv_bias=True, qk_norm=True)
@@ -19,6 +27,7 @@ def full_logits(model: Decoder, tokens: np.ndarray) -> np.ndarray:
     return np.asarray(model.logits(hidden))
 
 
+@pytest.mark.slow
 def test_kv_cache_prefill_decode_extend_matches_full_forward():
     """Rows of different lengths: right-padded prefill, 3 single-token steps, then a 4-token extend
     (right-padded to 5 for one row), each row at its own cache offset."""
@@ -52,6 +61,7 @@ def test_kv_cache_prefill_decode_extend_matches_full_forward():
         np.testing.assert_allclose(np.stack(collected[b]), ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seq", [MIN_BLOCKED_LEN, MIN_BLOCKED_LEN + 4, 96])
 def test_blocked_causal_attention_equals_full_attention(seq):
     """Query blocks (taken at 256 tokens; a length not divisible by the block count and a short one
@@ -67,6 +77,7 @@ def test_blocked_causal_attention_equals_full_attention(seq):
     np.testing.assert_allclose(blocked[real], full[real], atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tied", [False, True])
 def test_token_logprobs_chunked_equals_log_softmax(tied):
     cfg = DecoderConfig(**{**TINY.__dict__, "tie_embeddings": tied})
@@ -84,10 +95,12 @@ def test_token_logprobs_chunked_equals_log_softmax(tied):
         np.testing.assert_allclose(logp, ref, atol=1e-5)
         np.testing.assert_allclose(entropy, entropy_ref, atol=1e-5)
     # Gradients flow through the checkpointed chunks identically.
-    grad = lambda c: jax.grad(lambda h: model.token_logprobs(h, targets, chunk=c).sum())(hidden)
+    def grad(c):
+        return jax.grad(lambda h: model.token_logprobs(h, targets, chunk=c).sum())(hidden)
     np.testing.assert_allclose(grad(4), grad(0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_remat_gives_same_loss_and_grads():
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 128, size=(2, 9)), jnp.int32)
     mask = jnp.ones_like(tokens)
@@ -107,6 +120,7 @@ def test_remat_gives_same_loss_and_grads():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), nnx.state(g0), nnx.state(g1))
 
 
+@pytest.mark.slow
 def test_padding_does_not_change_real_token_logits():
     model = Decoder(TINY, rngs=nnx.Rngs(4))
     seq = np.random.default_rng(4).integers(1, 128, size=7).astype(np.int32)

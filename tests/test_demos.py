@@ -13,8 +13,19 @@ from ssp_jax.retrieval.corpus import Corpus
 from ssp_jax.selfplay.filters import check_proposal
 from ssp_jax.selfplay.rewards import generated_text
 from ssp_jax.tokenizer import Tokenizer, get_chat_template, information_block
-from ssp_jax.warmstart.demos import (GOAL, Demo, DemoFormat, build_demos, find_thought, goal_question, passage_demos,
-                                     proposer_demos, quote, reader_demos, solver_demos)
+from ssp_jax.warmstart.demos import (
+    GOAL,
+    Demo,
+    DemoFormat,
+    build_demos,
+    find_thought,
+    goal_question,
+    passage_demos,
+    proposer_demos,
+    quote,
+    reader_demos,
+    solver_demos,
+)
 
 CHAT = get_chat_template("chatml")
 FMT = DemoFormat(CHAT)
@@ -125,6 +136,7 @@ def test_early_answer_only_mix_leaves_one_hop_demos_clean(world: World, tokenize
     assert {d.flaw for d in demos} == {None, "early_answer"}
 
 
+@pytest.mark.slow
 def test_proposer_demo_count_is_capped_by_the_answers_with_a_warning(world: World, tokenizer: Tokenizer,
                                                                      bm25: BM25Retriever, caplog) -> None:
     answers = [a for a in world.answers() if world.example_questions_to(a["entity_id"], a["search_turns"])]
@@ -209,6 +221,7 @@ def test_proposer_chains_give_each_answer_its_own_chains(world: World, tokenizer
     assert len({tuple(d.tokens) for d in three}) > 6  # whose chains differ
 
 
+@pytest.mark.slow
 def test_proposer_search_turns_keep_searched_names_out_of_questions(world: World, tokenizer: Tokenizer,
                                                                     bm25: BM25Retriever) -> None:
     answers = [a for a in world.answers() if world.example_questions_to(a["entity_id"], a["search_turns"])]

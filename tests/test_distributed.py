@@ -138,6 +138,7 @@ def rollouts(out: Path) -> list[dict]:
     return result
 
 
+@pytest.mark.slow
 def test_two_processes_roll_out_like_one_process(tmp_path):
     pair = launch_pair([__file__, "rollouts", str(tmp_path / "rollouts")])
     try:
@@ -168,6 +169,7 @@ def evaluation(out: Path) -> dict:
     return result
 
 
+@pytest.mark.slow
 def test_two_processes_evaluate_like_one_process_and_split_retrieval(tmp_path, monkeypatch):
     monkeypatch.setitem(CHAT_TEMPLATES, "bare", BareTemplate)
     write_benchmarks(tmp_path)
@@ -182,7 +184,8 @@ def test_two_processes_evaluate_like_one_process_and_split_retrieval(tmp_path, m
     searched = [p["searched"] for p in per_process]
     assert min(searched) > 0 and sum(searched) == reference["searched"]  # each searched its share only
     assert json.loads((tmp_path / "multi" / "results.json").read_text()) == reference["table"]
-    assert sorted(p.name for p in (tmp_path / "multi" / "alpha").iterdir()) == ["shard_00000.jsonl", "shard_00001.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "multi" / "alpha").iterdir()) == ["shard_00000.jsonl",
+                                                                                "shard_00001.jsonl"]
 
     (tmp_path / "multi" / "alpha" / "shard_00001.jsonl").unlink()  # resume: only the leader reads the shards
     finish(launch_pair(command))

@@ -139,6 +139,7 @@ def test_minilm_ranks_the_relevant_passage_first(minilm: tuple[TextEncoder, Path
     assert scores.argmax(axis=1).tolist() == [2, 1]
 
 
+@pytest.mark.slow
 def test_minilm_bfloat16_stays_close_to_float32(minilm: tuple[TextEncoder, Path]) -> None:
     encoder, path = minilm
     texts = ["Paris is the capital of France.", "The Nile is a river in Africa. " * 6]
@@ -147,6 +148,7 @@ def test_minilm_bfloat16_stays_close_to_float32(minilm: tuple[TextEncoder, Path]
     assert np.all(np.sum(bf16 * encoder.encode_passages(texts), axis=1) > 0.999)  # cosine similarity
 
 
+@pytest.mark.slow
 def test_buckets_do_not_recompile(tiny_bert: tuple[torch.nn.Module, Path]) -> None:
     _, directory = tiny_bert
     encoder = TextEncoder.load(directory, max_length=40, batch_size=4)
@@ -177,6 +179,7 @@ def test_buckets_do_not_recompile(tiny_bert: tuple[torch.nn.Module, Path]) -> No
     assert encoder.encode_passages([]).shape == (0, 32)
 
 
+@pytest.mark.slow
 def test_sharded_equals_single_device(tiny_bert: tuple[torch.nn.Module, Path]) -> None:
     assert jax.device_count() == 8
     _, directory = tiny_bert

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from conftest import build_hf_model
 from flax import nnx
 
-from conftest import build_hf_model
 from ssp_jax.engine.engine import STOP_BUDGET, STOP_EOS, STOP_SEQUENCE, Engine, EngineConfig
 from ssp_jax.engine.sampling import GREEDY, SamplingParams, sample
 from ssp_jax.engine.stops import StopAutomaton
@@ -49,6 +49,7 @@ def full_forward_logprobs(model, ids: list[int]) -> np.ndarray:
     return np.asarray(model.token_logprobs(hidden[:, :-1], tokens[:, 1:]))[0]
 
 
+@pytest.mark.slow
 def test_greedy_matches_transformers_generate(qwen2):
     reference, model, _ = qwen2
     engine = Engine(model, CONFIG)
@@ -68,6 +69,7 @@ def test_greedy_matches_transformers_generate(qwen2):
     assert ours == out[:, width:].tolist()
 
 
+@pytest.mark.slow
 def test_sampled_logprobs_and_extend_match_full_forward(qwen2):
     """Sample, stop, extend with 'tool' tokens, sample again: every sampled token's log-prob equals
     a full forward of the finished sequence (this exercises prefill, decode and extend paths)."""
@@ -113,6 +115,7 @@ def test_prefix_sharing_and_per_slot_prng(qwen2):
     assert engine.compile_counts["prefill"] == 1  # both prompts fall in the 16-token bucket
 
 
+@pytest.mark.slow
 def test_token_sequence_stops_and_eos(qwen2):
     _, model, _ = qwen2
     probe = Engine(model, CONFIG)
@@ -137,6 +140,7 @@ def test_token_sequence_stops_and_eos(qwen2):
     assert out[0] == greedy[:greedy.index(greedy[3]) + 1] and int(state.stop_reason[0]) == STOP_EOS
 
 
+@pytest.mark.slow
 def test_no_recompilation_after_warmup(qwen2):
     _, model, _ = qwen2
     engine = Engine(model, CONFIG)
@@ -158,6 +162,7 @@ def test_no_recompilation_after_warmup(qwen2):
     assert compiled == {"init": 1, "prefill": 2, "insert": 2, "generate": 1, "extend": 2}
 
 
+@pytest.mark.slow
 def test_sharded_engine_matches_single_device(qwen2):
     _, model, path = qwen2
     mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
@@ -175,6 +180,7 @@ def test_sharded_engine_matches_single_device(qwen2):
     assert results[0] == results[1]
 
 
+@pytest.mark.slow
 def test_remat_policy_generates_like_plain(qwen2):
     """Training configs rematerialise layers (model.remat); the same module must still decode."""
     _, model, path = qwen2
@@ -188,6 +194,7 @@ def test_remat_policy_generates_like_plain(qwen2):
     assert results[0] == results[1] and len(results[0][0]) == 8
 
 
+@pytest.mark.slow
 def test_sample_filters_by_hand():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4))
     keys = jax.random.split(jax.random.key(0), 4)

@@ -4,21 +4,22 @@ checkpoint, matching a direct `evaluate` call; resumed runs recompute only missi
 import json
 
 import pytest
-from flax import nnx
-
 import search_world as world
+from flax import nnx
+from test_evaluate import BareTemplate, chain_end
+
 from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner
 from ssp_jax.checkpoint import Checkpointer
 from ssp_jax.config import base_config
+from ssp_jax.data.gold import QAItem
 from ssp_jax.engine.engine import EngineConfig
 from ssp_jax.eval import evaluate_benchmarks, run_eval
 from ssp_jax.models.policy import Policy
 from ssp_jax.models.sharding import DEFAULT_RULES
-from ssp_jax.selfplay.evaluate import QAItem, QAResult, evaluate, load_qa_jsonl, subsample, summarize
+from ssp_jax.selfplay.evaluate import QAResult, evaluate, load_qa_jsonl, subsample, summarize
 from ssp_jax.tokenizer import CHAT_TEMPLATES
 from ssp_jax.train import make_engine
-from test_evaluate import BareTemplate, chain_end
 
 LIMIT, SHARD = 4, 2
 
@@ -64,6 +65,7 @@ def direct_results(config, items):
     return evaluate(runner, tokenizer, BareTemplate(), nnx.state(model, nnx.Param), items, templates)
 
 
+@pytest.mark.slow
 def test_table_matches_direct_evaluate_and_resume_redoes_one_shard(tmp_path):
     config, specs = tiny_config(), write_benchmarks(tmp_path)
     out = tmp_path / "out"
@@ -102,6 +104,7 @@ def test_table_matches_direct_evaluate_and_resume_redoes_one_shard(tmp_path):
         run_eval(config, world.ASSET, list(specs.values()), out, limit=LIMIT + 1, shard_size=SHARD)
 
 
+@pytest.mark.slow
 def test_orbax_checkpoint_gives_the_same_table_as_hf(tmp_path):
     """A training run's orbax policy, loaded into the config's (random-init) model shape."""
     config, specs = tiny_config(), write_benchmarks(tmp_path)

@@ -3,13 +3,14 @@
 import json
 
 import pytest
+import search_world as world
 from flax import nnx
 
-import search_world as world
 from ssp_jax.agent.prompts import DEFAULT_TEMPLATES, PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner, text_stops
+from ssp_jax.data.gold import QAItem
 from ssp_jax.engine.engine import Engine, EngineConfig
-from ssp_jax.selfplay.evaluate import QAItem, QAResult, evaluate, load_qa_jsonl, summarize
+from ssp_jax.selfplay.evaluate import QAResult, evaluate, load_qa_jsonl, summarize
 from ssp_jax.tokenizer import ChatTemplate
 
 
@@ -39,6 +40,7 @@ def test_load_qa_jsonl_and_errors(tmp_path):
         load_qa_jsonl(path)
 
 
+@pytest.mark.slow
 def test_greedy_evaluation_with_the_tiny_searcher():
     model, tokenizer = world.trained_searcher()
     config = RolloutConfig(topk=1, retrieval_backoff_s=0.0)

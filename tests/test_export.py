@@ -5,9 +5,9 @@ import json
 
 import jax
 import numpy as np
+import search_world as world
 from flax import nnx
 
-import search_world as world
 from ssp_jax.checkpoint import Checkpointer
 from ssp_jax.config import base_config
 from ssp_jax.export import export_policy

@@ -2,8 +2,16 @@
 
 import pytest
 
-from ssp_jax.selfplay.filters import (FAILURES, LEAKS_ANSWER, NO_QUESTION, REPEATED_QUERY, TOO_FEW_SEARCHES,
-                                      TOO_SHORT, ProposalCheck, check_proposal)
+from ssp_jax.selfplay.filters import (
+    FAILURES,
+    LEAKS_ANSWER,
+    NO_QUESTION,
+    REPEATED_QUERY,
+    TOO_FEW_SEARCHES,
+    TOO_SHORT,
+    ProposalCheck,
+    check_proposal,
+)
 
 QUESTION = "Which engineer founded the company that built the longest bridge in Vantor?"  # 12 words
 QUERIES = ["longest bridge Vantor", "Acme founder"]

@@ -34,7 +34,8 @@ def test_shape_mismatch_names_file_and_tensor(hf_checkpoint):
     _, path = hf_checkpoint("llama")
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, "intermediate_size": 128}))
-    with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'model\.layers\.0\.mlp\.(gate|up|down)_proj\.weight' "
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor "
+                                         r"'model\.layers\.0\.mlp\.(gate|up|down)_proj\.weight' "
                                          r"has shape \(\d+, \d+\); config\.json implies"):
         load_hf_decoder(path)
 

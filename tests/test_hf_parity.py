@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
 from conftest import padded_batch
+
 from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import export_hf_decoder, load_hf_decoder
 
@@ -32,6 +32,7 @@ def max_diff_on_real_tokens(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> f
     return float(np.abs(a - b)[mask.astype(bool)].max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,tied", FAMILY_CASES)
 def test_logit_parity(hf_checkpoint, family, tied):
     torch_model, path = hf_checkpoint(family, tied)
@@ -73,6 +74,7 @@ def test_sharded_checkpoint_and_export_round_trip(hf_checkpoint, tmp_path, famil
     assert max_diff_on_real_tokens(jax_logits(model, tokens, mask, positions), ref, mask) <= 1e-4
 
 
+@pytest.mark.slow
 def test_bf16_compute_close_to_fp32(hf_checkpoint):
     _, path = hf_checkpoint("qwen2")
     fp32, _ = load_hf_decoder(path)

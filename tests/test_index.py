@@ -69,6 +69,7 @@ def test_exact_sharded_equals_single_device(tmp_path: Path) -> None:
     np.testing.assert_allclose(loaded_scores, s1)
 
 
+@pytest.mark.slow
 def test_scann_recall_against_exact(tmp_path: Path) -> None:
     vectors, queries = clustered(20_000, 384, clusters=50, seed=0)
     truth_scores, truth = ExactIndex(vectors).search(queries, 10)
@@ -166,6 +167,7 @@ def test_build_command_resumes_and_serves_minilm(tmp_path: Path) -> None:
     assert load_retriever(tmp_path / "bm25").search(["Fleming penicillin"], 1)[0][0].title == "Penicillin"
 
 
+@pytest.mark.slow
 def test_build_counts_truncated_passages_and_reuses_embeddings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     """A passage over the encoder's max length is counted in the log and the manifest; a second dense
@@ -181,7 +183,8 @@ def test_build_counts_truncated_passages_and_reuses_embeddings(tmp_path: Path, m
     expected = sum(len(tokenizer.encode(f'"{t}"\n{x}').ids) > 20 for t, x in PASSAGES)
     assert 0 < expected < len(PASSAGES)
     assert read_manifest(tmp_path / "exact").truncated_passages == expected
-    assert f"{expected} of {len(PASSAGES)} passages" in caplog.text and "longer than the encoder's 20 tokens" in caplog.text
+    assert f"{expected} of {len(PASSAGES)} passages" in caplog.text and \
+        "longer than the encoder's 20 tokens" in caplog.text
 
     def no_encoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("the corpus was encoded again")
@@ -195,7 +198,8 @@ def test_build_counts_truncated_passages_and_reuses_embeddings(tmp_path: Path, m
     assert manifest.truncated_passages == expected and manifest.scann_recall["met"]
     queries = ["Which tower stands in Paris?", "Who found the first antibiotic?"]
     exact, scann = load_retriever(tmp_path / "exact"), load_retriever(tmp_path / "scann")
-    assert [[p.id for p in h] for h in scann.search(queries, 3)] == [[p.id for p in h] for h in exact.search(queries, 3)]
+    assert [[p.id for p in h] for h in scann.search(queries, 3)] == \
+        [[p.id for p in h] for h in exact.search(queries, 3)]
 
     other = [*common[:4], "--max-length", "24", *common[6:]]  # another encoder setting: not the same embeddings
     with pytest.raises(ValueError, match="--embeddings-from .*exact: its embeddings were made with"):

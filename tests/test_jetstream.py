@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import search_world as world
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,13 +28,13 @@ MAX_NEW = 40
 def reference() -> list[list[int]]:
     """Our engine's greedy tokens per prompt, one slot at a time, EOS dropped (JetStream drops it)."""
     from flax import nnx
+    from test_eval_cli import tiny_config
 
     from ssp_jax.agent.rollout import RolloutConfig
     from ssp_jax.engine.engine import EngineConfig
     from ssp_jax.engine.sampling import GREEDY
     from ssp_jax.models.policy import Policy
     from ssp_jax.train import make_engine, typed
-    from test_eval_cli import tiny_config
 
     config = tiny_config()
     model, tokenizer = world.trained_searcher()
@@ -106,11 +105,12 @@ async def query(port: int) -> list[dict]:
 def main(out: Path) -> None:
     """Serve the tiny searcher (raw text prompts, greedy) and query it; also record what building a
     ScaNN index says in this env, where TensorFlow is importable."""
+    from test_eval_cli import tiny_config
+    from test_evaluate import BareTemplate
+
     from ssp_jax.retrieval.scann_index import ScannIndex
     from ssp_jax.serve import serve
     from ssp_jax.tokenizer import CHAT_TEMPLATES
-    from test_eval_cli import tiny_config
-    from test_evaluate import BareTemplate
 
     try:
         ScannIndex.build(np.ones((4, 2), np.float32))

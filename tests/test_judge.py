@@ -4,12 +4,13 @@ by hand; then `python -m ssp_jax.eval` with a real (tiny) judge model writes the
 import json
 
 import pytest
-
 import search_world as world
-from ssp_jax.eval import markdown_table, results_table, run_eval
-from ssp_jax.selfplay.evaluate import QAItem, QAResult, summarize
-from ssp_jax.selfplay.judge import JudgeConfig, judge_prompt, parse_verdict, with_judge
 from test_eval_cli import LIMIT, SHARD, bare_template, tiny_config, write_benchmarks  # noqa: F401 - fixture
+
+from ssp_jax.data.gold import QAItem
+from ssp_jax.eval import markdown_table, results_table, run_eval
+from ssp_jax.selfplay.evaluate import QAResult, summarize
+from ssp_jax.selfplay.judge import JudgeConfig, judge_prompt, parse_verdict, with_judge
 
 
 @pytest.mark.parametrize("reply, verdict", [
@@ -66,6 +67,7 @@ def test_table_has_a_judge_column_only_when_judged():
     assert "judge" not in plain["mean"] and "judge" not in markdown_table(plain)
 
 
+@pytest.mark.slow
 def test_eval_with_a_judge_model_writes_and_resumes_the_judged_column(tmp_path, caplog):
     """The tiny searcher as its own judge: a real engine pass over every miss. It never replies yes
     or no, so the judged score equals EM, and every record carries it."""

@@ -33,12 +33,14 @@ def test_eval_runs_on_every_worker_from_the_run_checkpoints(tmp_path):
     calls = run_launcher(tmp_path, "eval", "--benchmarks=nq,bamboogle", TPU_NAME="t4", ZONE="z1", WORKDIR="/mnt/w")
     assert calls[-1].startswith("compute tpus tpu-vm ssh t4 --zone=z1 --worker=all --command=")
     assert calls[-1].endswith("python -m ssp_jax.eval --multihost --config configs/qwen2_5_7b.py --checkpoint "
-                              "/mnt/w/checkpoints --data_dir /mnt/data/tfds --out /mnt/w/eval --benchmarks=nq,bamboogle")
+                              "/mnt/w/checkpoints --data_dir /mnt/data/tfds --out /mnt/w/eval "
+                              "--benchmarks=nq,bamboogle")
 
 
 def test_setup_copies_this_checkout_installs_and_syncs_data(tmp_path):
     calls = run_launcher(tmp_path, "setup", TPU_NAME="t3", ZONE="z1", GCS_DATA="gs://bucket/ssp")
-    assert calls[0].startswith("compute tpus tpu-vm scp ") and calls[0].endswith("t3:ssp_jax.tar.gz --zone=z1 --worker=all")
+    assert calls[0].startswith("compute tpus tpu-vm scp ") and \
+        calls[0].endswith("t3:ssp_jax.tar.gz --zone=z1 --worker=all")
     assert "pip install -q -e . -r requirements-tpu.txt" in calls[2]
     assert "gsutil -m -q rsync -r gs://bucket/ssp /mnt/data" in calls[3]
 

@@ -5,17 +5,20 @@ import json
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 REPO = Path(__file__).resolve().parents[1]
 # A few seconds of each phase: tiny warm start, 6 held-out questions, 2 SSP steps.
-SHORT = ["--config.model.sft.steps=3", "--config.model.sft.warmup_steps=1", "--config.model.sft.batch_size=4", "--config.model.warm_start.num_solver=8",
+SHORT = ["--config.model.sft.steps=3", "--config.model.sft.warmup_steps=1", "--config.model.sft.batch_size=4",
+         "--config.model.warm_start.num_solver=8",
          "--config.model.warm_start.num_proposer=4", "--config.model.warm_start.num_reader=4",
          "--config.model.warm_start.passage_repeats=0", "--config.data.eval_limit=6", "--config.train.steps=2",
          "--config.selfplay.batch_size=2", "--config.selfplay.solver_samples=2", "--config.engine.num_slots=8",
          "--config.rollout.max_turns=2"]
 
 
+@pytest.mark.slow
 def test_notebook_runs_the_demo_and_writes_the_summary(tmp_path, monkeypatch):
     workdir = tmp_path / "demo"
     monkeypatch.setenv("SSP_JAX_ROOT", str(REPO))

@@ -16,12 +16,21 @@ from collections.abc import Callable
 
 import pytest
 
-from ssp_jax.agent.tags import (EMPTY, MISSING, OK, UNCLOSED, TagResult, all_tags, count_tags, first_tag,
-                                last_tag, search_query)
+from ssp_jax.agent.tags import (
+    EMPTY,
+    MISSING,
+    OK,
+    UNCLOSED,
+    TagResult,
+    all_tags,
+    count_tags,
+    first_tag,
+    last_tag,
+    search_query,
+)
 from ssp_jax.selfplay.filters import check_proposal
 from ssp_jax.selfplay.judge import parse_verdict
-from ssp_jax.selfplay.rewards import (exact_match, f1_score, generated_text, is_correct, normalize_answer,
-                                      solver_reward)
+from ssp_jax.selfplay.rewards import exact_match, f1_score, generated_text, is_correct, normalize_answer, solver_reward
 from ssp_jax.selfplay.step import reader_answer
 
 TAGS = ("think", "search", "information", "answer", "question")

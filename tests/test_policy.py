@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import padded_batch
 from flax import nnx
 
-from conftest import padded_batch
 from ssp_jax.models.decoder import Decoder, DecoderConfig, RopeScaling
 from ssp_jax.models.hf_import import export_hf_decoder, load_hf_decoder, model_type_of
 from ssp_jax.models.policy import random_checkpoint
@@ -27,6 +27,7 @@ BASE = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_layers=2, 
     dict(qk_norm=True, head_dim=32),
     dict(rope_theta=500000.0, rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 64)),
 ])
+@pytest.mark.slow
 def test_derived_hf_config_loads_in_transformers(tmp_path, switches):
     cfg = DecoderConfig(**{**BASE, **switches})
     model = Decoder(cfg, rngs=nnx.Rngs(0))
@@ -56,6 +57,7 @@ def test_random_checkpoint_is_self_consistent(tmp_path):
         random_checkpoint({**init, "vocab_size": 100}, tmp_path / "small")
 
 
+@pytest.mark.slow
 def test_score_cli_runs_on_the_embedded_default(tmp_path):
     """The README's main job, on 8 fake devices with tensor parallelism."""
     result = subprocess.run(

@@ -4,8 +4,16 @@ import dataclasses
 
 import pytest
 
-from ssp_jax.agent.prompts import (DEFAULT_TEMPLATES, NO_EXAMPLES, PromptTemplates, canonical_answer,
-                                   proposer_prompt, reader_prompt, solver_prompt, template_fields)
+from ssp_jax.agent.prompts import (
+    DEFAULT_TEMPLATES,
+    NO_EXAMPLES,
+    PromptTemplates,
+    canonical_answer,
+    proposer_prompt,
+    reader_prompt,
+    solver_prompt,
+    template_fields,
+)
 from ssp_jax.tokenizer import get_chat_template
 
 EXAMPLES = ["Which river flows through the capital of Eldoria?", "Who designed the tower in Vantor?"]

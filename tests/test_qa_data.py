@@ -10,11 +10,16 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ssp_jax.agent.prompts import NO_EXAMPLES, proposer_prompt
-from ssp_jax.data.answers import (load_answer_list, load_answers, parse_answer, prepare_answer_list, read_answer_file,
-                                  with_search_turns)
+from ssp_jax.data.answers import (
+    load_answer_list,
+    load_answers,
+    parse_answer,
+    prepare_answer_list,
+    read_answer_file,
+    with_search_turns,
+)
+from ssp_jax.data.gold import AnswerRecord, QAItem
 from ssp_jax.data.qa_benchmarks import BENCHMARKS, load_benchmark, parse_question, prepare_benchmark
-from ssp_jax.selfplay.evaluate import QAItem
-from ssp_jax.selfplay.step import AnswerRecord
 
 
 def write_jsonl(path: Path, lines: list[object]) -> Path:
@@ -29,13 +34,17 @@ def write_jsonl(path: Path, lines: list[object]) -> Path:
 def test_parse_question_and_answer() -> None:
     assert parse_question({"id": 7, "question": "Who?", "golden_answers": "Ann", "extra": 1}) == \
         {"id": "7", "question": "Who?", "golden_answers": ["Ann"]}
-    assert parse_question({"id": "a", "question": "Q", "golden_answers": ["X", " ", "Y"]})["golden_answers"] == ["X", "Y"]
+    assert parse_question({"id": "a", "question": "Q", "golden_answers": ["X", " ", "Y"]})["golden_answers"] == \
+        ["X", "Y"]
     for record, reason in [({"question": "Q", "golden_answers": "A"}, "missing field 'id'"),
-                           ({"id": "a", "question": 3, "golden_answers": "A"}, "field 'question' must be a string, got int"),
+                           ({"id": "a", "question": 3, "golden_answers": "A"},
+                            "field 'question' must be a string, got int"),
                            ({"id": "a", "question": "  ", "golden_answers": "A"}, "'question' must be a non-blank"),
-                           ({"id": "a", "question": "Q", "golden_answers": []}, "field 'golden_answers' must be a string or a list"),
+                           ({"id": "a", "question": "Q", "golden_answers": []},
+                            "field 'golden_answers' must be a string or a list"),
                            ({"id": "a", "question": "Q", "golden_answers": [1]}, "field 'golden_answers' must be"),
-                           ({"id": None, "question": "Q", "golden_answers": "A"}, "'id' must be a string or an integer")]:
+                           ({"id": None, "question": "Q", "golden_answers": "A"},
+                            "'id' must be a string or an integer")]:
         with pytest.raises(ValueError, match=reason):
             parse_question(record)
 
@@ -44,7 +53,8 @@ def test_parse_question_and_answer() -> None:
         AnswerRecord(("NYC", "New York"), 3, ("e?",))
     for record, reason in [({"search_turns": 2}, "missing field 'ground_truth'"),
                            ({"ground_truth": ""}, "field 'ground_truth' must be"),
-                           ({"ground_truth": "x", "search_turns": 0}, "'search_turns' must be a positive integer, got 0"),
+                           ({"ground_truth": "x", "search_turns": 0},
+                            "'search_turns' must be a positive integer, got 0"),
                            ({"ground_truth": "x", "search_turns": True}, "'search_turns' must be a positive integer"),
                            ({"ground_truth": "x", "examples": "e"}, "'examples' must be a list of strings")]:
         with pytest.raises(ValueError, match=reason):
@@ -63,7 +73,8 @@ def test_benchmarks_round_trip(tmp_path: Path) -> None:
     for name in ("nq", "hotpotqa"):
         prepare_benchmark(name, manual, data)
 
-    assert load_benchmark("nq", data) == [QAItem("who wrote ünïcode?", ["Ann", "Anne"]), QAItem("where is it?", ["Paris"])]
+    assert load_benchmark("nq", data) == [QAItem("who wrote ünïcode?", ["Ann", "Anne"]),
+                                          QAItem("where is it?", ["Paris"])]
     assert load_benchmark("nq", data, split="dev") == [QAItem("dev q?", ["D"])]
     assert load_benchmark("hotpotqa", data) == [QAItem("two hops?", ["B"])]  # no test split: dev
     with pytest.raises(ValueError, match=r"has splits \['dev'\], not 'test'"):

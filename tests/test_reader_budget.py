@@ -3,14 +3,15 @@ reader's prompt is fitted to its own budget and everything cut or overflowing is
 
 import numpy as np
 import pytest
-
 from test_documents import wiki_blocks
+
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner, text_stops
 from ssp_jax.agent.trajectory import Trajectory
+from ssp_jax.data.gold import AnswerRecord
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.selfplay.filters import ProposalCheck
 from ssp_jax.selfplay.finish import finish_warnings
-from ssp_jax.selfplay.step import AnswerRecord, SelfPlayConfig, SelfPlayGame
+from ssp_jax.selfplay.step import SelfPlayConfig, SelfPlayGame
 from ssp_jax.tokenizer import ChatMLTemplate
 
 QUESTION = "Which composer wrote the symphony that premiered in the city where the treaty was signed in 1815?"
@@ -36,6 +37,7 @@ def rag_check(random_qwen, tokenizer, budget, searches=3):
     return game._rag_check(params, proposals, answers, checks, np.random.default_rng(0))
 
 
+@pytest.mark.slow
 def test_documents_over_the_budget_are_cut_and_counted_never_overflow(random_qwen, qwen_tokenizer):
     """Before: five blocks of 3 searches (~6.5k tokens) overflowed the 4,096 prompt budget, the
     reader finished as "prompt too long" with empty text and nothing recorded why."""
@@ -47,6 +49,7 @@ def test_documents_over_the_budget_are_cut_and_counted_never_overflow(random_qwe
     assert sum(v for k, v in metrics.items() if k.startswith("reader/finish_")) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_prompt_within_the_budget_is_untouched(random_qwen, qwen_tokenizer):
     _, metrics = rag_check(random_qwen, qwen_tokenizer, budget=4096, searches=1)
     assert metrics["reader/cut_prompts"] == metrics["reader/cut_tokens"] == 0

@@ -7,9 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssp_jax.selfplay.rewards import (PROPOSER_REWARD_SHAPES, as_answer_list, exact_match, f1_score,
-                                      generated_text, is_correct, normalize_answer, proposer_reward,
-                                      solver_reward)
+from ssp_jax.data.gold import as_answer_list
+from ssp_jax.selfplay.rewards import (
+    PROPOSER_REWARD_SHAPES,
+    exact_match,
+    f1_score,
+    generated_text,
+    is_correct,
+    normalize_answer,
+    proposer_reward,
+    solver_reward,
+)
 from ssp_jax.selfplay.step import reader_answer
 
 

@@ -14,12 +14,12 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from ssp_jax.models.decoder import Decoder, DecoderConfig
+from ssp_jax.models.decoder import Decoder, DecoderConfig, token_logprobs
 from ssp_jax.models.sharding import MeshConfig, make_mesh
 from ssp_jax.rl.batch import RLBatch, pack_batch
 from ssp_jax.rl.config import RLConfig
 from ssp_jax.rl.losses import get_loss
-from ssp_jax.rl.update import Learner, token_logprobs
+from ssp_jax.rl.update import Learner
 
 TINY = DecoderConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                      num_kv_heads=2, head_dim=8, qkv_bias=True, qk_norm=True)
@@ -95,6 +95,7 @@ def test_update_changes_params_and_reports_finite_metrics(full_batch_run):
     assert learner.step == 1
 
 
+@pytest.mark.slow
 def test_micro_batch_accumulation_equals_full_batch(full_batch_run):
     _, batch, _, expected, full_metrics = full_batch_run
     learner = new_learner(micro_batch_size=ROWS // 4)
@@ -105,6 +106,7 @@ def test_micro_batch_accumulation_equals_full_batch(full_batch_run):
         np.testing.assert_allclose(metrics[key], full_metrics[key], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_micro_batched_logprobs_equal_one_pass(full_batch_run):
     """The reference/behaviour pass runs micro_batch_size rows at a time, on one device or sharded."""
     learner, batch, _, _, _ = full_batch_run
@@ -120,6 +122,7 @@ def test_micro_batched_logprobs_equal_one_pass(full_batch_run):
         new_learner(micro_batch_size=2).logprobs(learner.params, jax.tree.map(lambda x: x[:7], batch))
 
 
+@pytest.mark.slow
 def test_sharded_update_equals_single_device(full_batch_run):
     assert jax.device_count() == 8
     _, batch, _, expected, full_metrics = full_batch_run
@@ -138,6 +141,7 @@ def test_sharded_update_equals_single_device(full_batch_run):
                 mesh=mesh).update(batch)
 
 
+@pytest.mark.slow
 def test_masked_tokens_change_neither_loss_nor_grads():
     batch = make_batch(Learner(Decoder(TINY, rngs=nnx.Rngs(0)), CFG))
     graphdef, params = nnx.split(Decoder(TINY, rngs=nnx.Rngs(0)))
@@ -161,6 +165,7 @@ def test_masked_tokens_change_neither_loss_nor_grads():
     assert abs(float(loss_and_grads(params, prompt_changed)[0]) - float(loss)) > 1e-6
 
 
+@pytest.mark.slow
 def test_state_restore_and_no_recompile_across_updates():
     """Restore makes a second update reproduce the first; masked perturbations change nothing; the
     same padded shape compiles once; mini-batch counts are validated."""
@@ -224,6 +229,7 @@ def test_token_logprobs_are_aligned_with_tokens():
     np.testing.assert_allclose(chunked, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_updates_move_probability_towards_positive_advantages():
     """The sign of learning: a few on-policy updates raise the trained-token log-prob of every
     positive-advantage row and lower it for every negative one; zero-advantage rows stay close."""

@@ -3,18 +3,19 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import search_world as world
 from flax import nnx
 
-import search_world as world
 from ssp_jax.agent import trajectory as tj
 from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRequest, RolloutRunner, text_stops
+from ssp_jax.data.gold import AnswerRecord
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.engine.sampling import GREEDY, SamplingParams
 from ssp_jax.models.decoder import positions_from_mask
 from ssp_jax.retrieval.document_set import DocumentSet
 from ssp_jax.selfplay.filters import ProposalCheck
-from ssp_jax.selfplay.step import AnswerRecord, SelfPlayConfig, SelfPlayGame
+from ssp_jax.selfplay.step import SelfPlayConfig, SelfPlayGame
 from ssp_jax.tokenizer import ChatTemplate, information_block
 
 ENGINE = EngineConfig(num_slots=4, max_cache_len=320, prefill_buckets=(32,), extend_buckets=(64,),
@@ -41,6 +42,7 @@ def requests(tokenizer, keys, **kwargs) -> list[RolloutRequest]:
     return [RolloutRequest(tokenizer.encode(world.prompt_text(k)), meta=k, **kwargs) for k in keys]
 
 
+@pytest.mark.slow
 def test_greedy_rollouts_follow_the_chain_across_turns(searcher):
     model, tokenizer, _ = searcher
     keys = world.KEYS[:12]  # 1-3 hops each; 12 trajectories on 4 slots: slots are recycled
@@ -187,6 +189,7 @@ def test_proposer_temperature_applies_to_the_proposer_only(searcher):
     assert proposed(1) != proposed(2)
 
 
+@pytest.mark.slow
 def test_end_of_turn_is_not_part_of_the_response_text(searcher):
     """With no `</answer>` stop the searcher ends on EOS; the text (which the RAG check's reader
     answer is parsed from) must not carry the special token, or no answer would ever match."""

@@ -234,6 +234,7 @@ def test_client_gives_up_on_closed_port() -> None:
         RemoteRetriever(url, timeout=1.0, retries=2, backoff=0.01).search(["a"], 3)
 
 
+@pytest.mark.slow
 def test_cli_serves_a_built_index_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert build(write_topics(tmp_path / "c.jsonl"), tmp_path / "index", kind="bm25", progress=False)
     port = free_port()

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssp_jax.models.decoder import Decoder, DecoderConfig
-from ssp_jax.rl.update import token_logprobs
+from ssp_jax.models.decoder import Decoder, DecoderConfig, token_logprobs
 from ssp_jax.warmstart.sft import SFTConfig, sft
 
 CFG = DecoderConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
@@ -16,7 +15,7 @@ def data(n: int = 16):
     """Sequences `a, a+1, ..., a+7` (trained) followed by 4 random tokens (masked out)."""
     rng = np.random.default_rng(0)
     sequences, masks = [], []
-    for i in range(n):
+    for _ in range(n):
         start = int(rng.integers(1, 40))
         sequences.append(list(range(start, start + 8)) + list(rng.integers(1, 64, 4)))
         masks.append([0] + [1] * 7 + [0] * 4)
@@ -30,6 +29,7 @@ def masked_nll(model, sequences, masks) -> float:
     return float(-(logp * weights).sum() / weights.sum())
 
 
+@pytest.mark.slow
 def test_sft_learns_the_masked_pattern_deterministically():
     sequences, masks = data()
     config = SFTConfig(steps=80, batch_size=8, lr=1e-2, warmup_steps=5, length_buckets=(16,))
@@ -43,6 +43,7 @@ def test_sft_learns_the_masked_pattern_deterministically():
     assert runs[0] == runs[1]
 
 
+@pytest.mark.slow
 def test_unmasked_tokens_are_not_learned():
     sequences, masks = data()
     model = Decoder(CFG, rngs=nnx.Rngs(0))

@@ -4,14 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import padded_batch
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from conftest import padded_batch
 from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import load_hf_decoder
-from ssp_jax.models.sharding import (DEFAULT_RULES, MeshConfig, logical_to_spec, make_mesh, shard_batch,
-                                     shard_model)
+from ssp_jax.models.sharding import DEFAULT_RULES, MeshConfig, logical_to_spec, make_mesh, shard_batch, shard_model
 
 # What DEFAULT_RULES must produce on a fsdp=4 x tensor=2 mesh.
 EXPECTED_SPECS = {

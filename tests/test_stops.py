@@ -3,8 +3,8 @@ Qwen2.5 and Llama-3 BPE in every context a model writes a tag, and inside the co
 
 import numpy as np
 import pytest
-
 from conftest import QWEN_VOCAB as FULL_VOCAB
+
 from ssp_jax.engine.engine import STOP_BUDGET, STOP_SEQUENCE, Engine, EngineConfig
 from ssp_jax.engine.sampling import GREEDY
 from ssp_jax.engine.stops import NO_STOP, StopAutomaton
@@ -139,6 +139,7 @@ def valid_text(data: bytes) -> str | None:
         return None
 
 
+@pytest.mark.slow
 def test_engine_stops_at_the_token_that_completes_the_text(random_qwen, qwen_tokenizer):
     """A stop string cut from the model's own greedy text across token boundaries, ending one byte
     into a token: the engine must stop exactly at that token, with the right stop index."""
@@ -159,6 +160,7 @@ def test_engine_stops_at_the_token_that_completes_the_text(random_qwen, qwen_tok
     assert tokens == free[:end + 1] and (reason, index) == (STOP_SEQUENCE, 1)
 
 
+@pytest.mark.slow
 def test_prompt_and_extended_text_never_complete_a_stop(random_qwen, qwen_tokenizer):
     """Only sampled tokens advance the automaton: a stop string that would end one byte into the
     first generated token, but starts in the prompt (or in a retrieved `extend` span, e.g. a

@@ -18,6 +18,7 @@ def test_distractor_sweep_expands_to_the_papers_ablation(tmp_path):
     assert [c[-2] for c in commands] == [f"--config.selfplay.num_distractor_blocks={n}" for n in (0, 1, 4, 7)]
 
 
+@pytest.mark.slow
 def test_grid_with_gin_bindings_runs(tmp_path):
     commands = sweep.expand(REPO / "configs/sweeps/rag_gate_and_reward_shape.gin", tmp_path,
                             ["--config.train.steps=0"])

@@ -4,8 +4,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssp_jax.agent.tags import (EMPTY, MISSING, OK, REASONS, UNCLOSED, TagResult, all_tags,
-                                count_tags, first_tag, last_tag, search_query)
+from ssp_jax.agent.tags import (
+    EMPTY,
+    MISSING,
+    OK,
+    REASONS,
+    UNCLOSED,
+    TagResult,
+    all_tags,
+    count_tags,
+    first_tag,
+    last_tag,
+    search_query,
+)
 
 TRAJECTORY = ("<think>I should look this up.</think><search> who built the Vantor bridge </search>\n"
               "<information>\nDoc 1 (Title: Vantor)\nThe bridge <answer>decoy</answer> was built by Ada.\n\n"

@@ -64,7 +64,8 @@ def test_steps_run_with_finite_metrics_and_moving_parameters(uninterrupted):
     for record in records:
         assert all(value is not None and math.isfinite(value) for value in record.values()), record
     for key in ("selfplay/valid_rate", "selfplay/rag_pass_rate", "solver/reward", "proposer/reward",
-                "solver/kl", "solver/entropy", "solver/clip_frac", "solver/grad_norm", "time/update", "time/solver_rollout",
+                "solver/kl", "solver/entropy", "solver/clip_frac", "solver/grad_norm", "time/update",
+                "time/solver_rollout",
                 "eval/em", "eval/f1", "eval/em_3hop"):
         assert key in last
     turns = {a.search_turns for a in trainer.answers}
@@ -79,6 +80,7 @@ def test_steps_run_with_finite_metrics_and_moving_parameters(uninterrupted):
     np.testing.assert_array_equal(np.asarray(reloaded.embed[...]), initial["embed"])
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(uninterrupted, tmp_path):
     reference = read_jsonl(uninterrupted[0] / "metrics.jsonl")
     command = [sys.executable, "-m", "ssp_jax.train", "--config", str(REPO / "configs/tiny.py"),
@@ -113,6 +115,7 @@ def test_bad_config_fails_at_startup_naming_the_field(tmp_path, section, field, 
         Trainer(config, tmp_path)
 
 
+@pytest.mark.slow
 def test_unknown_or_mistyped_override_is_rejected_by_name(tmp_path):
     for flag, message in (("--config.rl.lrr=1e-3", "lrr"), ("--config.rl.lr=fast", "lr")):
         result = subprocess.run([sys.executable, "-m", "ssp_jax.train", "--config", str(REPO / "configs/tiny.py"),
@@ -121,6 +124,7 @@ def test_unknown_or_mistyped_override_is_rejected_by_name(tmp_path):
         assert result.returncode != 0 and message in result.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     command = [sys.executable, "-m", "ssp_jax.train", "--config", str(REPO / "configs/tiny.py"),
                "--workdir", str(tmp_path)] + [f"--config.{k}={v}" for k, v in {**OVERRIDES, "train.steps": 50,
@@ -138,6 +142,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert steps[-1] < 50 and f"finished at step {steps[-1]}" in stdout
 
 
+@pytest.mark.slow
 def test_frozen_reader_checkpoint(uninterrupted, tmp_path):
     reader = uninterrupted[0] / "random_init"  # any HF checkpoint directory
     trainer = Trainer(small_config(**{"selfplay.reader_path": str(reader), "train.steps": 1}), tmp_path)
@@ -146,6 +151,7 @@ def test_frozen_reader_checkpoint(uninterrupted, tmp_path):
     assert math.isfinite(metrics["selfplay/rag_pass_rate"])
 
 
+@pytest.mark.slow
 def test_engine_behaviour_logprobs_match_the_training_forward(tmp_path):
     """`rl.behaviour_logprobs="engine"` saves a forward only because the engine's per-token
     log-probs equal the recomputed ones on every trained token."""
@@ -159,6 +165,7 @@ def test_engine_behaviour_logprobs_match_the_training_forward(tmp_path):
         np.testing.assert_allclose(np.asarray(batch.old_logprobs)[mask], recomputed[mask], atol=2e-4)
 
 
+@pytest.mark.slow
 def test_frozen_proposer_control_updates_the_solver_only(tmp_path):
     trainer = Trainer(small_config(**{"selfplay.proposer_mode": "frozen"}), tmp_path)
     reference = jax.tree.map(np.asarray, nnx.to_pure_dict(trainer.learner.reference_params))
@@ -168,6 +175,7 @@ def test_frozen_proposer_control_updates_the_solver_only(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(after)))
 
 
+@pytest.mark.slow
 def test_fixed_set_control_draws_every_question_from_the_set(tmp_path):
     from ssp_jax.selfplay.pool import PoolQuestion
 
@@ -181,6 +189,7 @@ def test_fixed_set_control_draws_every_question_from_the_set(tmp_path):
     assert trainer.pool.state_dict()["records"] == [{"question": q.question, "gold": list(q.gold)} for q in fixed]
 
 
+@pytest.mark.slow
 def test_oracle_control_gives_the_solver_fresh_generated_questions(tmp_path):
     from ssp_jax.data.microworld import World, WorldConfig
 
@@ -203,6 +212,7 @@ def test_oracle_control_needs_the_micro_world(tmp_path):
         trainer.train_step()
 
 
+@pytest.mark.slow
 def test_fixed_set_control_names_the_field_when_no_question_is_valid(tmp_path, monkeypatch):
     """The random tiny policy never writes a valid question: collecting the set fails clearly."""
     import ssp_jax.train
@@ -227,6 +237,7 @@ def train_command(workdir: Path, *extra: str) -> list[str]:
              "--workdir", str(workdir)] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()] + list(extra))
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_and_explicit_steps_fail_in_one_line(uninterrupted, tmp_path):
     """The latest checkpoint (step 3) loses the tail of a data file: asked for explicitly it fails in
     one line naming the step; by default the run resumes from step 2 with a warning, counts the
@@ -320,6 +331,7 @@ def test_missing_resume_from_step_fails_before_any_data_is_built(tmp_path, no_ex
         Trainer(small_config(), tmp_path, resume_from=4)
 
 
+@pytest.mark.slow
 def test_bad_hf_path_stops_the_cli_in_one_line_before_the_micro_world(tmp_path):
     missing = tmp_path / "missing"
     result = subprocess.run(train_command(tmp_path / "run", f"--config.model.hf_path={missing}"), cwd=REPO,

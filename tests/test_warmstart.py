@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from ssp_jax.data.microworld import World, WorldConfig
-from ssp_jax.data.prepare import prepare_microworld
 from ssp_jax.models.hf_import import load_hf_decoder
 from ssp_jax.retrieval.index import load_retriever
 from ssp_jax.tokenizer import Tokenizer, get_chat_template
@@ -14,6 +13,7 @@ from ssp_jax.train import Trainer
 from ssp_jax.warmstart.build import WarmStartConfig, warm_start_checkpoint
 from ssp_jax.warmstart.demos import DemoFormat
 from ssp_jax.warmstart.sft import SFTConfig
+from ssp_jax.worlds.prepare import prepare_microworld
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "configs"))
@@ -24,6 +24,7 @@ SMALL = dict(enabled=True, num_solver=6, num_proposer=4, num_reader=4, passage_r
 SFT = dict(steps=3, batch_size=4, length_buckets=(2048,), warmup_steps=1)
 
 
+@pytest.mark.slow
 def test_checkpoint_is_built_once_with_the_world_tokenizer(tmp_path):
     world = World(WorldConfig())
     _, index = prepare_microworld(tmp_path / "world", WorldConfig())
@@ -40,6 +41,7 @@ def test_checkpoint_is_built_once_with_the_world_tokenizer(tmp_path):
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # cached, not rebuilt
 
 
+@pytest.mark.slow
 def test_trainer_uses_the_warm_start(tmp_path):
     config = tiny.get_config()
     config.mesh.fsdp = 1

@@ -66,6 +66,7 @@ def test_proposer_demos_pass_the_rule_filter(demos, qwen_tokenizer):
     assert passed >= 0.9 * len(proposers)
 
 
+@pytest.mark.slow
 def test_sft_on_trained_positions_only_is_the_same_loss():
     cfg = DecoderConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                         num_kv_heads=1, head_dim=16)

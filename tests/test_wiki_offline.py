@@ -6,9 +6,19 @@ import json
 import pytest
 
 from ssp_jax.data.answers import load_answers
-from ssp_jax.data.wiki_offline import (Article, Mention, WikiOfflineConfig, answer_records, cloze_question,
-                                       cloze_questions, lead_articles, mentions, passages, sample_articles,
-                                       write_corpus)
+from ssp_jax.data.wiki_offline import (
+    Article,
+    Mention,
+    WikiOfflineConfig,
+    answer_records,
+    cloze_question,
+    cloze_questions,
+    lead_articles,
+    mentions,
+    passages,
+    sample_articles,
+    write_corpus,
+)
 from ssp_jax.retrieval.base import split_search_r1_contents
 
 ARTICLES = [

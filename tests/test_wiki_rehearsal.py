@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.rehearsal
+@pytest.mark.slow
 def test_short_rehearsal_passes_its_checks(tmp_path):
     env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as a user runs it (conftest sets 8 fake ones)
     result = subprocess.run([sys.executable, "-m", "benchmarks.wiki_rehearsal", "--workdir", str(tmp_path), "--short"],

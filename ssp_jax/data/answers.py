@@ -25,9 +25,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ssp_jax.data.builders import prepare_once
+from ssp_jax.data.gold import AnswerRecord, Gold, as_answer_list
 from ssp_jax.data.records import as_str, json_object, required
-from ssp_jax.selfplay.rewards import Gold, as_answer_list
-from ssp_jax.selfplay.step import AnswerRecord
 
 BUILDER_NAME = "ssp_answers"
 EXPECTED = ('jsonl, one {"ground_truth": str | [str], "search_turns": int, "examples": [str]} (or the SSP '

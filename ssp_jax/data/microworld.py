@@ -16,9 +16,19 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ssp_jax.data.microworld_text import (ASK, ATTRIBUTE_CHOICES, BACKREF_TEMPLATES, DETAIL_TEMPLATES,
-                                          FACT_TEMPLATES, INDUSTRIES, INTRO_TEMPLATES, PHRASE, QUESTION_STYLES,
-                                          join_names, make_stems)
+from ssp_jax.data.microworld_text import (
+    ASK,
+    ATTRIBUTE_CHOICES,
+    BACKREF_TEMPLATES,
+    DETAIL_TEMPLATES,
+    FACT_TEMPLATES,
+    INDUSTRIES,
+    INTRO_TEMPLATES,
+    PHRASE,
+    QUESTION_STYLES,
+    join_names,
+    make_stems,
+)
 
 KINDS = ("country", "city", "person", "company", "university", "river")
 # relation -> (subject kind, object kind); each subject has at most one object.
@@ -162,7 +172,7 @@ class World:
         industries = {c: rng.choice(INDUSTRIES) for c in ids["company"]}
         attributes = self._attributes(rng, ids, industries, lengths)
         entities = []
-        for kind, entity_id, syllables in zip(kinds, (i for kind in KINDS for i in ids[kind]), stems):
+        for kind, entity_id, syllables in zip(kinds, (i for k in KINDS for i in ids[k]), stems):
             stem = "".join(syllables).capitalize()
             suffix = industries[entity_id][1] if kind == "company" else ""
             name = _NAME_FORMS.get(kind, "{stem}").format(stem=stem, suffix=suffix)

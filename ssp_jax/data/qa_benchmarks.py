@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 import tensorflow_datasets as tfds
 
 from ssp_jax.data.answers import answers_field
+from ssp_jax.data.gold import QAItem
 from ssp_jax.data.records import as_str, json_object, text_field
-from ssp_jax.selfplay.evaluate import QAItem
 
 BUILDER_NAME = "ssp_qa"
 BENCHMARKS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")

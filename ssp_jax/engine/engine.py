@@ -3,8 +3,9 @@
 Contract (JetStream): `prefill(params, tokens, true_length) -> Prefix`, `insert(prefix, state, slot)`,
 `generate(params, state) -> (state, StepOutput)`, a fixed number of slots and a preallocated KV
 cache. Additions: the log-prob of every sampled token, per-slot sampling and PRNG, stop strings
-matched on decoded text whatever the tokenization (`stops.py`) and budgets, `extend` (append tool output to live slots in one prefill-like call), and
-prefix sharing (one `Prefix` inserted into many slots).
+matched on decoded text whatever the tokenization (`stops.py`) and budgets, `extend` (append tool
+output to live slots in one prefill-like call), and prefix sharing (one `Prefix` inserted into
+many slots).
 
 The "pending token" invariant keeps all three calls uniform: a slot's cache holds every token but
 the last one, which waits in `state.tokens`. `generate` feeds it and samples the next; `prefill`
@@ -31,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ssp_jax.engine.sampling import SamplingParams, sample
 from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.models.decoder import Decoder, KVCache
+from ssp_jax.models.shapes import bucket_for
 from ssp_jax.models.sharding import DEFAULT_RULES, Rules, logical_to_spec
 
 # Why a slot stopped (DecodeState.stop_reason).
@@ -134,10 +136,10 @@ class Engine:
         return self._init()
 
     def prefill_bucket(self, length: int) -> int:
-        return _bucket(length, self.config.prefill_buckets, "prompt")
+        return bucket_for(length, self.config.prefill_buckets, "prompt")
 
     def extend_bucket(self, length: int) -> int:
-        return _bucket(length, self.config.extend_buckets, "tool output")
+        return bucket_for(length, self.config.extend_buckets, "tool output")
 
     def prefill(self, params: nnx.State, tokens: Sequence[int]) -> Prefix:
         """Run a prompt (>= 1 token) once; insert the result into as many slots as share it."""
@@ -174,7 +176,8 @@ class Engine:
             for j, i in enumerate(chunk):
                 if not spans[i]:
                     raise ValueError(f"extend span for slot {slots[i]} is empty")
-                ids[j, :len(spans[i])], lengths[j], rows[j], row_budgets[j] = spans[i], len(spans[i]), slots[i], budgets[i]
+                ids[j, :len(spans[i])], lengths[j], rows[j], row_budgets[j] = (
+                    spans[i], len(spans[i]), slots[i], budgets[i])
             state = self._extend(params, state, jnp.asarray(rows), jnp.asarray(ids), jnp.asarray(lengths),
                                  jnp.asarray(row_budgets))
         return state
@@ -333,13 +336,6 @@ class Engine:
         rest = {f.name: per_slot(getattr(abstract, f.name)) for f in dataclasses.fields(DecodeState)
                 if f.name != "cache"}
         return DecodeState(cache=cache, **rest)
-
-
-def _bucket(length: int, buckets: Sequence[int], what: str) -> int:
-    for bucket in buckets:
-        if length <= bucket:
-            return bucket
-    raise ValueError(f"{what} of {length} tokens exceeds the largest bucket {buckets[-1]}")
 
 
 def _sampling_arrays(sampling: SamplingParams) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -14,8 +14,8 @@ the vocabulary, so nothing recompiles per request.
 from __future__ import annotations
 
 import collections
-import itertools
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 import numpy as np

@@ -376,3 +376,17 @@ def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
     """Position ids for a left- or right-padded batch: 0 at each row's first real token."""
     mask = attention_mask.astype(jnp.int32)
     return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+
+
+def token_logprobs(model: Decoder, tokens: jax.Array, attention_mask: jax.Array, chunk: int = 0,
+                   with_entropy: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """log p(tokens[t] | tokens[:t]) [B, T] in fp32, aligned with tokens; 0 at t = 0 and padding.
+    With `with_entropy`, also the entropy [B, T] of the distribution token t was drawn from.
+
+    Scores next tokens at all T positions (so `chunk` divides a power-of-two bucket) and shifts.
+    """
+    hidden, _ = model(tokens, positions_from_mask(attention_mask), attention_mask)  # [B, T, E]
+    nxt, entropy = model.token_logprobs(hidden, jnp.roll(tokens, -1, axis=1), chunk=chunk,
+                                        with_entropy=True)  # [B, T] each: about token t+1
+    align = lambda x: jnp.where(attention_mask > 0, jnp.pad(x[:, :-1], ((0, 0), (1, 0))), 0.0)  # noqa: E731
+    return (align(nxt), align(entropy)) if with_entropy else align(nxt)

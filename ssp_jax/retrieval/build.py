@@ -31,15 +31,23 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ssp_jax.data.wiki_corpus import PART_BYTES
 from ssp_jax.models.encoder import TextEncoder
 from ssp_jax.retrieval.bm25 import BM25Retriever
 from ssp_jax.retrieval.calibrate import RecallCheck, calibrate_width
 from ssp_jax.retrieval.corpus import Corpus
 from ssp_jax.retrieval.embeddings import EmbeddingStore
-from ssp_jax.retrieval.index import (CORPUS_DIR, EMBEDDINGS_DIR, INDEX_DIR, KINDS, MINILM, EncoderSpec, Manifest,
-                                     write_manifest)
+from ssp_jax.retrieval.index import (
+    CORPUS_DIR,
+    EMBEDDINGS_DIR,
+    INDEX_DIR,
+    KINDS,
+    MINILM,
+    EncoderSpec,
+    Manifest,
+    write_manifest,
+)
 from ssp_jax.retrieval.scann_index import ScannConfig, ScannIndex
+from ssp_jax.retrieval.wiki_corpus import PART_BYTES
 
 CHUNK_ROWS = 65536
 
@@ -177,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-chunks", type=int, help="encode at most this many chunks in this run, then stop")
     p.add_argument("--part-bytes", type=int, default=PART_BYTES, help="jsonl bytes per TFDS split")
     p.add_argument("--num-leaves", type=int, help="ScaNN tree leaves (default ~sqrt(n))")
-    p.add_argument("--leaves-to-search", type=int, help="ScaNN leaves searched per query (default: the fewest that pass the recall check)")
+    p.add_argument("--leaves-to-search", type=int,
+                   help="ScaNN leaves searched per query (default: the fewest that pass the recall check)")
     p.add_argument("--reorder", type=int, default=ScannConfig.reorder, help="ScaNN candidates rescored exactly")
     p.add_argument("--recall-sample", type=int, default=RecallCheck.sample,
                    help="held-out queries that calibrate ScaNN's search width (0: keep the size-based default)")

@@ -16,8 +16,8 @@ import numpy as np
 
 from ssp_jax.data.builders import prepare_once
 from ssp_jax.data.records import as_str
-from ssp_jax.data.wiki_corpus import PART_BYTES, CorpusReport, SearchR1Corpus
 from ssp_jax.retrieval.base import Passage
+from ssp_jax.retrieval.wiki_corpus import PART_BYTES, CorpusReport, SearchR1Corpus
 
 
 class Corpus:

@@ -19,8 +19,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssp_jax.models.sharding import MESH_AXES, MeshConfig, make_mesh
-from ssp_jax.retrieval.embeddings import EmbeddingStore
 from ssp_jax.retrieval.base import check_vector_query
+from ssp_jax.retrieval.embeddings import EmbeddingStore
 
 DEFAULT_CHUNK = 16384
 _SAVE_CHUNK = 1 << 16

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from ssp_jax.models.shapes import bucket_for
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
@@ -23,14 +25,6 @@ class RLBatch:
     old_logprobs: jax.Array  # [B, T] float32: behaviour policy log p(token t)
     ref_logprobs: jax.Array  # [B, T] float32: frozen reference policy log p(token t)
     advantages: jax.Array  # [B] float32: one per sequence
-
-
-def bucket_for(length: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= length; an error names the largest bucket if none fits."""
-    for bucket in sorted(buckets):
-        if length <= bucket:
-            return bucket
-    raise ValueError(f"sequence of {length} tokens exceeds the largest length bucket {max(buckets)}")
 
 
 def pack_batch(sequences: Sequence[Sequence[int]], loss_masks: Sequence[Sequence[float]],

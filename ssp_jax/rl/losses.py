@@ -12,16 +12,32 @@ not carry; it is not reported here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 
-from ssp_jax.rl.batch import RLBatch
 from ssp_jax.registry import Registry
+from ssp_jax.rl.batch import RLBatch
 
-if TYPE_CHECKING:
-    from ssp_jax.rl.config import RLConfig
+
+class LossParams(Protocol):
+    """What a loss reads from its config, and nothing more (`RLConfig` provides it): the loss does
+    not see the optimizer or the schedule."""
+
+    @property
+    def eps_low(self) -> float: ...
+    @property
+    def eps_high(self) -> float: ...
+    @property
+    def dual_clip(self) -> float: ...
+    @property
+    def log_ratio_clamp(self) -> float: ...
+    @property
+    def kl_coef(self) -> float: ...
+    @property
+    def kl_clamp(self) -> float: ...
+
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 LOSSES: Registry[LossFn] = Registry("loss")
@@ -47,7 +63,7 @@ def k3_kl(logp: jax.Array, ref_logp: jax.Array, log_clamp: float, kl_clamp: floa
 
 
 @LOSSES.register("ppo_clip")
-def ppo_clip(logp: jax.Array, batch: RLBatch, cfg: RLConfig,
+def ppo_clip(logp: jax.Array, batch: RLBatch, cfg: LossParams,
              num_tokens: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """PPO-clip with asymmetric clip, dual clip for A < 0, plus `kl_coef` * k3 KL to the reference.
 

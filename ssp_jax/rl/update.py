@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 from typing import Any
 
 import jax
@@ -25,7 +24,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from ssp_jax.models.decoder import Decoder, positions_from_mask
+from ssp_jax.models.decoder import Decoder, token_logprobs
+from ssp_jax.models.shapes import batch_shards
 from ssp_jax.models.sharding import DEFAULT_RULES, Rules, logical_to_spec, shard_batch, state_shardings
 from ssp_jax.rl.batch import RLBatch
 from ssp_jax.rl.config import RLConfig
@@ -48,20 +48,6 @@ def make_optimizer(cfg: RLConfig) -> optax.GradientTransformation:
         optax.clip_by_global_norm(cfg.max_grad_norm),
         optax.adamw(learning_rate(cfg), b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
                     weight_decay=cfg.weight_decay))
-
-
-def token_logprobs(model: Decoder, tokens: jax.Array, attention_mask: jax.Array, chunk: int = 0,
-                   with_entropy: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """log p(tokens[t] | tokens[:t]) [B, T] in fp32, aligned with tokens; 0 at t = 0 and padding.
-    With `with_entropy`, also the entropy [B, T] of the distribution token t was drawn from.
-
-    Scores next tokens at all T positions (so `chunk` divides a power-of-two bucket) and shifts.
-    """
-    hidden, _ = model(tokens, positions_from_mask(attention_mask), attention_mask)  # [B, T, E]
-    nxt, entropy = model.token_logprobs(hidden, jnp.roll(tokens, -1, axis=1), chunk=chunk,
-                                        with_entropy=True)  # [B, T] each: about token t+1
-    align = lambda x: jnp.where(attention_mask > 0, jnp.pad(x[:, :-1], ((0, 0), (1, 0))), 0.0)  # noqa: E731
-    return (align(nxt), align(entropy)) if with_entropy else align(nxt)
 
 
 class LearnerSteps:
@@ -88,11 +74,7 @@ class LearnerSteps:
 
     def batch_shards(self) -> int:
         """Devices a batch's rows are split over (the mesh axes of the "batch" rule)."""
-        if self.mesh is None:
-            return 1
-        spec = logical_to_spec(("batch",), self.rules)[0]
-        axes = () if spec is None else ((spec,) if isinstance(spec, str) else spec)
-        return math.prod(self.mesh.shape[a] for a in axes)
+        return batch_shards(self.mesh, self.rules)
 
     def check_rows(self, rows: int) -> None:
         if rows % self.batch_shards():

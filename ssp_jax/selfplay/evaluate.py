@@ -18,16 +18,10 @@ from flax import nnx
 from ssp_jax.agent import prompts
 from ssp_jax.agent.rollout import RolloutRequest, RolloutRunner
 from ssp_jax.agent.tags import last_tag
+from ssp_jax.data.gold import QAItem
 from ssp_jax.engine.sampling import GREEDY
-from ssp_jax.selfplay.rewards import Gold, exact_match, f1_score, generated_text
+from ssp_jax.selfplay.rewards import exact_match, f1_score, generated_text
 from ssp_jax.tokenizer import ChatTemplate, Tokenizer
-
-
-@dataclasses.dataclass(frozen=True)
-class QAItem:
-    question: str
-    golden_answers: Gold
-    hops: int = 0  # 0 = unknown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +65,9 @@ def evaluate(runner: RolloutRunner, tokenizer: Tokenizer, chat: ChatTemplate, pa
              items: Sequence[QAItem], templates: prompts.PromptTemplates = prompts.DEFAULT_TEMPLATES,
              *, progress: bool = False) -> list[QAResult]:
     """One greedy solver trajectory per question, scored by EM and F1 of its last `<answer>`."""
-    requests = [RolloutRequest(chat.render_ids(tokenizer, [{"role": "user",
-                                                            "content": prompts.solver_prompt(item.question, templates)}]),
-                               sampling=GREEDY) for item in items]
+    requests = [RolloutRequest(
+        chat.render_ids(tokenizer, [{"role": "user", "content": prompts.solver_prompt(item.question, templates)}]),
+        sampling=GREEDY) for item in items]
     results = []
     for item, traj in zip(items, runner.run(params, requests, progress=progress)):
         prediction = last_tag(generated_text(traj.response_text), "answer").content
@@ -84,7 +78,8 @@ def evaluate(runner: RolloutRunner, tokenizer: Tokenizer, chat: ChatTemplate, pa
 
 def result_record(result: QAResult) -> dict[str, Any]:
     """One question's result as a JSON-ready dict (the per-question eval files)."""
-    golds = [result.item.golden_answers] if isinstance(result.item.golden_answers, str) else list(result.item.golden_answers)
+    golds = ([result.item.golden_answers] if isinstance(result.item.golden_answers, str)
+             else list(result.item.golden_answers))
     return {"question": result.item.question, "golden_answers": golds, "hops": result.item.hops,
             "prediction": result.prediction, "em": result.em, "f1": result.f1, "searches": result.searches,
             "finish_reason": result.finish_reason, "judge": result.judge}

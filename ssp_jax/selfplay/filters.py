@@ -10,7 +10,8 @@ import dataclasses
 from collections.abc import Sequence
 
 from ssp_jax.agent.tags import first_tag
-from ssp_jax.selfplay.rewards import Gold, as_answer_list, generated_text, normalize_answer
+from ssp_jax.data.gold import Gold, as_answer_list
+from ssp_jax.selfplay.rewards import generated_text, normalize_answer
 
 NO_QUESTION = "no_question"  # no complete, non-blank <question> span
 TOO_SHORT = "too_short"  # fewer than min_words words

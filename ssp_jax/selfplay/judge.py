@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from flax import nnx
 
 from ssp_jax.agent.rollout import RolloutRequest, RolloutRunner
+from ssp_jax.data.gold import Gold
 from ssp_jax.engine.sampling import GREEDY
 from ssp_jax.selfplay.evaluate import QAResult
-from ssp_jax.selfplay.rewards import Gold
 from ssp_jax.tokenizer import ChatTemplate, Tokenizer
 
 JUDGE_PROMPT = """\

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ssp_jax.selfplay.rewards import Gold, as_answer_list
+from ssp_jax.data.gold import Gold, as_answer_list
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,9 +15,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from ssp_jax.agent.tags import count_tags, last_tag
+from ssp_jax.data.gold import Gold, as_answer_list
 from ssp_jax.registry import Registry
 
-Gold = str | Sequence[str]
 # An optional fallback grader (question, prediction, golds) -> correct?, consulted only when exact
 # match fails, e.g. an LLM judge. Off (None) by default.
 Judge = Callable[[str, str, Sequence[str]], bool]
@@ -31,27 +31,6 @@ def normalize_answer(s: str) -> str:
     """SQuAD / Search-R1 normalisation: lowercase, drop punctuation, drop a/an/the, collapse spaces."""
     s = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", s).split())
-
-
-def as_answer_list(gold: Gold) -> list[str]:
-    """Gold answer(s) as a list of strings; bytes (e.g. from TFDS) are decoded as UTF-8.
-
-    Blank aliases are dropped, since they would match an empty prediction and are a substring of
-    every question. A gold with no non-blank answer is a data error and raises, loudly, instead
-    of silently failing every check.
-    """
-    items = [gold] if isinstance(gold, (str, bytes)) else list(gold)
-    answers = []
-    for item in items:
-        if isinstance(item, bytes):
-            item = item.decode("utf-8")
-        if not isinstance(item, str):
-            raise TypeError(f"gold answers must be strings, got {type(item).__name__} in {gold!r}")
-        if item.strip():
-            answers.append(item)
-    if not answers:
-        raise ValueError(f"gold has no non-blank answer: {gold!r}")
-    return answers
 
 
 def generated_text(response_text: str) -> str:

@@ -21,6 +21,7 @@ from ssp_jax.agent import prompts
 from ssp_jax.agent.rollout import RolloutRequest, RolloutRunner
 from ssp_jax.agent.tags import last_tag
 from ssp_jax.agent.trajectory import Trajectory
+from ssp_jax.data.gold import AnswerRecord
 from ssp_jax.engine.sampling import GREEDY, SamplingParams
 from ssp_jax.retrieval.base import Passage
 from ssp_jax.retrieval.document_set import DocumentSet
@@ -28,7 +29,7 @@ from ssp_jax.selfplay.documents import Fitted, fit_passages, passages_text, prop
 from ssp_jax.selfplay.filters import FAILURES, check_proposal
 from ssp_jax.selfplay.finish import finish_shares, finish_warnings
 from ssp_jax.selfplay.pool import PoolQuestion, QuestionPool, is_dummy
-from ssp_jax.selfplay.rewards import PROPOSER_REWARD_SHAPES, Gold, exact_match, proposer_reward, solver_reward
+from ssp_jax.selfplay.rewards import PROPOSER_REWARD_SHAPES, exact_match, proposer_reward, solver_reward
 from ssp_jax.tokenizer import ChatTemplate, Tokenizer
 
 PROPOSER_MODES = ("selfplay", "frozen", "fixed", "oracle")
@@ -95,16 +96,8 @@ class SelfPlayConfig:
         if self.fixed_set_size < 1:
             raise ValueError(f"selfplay.fixed_set_size must be >= 1, got {self.fixed_set_size}")
         if self.proposer_reward not in PROPOSER_REWARD_SHAPES:
-            raise ValueError(f"selfplay.proposer_reward={self.proposer_reward!r}; known: {PROPOSER_REWARD_SHAPES.names()}")
-
-
-@dataclasses.dataclass(frozen=True)
-class AnswerRecord:
-    """One entry of the proposer's answer list (the original questions are thrown away)."""
-
-    gold: Gold
-    search_turns: int
-    examples: tuple[str, ...] = ()
+            raise ValueError(f"selfplay.proposer_reward={self.proposer_reward!r}; "
+                             f"known: {PROPOSER_REWARD_SHAPES.names()}")
 
 
 @dataclasses.dataclass

@@ -27,8 +27,15 @@ from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import decoder_config_from_hf, export_hf_decoder
 from ssp_jax.retrieval.base import Passage, Retriever
 from ssp_jax.tokenizer import Tokenizer
-from ssp_jax.warmstart.demos import (NUM_EXAMPLES, PROPOSER_THOUGHTS, SOLVER_FLAWS, SOLVER_THOUGHTS, Demo, DemoFormat,
-                                    build_demos)
+from ssp_jax.warmstart.demos import (
+    NUM_EXAMPLES,
+    PROPOSER_THOUGHTS,
+    SOLVER_FLAWS,
+    SOLVER_THOUGHTS,
+    Demo,
+    DemoFormat,
+    build_demos,
+)
 from ssp_jax.warmstart.sft import SFTConfig, sft
 from ssp_jax.warmstart.wiki_demos import wiki_demos
 
@@ -85,7 +92,8 @@ def warm_start_demos(world: World, retriever: Retriever, config: WarmStartConfig
                         proposer_search_turns=config.proposer_search_turns, num_reader=config.num_reader,
                         passage_repeats=config.passage_repeats, num_examples=num_examples,
                         reader_distractors=config.reader_distractors,
-                        reading_worlds=[World(dataclasses.replace(world.config, seed=world.config.seed + 1000 * (i + 1)))
+                        reading_worlds=[World(dataclasses.replace(world.config,
+                                                                  seed=world.config.seed + 1000 * (i + 1)))
                                         for i in range(config.reading_worlds)])
     return tokenizer, demos
 
@@ -110,7 +118,8 @@ def wiki_warm_start_checkpoint(out_dir: str | Path, data: WikiOfflineConfig, ans
     if (out_dir / "config.json").is_file():
         return out_dir
     articles = sample_articles(data)
-    corpus = [Passage(str(i), f'"{title}"\n{text}') for i, (title, text) in enumerate(passages(articles, data.passage_words))]
+    corpus = [Passage(str(i), f'"{title}"\n{text}')
+              for i, (title, text) in enumerate(passages(articles, data.passage_words))]
     with Path(answers).open(encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
     tokenizer = build_tokenizer(VOCABULARIES[config.vocabulary])

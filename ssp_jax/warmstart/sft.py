@@ -21,10 +21,10 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from ssp_jax.models.decoder import Decoder, positions_from_mask
+from ssp_jax.models.decoder import Decoder, positions_from_mask, token_logprobs
+from ssp_jax.models.shapes import batch_shards, bucket_for
 from ssp_jax.models.sharding import DEFAULT_RULES, Rules, shard_batch
-from ssp_jax.rl.batch import bucket_for, pack_batch
-from ssp_jax.rl.update import token_logprobs
+from ssp_jax.rl.batch import pack_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +92,7 @@ def sft(model: Decoder, sequences: Sequence[Sequence[int]], loss_masks: Sequence
     widths = np.array([bucket_for(len(s), cfg.length_buckets) for s in sequences])
     groups = [np.flatnonzero(widths == w) for w in np.unique(widths)]
     share = np.array([len(g) for g in groups]) / len(sequences)
-    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    shards = batch_shards(mesh, rules)
     losses = []
     with tqdm(total=cfg.steps, desc="warm start (SFT)", disable=not progress) as bar:
         for _ in range(cfg.steps):

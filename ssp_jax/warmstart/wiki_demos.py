@@ -6,9 +6,10 @@ runs end to end: searches in SSP.md's spelling (`<search> query </search>`, whos
 following newline the Qwen2.5 BPE merges into other tokens), answers and questions closed by
 their tags, and the reader's bare answer. Thoughts are fixed phrases that name no entity: a
 policy this small that saw a name in its thought wrote " </search>" right after it, skipping
-the search tag (measured in the first rehearsal: 60% of its searches had no query). The chains are real: an answer is an article's title, a
-bridging search is an article that names it, and questions are cloze sentences from those
-articles (`data/wiki_offline.py`). Passages come from the rehearsal's own index.
+the search tag (measured in the first rehearsal: 60% of its searches had no query). The chains
+are real: an answer is an article's title, a bridging search is an article that names it, and
+questions are cloze sentences from those articles (`data/wiki_offline.py`). Passages come from
+the rehearsal's own index.
 """
 
 from __future__ import annotations
