@@ -143,6 +143,10 @@ class StepReport:
 
 @dataclasses.dataclass(frozen=True)
 class FitReport:
+    """What the TPU fit check found for one config and topology: each compiled step's per-device bytes
+    against HBM, the state resident besides, and the update's FLOPs against 6 N tokens. `format()`
+    prints it; `over_budget()` says whether anything does not fit."""
+
     topology: str
     device_kind: str
     num_devices: int

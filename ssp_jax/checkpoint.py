@@ -47,6 +47,10 @@ class Resumed:
 
 
 class Checkpointer:
+    """Saves and restores the train state (sharded arrays through orbax, host state as JSON), and picks
+    the step to resume from: the newest intact one, or an explicit `resume_from`, never silently a
+    damaged one."""
+
     def __init__(self, directory: str | Path, *, max_to_keep: int = 3) -> None:
         self.directory = Path(directory).absolute()
         self._manager = ocp.CheckpointManager(

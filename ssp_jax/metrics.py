@@ -18,6 +18,9 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsWriter:
+    """Appends each step's metrics to `<workdir>/metrics.jsonl` and TensorBoard, from process 0 only,
+    so a multi-host run writes one log."""
+
     def __init__(self, workdir: str | Path) -> None:
         self.path = Path(workdir) / METRICS_FILE
         self._enabled = jax.process_index() == 0

@@ -209,6 +209,9 @@ def make_engine(policy: Policy, chat_template: str, engine_cfg: EngineConfig, ro
 
 
 class Trainer:
+    """Builds everything a run needs from the config (mesh, policy, engine, retriever, game, learner)
+    and runs the loop: play a round, compute log-probs, update both roles, save, evaluate, resume."""
+
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path, *, resume_from: int | None = None):
         """`resume_from`: the checkpoint step `run` resumes from (see `Checkpointer.resume`); None,
         the latest intact one."""

@@ -49,6 +49,9 @@ class RolloutConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RolloutRequest:
+    """One prompt to roll out `num_samples` times. The samples share one prefill, and each gets its own
+    PRNG stream from `seed`, so a GRPO group is reproducible whatever the slot it lands in."""
+
     prompt_ids: list[int]
     num_samples: int = 1  # a GRPO group: the samples share one prefill
     seed: int = 0
@@ -64,6 +67,10 @@ def text_stops(tokenizer: Tokenizer, stop_strings: Sequence[str], vocab_size: in
 
 
 class RolloutRunner:
+    """Drives the engine through the multi-turn tool loop: generate until a stop string, search on
+    `</search>`, extend the slot with the `<information>` block, repeat. Slots are refilled as
+    trajectories finish (continuous batching), so one long trajectory never idles the batch."""
+
     def __init__(self, engine: Engine, tokenizer: Tokenizer, retriever: Retriever | None, config: RolloutConfig):
         """`retriever=None` makes tool-less generation (e.g. the RAG reader): a search then ends the
         trajectory with a retriever error instead of being answered."""

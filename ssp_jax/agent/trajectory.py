@@ -28,6 +28,10 @@ FINISH_REASONS = (FINISH_ANSWER, FINISH_EOS, FINISH_LENGTH, FINISH_PROMPT_TOO_LO
 
 @dataclasses.dataclass
 class Trajectory:
+    """Everything RL and the rewards need from one rollout: the tokens, which of them the policy
+    generated (`loss_mask`), their behaviour log-probs, the searches with their passages, and why it
+    ended. Retrieved tokens are kept in the sequence but masked out of the loss."""
+
     request_index: int
     sample_index: int
     prompt_ids: list[int]

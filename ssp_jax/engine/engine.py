@@ -41,6 +41,9 @@ RUNNING, STOP_EOS, STOP_SEQUENCE, STOP_BUDGET = 0, 1, 2, 3
 
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
+    """The engine's static shapes: slots, cache length and the prefill / extend buckets. Every value
+    here is a compiled shape, so changing one recompiles; a bad one fails at construction."""
+
     num_slots: int = 8
     max_cache_len: int = 2048  # per slot: prompt + response tokens
     prefill_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024)
@@ -72,6 +75,10 @@ class Prefix:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DecodeState:
+    """The per-slot decode state carried between `generate` calls on device: KV cache, pending token,
+    sampling parameters, PRNG counters, stop automaton state and stop reason. Kept as arrays so one
+    compiled step serves every mix of slots."""
+
     cache: KVCache
     tokens: jax.Array  # [slots] int32: pending token (fed at the next step)
     positions: jax.Array  # [slots] int32: position id of the pending token
@@ -90,6 +97,9 @@ class DecodeState:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class StepOutput:
+    """What one `generate` call sampled for every slot, with each token's log-prob under the untempered
+    policy (the PPO ratio's behaviour term) and whether the slot really emitted it."""
+
     tokens: jax.Array  # [decode_steps, slots] int32
     logprobs: jax.Array  # [decode_steps, slots] float32, under the temperature-1 model distribution
     emitted: jax.Array  # [decode_steps, slots] bool: the slot was active and produced this token

@@ -211,6 +211,9 @@ def causal_attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
 
 
 class Attention(nnx.Module):
+    """Grouped-query attention with RoPE, optional QKV bias and q/k norm (the Qwen2, Qwen3 and Llama-3
+    variants), reading and writing a KV cache so prefill, extend and decode share one module."""
+
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
         e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.wq = _param(rngs, cfg, (e, h, d), ("embed", "heads", "head_dim"), fan_in=e)
@@ -268,6 +271,8 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
+    """One pre-norm transformer layer: RMSNorm -> attention -> residual, RMSNorm -> SwiGLU MLP -> residual."""
+
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
         self.attn_norm = RMSNorm(cfg, cfg.hidden_size, "norm", rngs=rngs)
         self.attn = Attention(cfg, rngs=rngs)

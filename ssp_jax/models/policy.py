@@ -24,6 +24,10 @@ from ssp_jax.tokenizer import TOKENIZER_FILE, Tokenizer
 
 @dataclasses.dataclass
 class Policy:
+    """A loaded policy: the model, its tokenizer, and where it came from: the HF `config.json` and the
+    checkpoint directory, which export and serving reuse (the config written back, the tokenizer
+    files copied)."""
+
     model: Decoder
     tokenizer: Tokenizer
     hf_config: dict[str, Any]

@@ -51,6 +51,9 @@ class RetrieverError(RuntimeError):
 
 @runtime_checkable
 class Retriever(Protocol):
+    """The one interface rollouts search through: exact, ScaNN, BM25 and the HTTP client all implement
+    it, so the backend is a config choice, not a code path."""
+
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         """Top-`k` passages for each query, best first; one list per query, in order.
 

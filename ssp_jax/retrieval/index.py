@@ -34,12 +34,17 @@ MINILM = "minilm"  # encoder path alias: the all-MiniLM-L6-v2 shipped in the gt-
 
 
 class QueryEncoder(Protocol):
+    """Turns query texts into the vectors a dense index searches: the passages' model, with the query
+    prefix (E5: "query: ")."""
+
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """[n, dim] float32, L2-normalised."""
         ...
 
 
 class VectorIndex(Protocol):
+    """Top-k by inner product over row vectors: the exact JAX index and ScaNN both implement it."""
+
     num_rows: int
     dim: int
 
@@ -86,6 +91,10 @@ class EncoderSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
+    """`retriever.json`, written last by the build: what kind of index the directory holds, where its
+    corpus is, how passages were embedded, and what the build measured (truncated passages, ScaNN's
+    recall check). Its presence marks a finished index."""
+
     kind: str  # one of KINDS
     corpus: str  # TFDS data dir; relative paths are relative to the index directory
     num_passages: int

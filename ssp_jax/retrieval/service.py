@@ -37,6 +37,9 @@ LOOPBACK = "127.0.0.1"
 
 @dataclasses.dataclass(frozen=True)
 class ServiceLimits:
+    """What the service accepts and how it queues: bounds on a request (top-k, queries, body size, read
+    time), so a bad client gets a 4xx instead of exhausting the server, plus the backlog and batching."""
+
     default_topk: int = 3  # SSP.md §5: top-3
     max_topk: int = 100
     max_queries: int = 512

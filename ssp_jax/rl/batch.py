@@ -19,6 +19,9 @@ from ssp_jax.models.shapes import bucket_for
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class RLBatch:
+    """One padded batch for the learner: tokens, masks, behaviour and reference log-probs and one
+    advantage per row. Shapes come from length buckets, so the update compiles only a few times."""
+
     tokens: jax.Array  # [B, T] int32
     attention_mask: jax.Array  # [B, T] int32: 1 = real token (right-padded)
     loss_mask: jax.Array  # [B, T] float32: 1 = policy-generated token to train

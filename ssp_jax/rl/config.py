@@ -18,6 +18,9 @@ BEHAVIOUR_LOGPROBS = ("recompute", "engine")
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
+    """Every RL hyper-parameter with SSP.md's default: the optimizer, the PPO-clip loss terms (the loss
+    reads them through `LossParams`), the advantage estimators by registered name, and the schedule."""
+
     # AdamW: lr reached linearly over `warmup_steps` updates, then constant.
     lr: float = 1e-6
     warmup_steps: int = 5

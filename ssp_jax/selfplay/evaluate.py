@@ -26,6 +26,9 @@ from ssp_jax.tokenizer import ChatTemplate, Tokenizer
 
 @dataclasses.dataclass(frozen=True)
 class QAResult:
+    """One graded answer: the prediction, EM, F1, searches made and finish reason, and the judge's
+    verdict when one was asked."""
+
     item: QAItem
     prediction: str | None
     em: float

@@ -33,6 +33,9 @@ Case = tuple[str, Gold, str]  # (question, golden_answers, prediction)
 
 @dataclasses.dataclass(frozen=True)
 class JudgeConfig:
+    """The optional LLM judge: a frozen checkpoint asked a yes/no question when EM fails. An empty
+    `path` means no judge; the prompt must name the three fields it fills."""
+
     path: str = ""  # judge HF checkpoint dir; empty = no judge (EM and F1 only)
     tokenizer_path: str = ""  # tokenizer.json or its dir; empty = the judge checkpoint's
     chat_template: str = ""  # empty = the policy's `chat_template`

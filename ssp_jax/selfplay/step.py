@@ -102,6 +102,8 @@ class SelfPlayConfig:
 
 @dataclasses.dataclass
 class Proposals:
+    """The proposer's half of a round: its trajectories, and per answer the valid question or None."""
+
     trajectories: list[Trajectory]  # one per answer
     questions: list[PoolQuestion | None]  # per answer: its question if valid, else None
     metrics: dict[str, float]
@@ -109,6 +111,9 @@ class Proposals:
 
 @dataclasses.dataclass
 class GameResult:
+    """One full round, ready for RL: both roles' trajectories and rewards, which solver groups may be
+    trained (dummy questions may not), and the round's metrics."""
+
     proposer: list[Trajectory]  # one per answer (none in the fixed-set control)
     proposer_rewards: np.ndarray  # [batch]
     solver: list[Trajectory]  # batch * solver_samples, grouped by question
@@ -118,6 +123,10 @@ class GameResult:
 
 
 class SelfPlayGame:
+    """One round of SSP (SSP.md section 3): the proposer writes questions for its answers, rule filters
+    and the RAG check keep the honest ones, the solver answers each several times, and both roles are
+    rewarded against each other. It plays; the learner in `rl/` trains."""
+
     def __init__(self, config: SelfPlayConfig, tokenizer: Tokenizer, chat: ChatTemplate, runner: RolloutRunner,
                  reader: RolloutRunner, templates: prompts.PromptTemplates = prompts.DEFAULT_TEMPLATES):
         """`runner` rolls out both roles with search; `reader` is tool-less (RAG check)."""

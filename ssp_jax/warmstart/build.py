@@ -42,6 +42,9 @@ from ssp_jax.warmstart.wiki_demos import wiki_demos
 
 @dataclasses.dataclass(frozen=True)
 class WarmStartConfig:
+    """The micro world's instruct-model analogue: how many demonstrations of each role to write and how
+    flawed they are, before the SFT that teaches the format a real instruct checkpoint already knows."""
+
     enabled: bool = False
     noise: float = 0.4  # share of deliberately flawed proposer demonstrations
     solver_noise: float = 0.4  # share of flawed solver demonstrations, of the kinds below

@@ -29,6 +29,9 @@ from ssp_jax.rl.batch import pack_batch
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
+    """Supervised fine-tuning of the warm start: steps, batch, the AdamW schedule and the length buckets
+    its packed batches pad to."""
+
     steps: int = 1500
     batch_size: int = 64
     lr: float = 3e-3
