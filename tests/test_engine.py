@@ -211,3 +211,20 @@ def test_sample_filters_by_hand():
     assert set(draws.tolist()) == {0, 1} and 0.55 < float((draws == 0).mean()) < 0.7  # renormalised 0.625
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0.0)
+
+
+def test_engine_implements_the_slot_engine_contract(qwen2) -> None:
+    """`Engine` offers every method of `api.SlotEngine` with the same signature, and the attributes;
+    the rollout loop and the JetStream adapter are typed against the contract alone."""
+    import inspect
+
+    from ssp_jax.engine.api import SlotEngine
+
+    methods = [n for n, v in vars(SlotEngine).items() if inspect.isfunction(v) and not n.startswith("_")]
+    assert set(methods) == {"init_decode_state", "prefill_bucket", "extend_bucket", "prefill", "insert", "extend",
+                            "generate", "warmup"}
+    for name in methods:
+        assert inspect.signature(getattr(Engine, name)) == inspect.signature(getattr(SlotEngine, name)), name
+    assert set(SlotEngine.__annotations__) == {"config", "stops", "eos_ids"}
+    engine = Engine(qwen2[1], CONFIG)
+    assert all(hasattr(engine, a) for a in SlotEngine.__annotations__)

@@ -25,7 +25,7 @@ from ssp_jax.agent import trajectory as tj
 from ssp_jax.agent.tags import search_query
 from ssp_jax.agent.trajectory import Trajectory
 from ssp_jax.distributed import host_value
-from ssp_jax.engine.engine import STOP_BUDGET, STOP_EOS, STOP_SEQUENCE, DecodeState, Engine, Prefix
+from ssp_jax.engine.api import STOP_BUDGET, STOP_EOS, STOP_SEQUENCE, DecodeState, Prefix, SlotEngine
 from ssp_jax.engine.sampling import SamplingParams
 from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.retrieval.base import Passage, Retriever, RetrieverError
@@ -71,7 +71,8 @@ class RolloutRunner:
     `</search>`, extend the slot with the `<information>` block, repeat. Slots are refilled as
     trajectories finish (continuous batching), so one long trajectory never idles the batch."""
 
-    def __init__(self, engine: Engine, tokenizer: Tokenizer, retriever: Retriever | None, config: RolloutConfig):
+    def __init__(self, engine: SlotEngine, tokenizer: Tokenizer, retriever: Retriever | None,
+                 config: RolloutConfig):
         """`retriever=None` makes tool-less generation (e.g. the RAG reader): a search then ends the
         trajectory with a retriever error instead of being answered."""
         if engine.stops.strings != tuple(config.stop_strings):

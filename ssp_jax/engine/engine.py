@@ -1,11 +1,4 @@
-"""A slot-based sampling engine shaped like JetStream's `Engine`, with what RL needs on top.
-
-Contract (JetStream): `prefill(params, tokens, true_length) -> Prefix`, `insert(prefix, state, slot)`,
-`generate(params, state) -> (state, StepOutput)`, a fixed number of slots and a preallocated KV
-cache. Additions: the log-prob of every sampled token, per-slot sampling and PRNG, stop strings
-matched on decoded text whatever the tokenization (`stops.py`) and budgets, `extend` (append tool
-output to live slots in one prefill-like call), and prefix sharing (one `Prefix` inserted into
-many slots).
+"""The slot engine: our implementation of `api.SlotEngine` (the contract, documented there).
 
 The "pending token" invariant keeps all three calls uniform: a slot's cache holds every token but
 the last one, which waits in `state.tokens`. `generate` feeds it and samples the next; `prefill`
@@ -29,80 +22,21 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ssp_jax.engine.api import (
+    RUNNING,
+    STOP_BUDGET,
+    STOP_EOS,
+    STOP_SEQUENCE,
+    DecodeState,
+    EngineConfig,
+    Prefix,
+    StepOutput,
+)
 from ssp_jax.engine.sampling import SamplingParams, sample
 from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.models.decoder import Decoder, KVCache
 from ssp_jax.models.shapes import bucket_for
 from ssp_jax.models.sharding import DEFAULT_RULES, Rules, logical_to_spec
-
-# Why a slot stopped (DecodeState.stop_reason).
-RUNNING, STOP_EOS, STOP_SEQUENCE, STOP_BUDGET = 0, 1, 2, 3
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineConfig:
-    """The engine's static shapes: slots, cache length and the prefill / extend buckets. Every value
-    here is a compiled shape, so changing one recompiles; a bad one fails at construction."""
-
-    num_slots: int = 8
-    max_cache_len: int = 2048  # per slot: prompt + response tokens
-    prefill_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024)
-    extend_buckets: tuple[int, ...] = (32, 64, 128, 256, 512)
-    extend_group: int = 4  # slots extended per `extend` call
-    decode_steps: int = 8  # tokens sampled per `generate` call
-
-    def __post_init__(self) -> None:
-        for name in ("prefill_buckets", "extend_buckets"):
-            buckets = getattr(self, name)
-            if not buckets or list(buckets) != sorted(buckets) or buckets[-1] > self.max_cache_len:
-                raise ValueError(f"EngineConfig.{name}={buckets} must be ascending and <= max_cache_len")
-        if min(self.num_slots, self.extend_group, self.decode_steps) < 1:
-            raise ValueError("EngineConfig.num_slots, extend_group and decode_steps must be >= 1")
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class Prefix:
-    """A prefilled prompt, insertable into any number of slots."""
-
-    k: tuple[jax.Array, ...]  # per layer: [1, bucket, kv_heads, head_dim]
-    v: tuple[jax.Array, ...]  # per layer: [1, bucket, kv_heads, head_dim]
-    valid: jax.Array  # [1, bucket] bool
-    length: jax.Array  # [] int32: cached tokens (the prompt minus its last token)
-    last_token: jax.Array  # [] int32: the pending token
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class DecodeState:
-    """The per-slot decode state carried between `generate` calls on device: KV cache, pending token,
-    sampling parameters, PRNG counters, stop automaton state and stop reason. Kept as arrays so one
-    compiled step serves every mix of slots."""
-
-    cache: KVCache
-    tokens: jax.Array  # [slots] int32: pending token (fed at the next step)
-    positions: jax.Array  # [slots] int32: position id of the pending token
-    active: jax.Array  # [slots] bool
-    budget: jax.Array  # [slots] int32: tokens the slot may still sample
-    seeds: jax.Array  # [slots, 2] uint32: raw PRNG key per trajectory
-    num_sampled: jax.Array  # [slots] int32: samples so far in the trajectory (PRNG counter)
-    stop_state: jax.Array  # [slots] int32: the stop automaton's state after the sampled tokens so far
-    temperature: jax.Array  # [slots] float32
-    top_k: jax.Array  # [slots] int32
-    top_p: jax.Array  # [slots] float32
-    stop_reason: jax.Array  # [slots] int32: RUNNING / STOP_EOS / STOP_SEQUENCE / STOP_BUDGET
-    stop_index: jax.Array  # [slots] int32: which stop sequence matched (-1 if none)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class StepOutput:
-    """What one `generate` call sampled for every slot, with each token's log-prob under the untempered
-    policy (the PPO ratio's behaviour term) and whether the slot really emitted it."""
-
-    tokens: jax.Array  # [decode_steps, slots] int32
-    logprobs: jax.Array  # [decode_steps, slots] float32, under the temperature-1 model distribution
-    emitted: jax.Array  # [decode_steps, slots] bool: the slot was active and produced this token
 
 
 class Engine:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssp_jax.engine.engine import DecodeState, Engine, Prefix
+from ssp_jax.engine.api import DecodeState, Prefix, SlotEngine
 from ssp_jax.engine.sampling import GREEDY, SamplingParams
 from ssp_jax.tokenizer import ChatTemplate, Tokenizer
 
@@ -38,7 +38,7 @@ class JetStreamTokenizer(tokenizer_api.Tokenizer):
     """Our tokenizer in JetStream's interface. A text request is rendered as one user message of
     `chat` when given (else used as it is) and padded to the engine's prefill bucket."""
 
-    def __init__(self, tokenizer: Tokenizer, engine: Engine, chat: ChatTemplate | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, engine: SlotEngine, chat: ChatTemplate | None = None) -> None:
         self.tokenizer, self.engine, self.chat = tokenizer, engine, chat
 
     def encode(self, s: str, **kwargs: object) -> tuple[np.ndarray, int]:
@@ -75,7 +75,7 @@ class JetStreamTokenizer(tokenizer_api.Tokenizer):
 class JetStreamEngine(engine_api.Engine):
     """`engine` and its weights `params` as a JetStream interleaved engine."""
 
-    def __init__(self, engine: Engine, params: nnx.State, tokenizer: JetStreamTokenizer, *,
+    def __init__(self, engine: SlotEngine, params: nnx.State, tokenizer: JetStreamTokenizer, *,
                  sampling: SamplingParams = GREEDY, max_new_tokens: int = 256, seed: int = 0,
                  tokenizer_path: str | Path = "") -> None:
         if max_new_tokens < 1:
