@@ -39,21 +39,23 @@ from jax.sharding import Mesh
 
 from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner
-from ssp_jax.checkpoint import Checkpointer, CheckpointError, abstract_like
 from ssp_jax.data.gold import QAItem
 from ssp_jax.data.qa_benchmarks import BENCHMARKS, load_benchmark
 from ssp_jax.distributed import is_leader, leader_value
 from ssp_jax.engine.engine import EngineConfig
-from ssp_jax.models.policy import Policy, load_frozen, load_policy
+from ssp_jax.models.policy import load_frozen
 from ssp_jax.models.sharding import Rules
 from ssp_jax.retrieval.base import Retriever
 from ssp_jax.retrieval.sharded import ProcessShardedRetriever
 from ssp_jax.selfplay.evaluate import QAResult, evaluate, load_qa_jsonl, result_record, subsample, summarize
 from ssp_jax.selfplay.judge import Judge, JudgeConfig
 from ssp_jax.tokenizer import get_chat_template
-from ssp_jax.train import (
+from ssp_jax.wiring import (
+    CHECKPOINT,
+    CONFIG,
     check_hf_dir,
     join_cluster,
+    load_eval_policy,
     make_engine,
     make_retriever,
     mesh_and_rules,
@@ -63,7 +65,6 @@ from ssp_jax.train import (
 
 Solve = Callable[[list[QAItem]], list[QAResult]]
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF checkpoint dir, or orbax <workdir>/checkpoints[/<step>]")
 _BENCHMARKS = flags.DEFINE_list("benchmarks", list(BENCHMARKS), "benchmark names and/or FlashRAG jsonl paths")
 _OUT = flags.DEFINE_string("out", None, "output dir (default: eval/<checkpoint dir name>)")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir holding the prepared ssp_qa benchmarks")
@@ -83,30 +84,6 @@ def load_questions(spec: str, data_dir: str | None, split: str | None = None) ->
     if not items:  # an empty benchmark would put NaN into the mean
         raise ValueError(f"{spec}: holds no question")
     return name, items
-
-
-def load_eval_policy(config: ml_collections.ConfigDict, checkpoint: Path, *, mesh: Mesh, rules: Rules) -> Policy:
-    """The policy at an HF checkpoint dir, or `config.model` with the policy weights of an orbax one."""
-    if (checkpoint / "config.json").is_file():
-        return load_frozen(config.model, checkpoint, mesh=mesh, rules=rules)
-    directory, step = _orbax_step(checkpoint)
-    # The run's workdir, so a random-init model shape is the one training wrote there.
-    policy = load_policy(config.model, mesh=mesh, rules=rules, workdir=directory.parent)
-    params = nnx.state(policy.model, nnx.Param)
-    tree = Checkpointer(directory).restore_subtree(step, {"policy": abstract_like(nnx.to_pure_dict(params))})
-    nnx.replace_by_pure_dict(params, tree["policy"])
-    nnx.update(policy.model, params)
-    return policy
-
-
-def _orbax_step(checkpoint: Path) -> tuple[Path, int]:
-    """(checkpoint manager dir, step): a step's dir, or the latest step of a manager dir."""
-    if checkpoint.name.isdigit():
-        return checkpoint.parent, int(checkpoint.name)
-    step = Checkpointer(checkpoint).latest_step() if checkpoint.is_dir() else None
-    if step is None:
-        raise CheckpointError(f"{checkpoint}: neither an HF checkpoint (config.json) nor an orbax checkpoint dir")
-    return checkpoint, step
 
 
 def run_shards(name: str, items: Sequence[QAItem], solve: Solve, out_dir: Path, shard_size: int) -> list[QAResult]:
@@ -251,12 +228,11 @@ def _check_run(out_dir: Path, run: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    join_cluster()  # --multihost etc. are ssp_jax.train's flags, as --config is
-    checkpoint = Path(_CHECKPOINT.value)
+    join_cluster()  # --multihost etc. and --config are ssp_jax.wiring's flags, shared with train
+    checkpoint = Path(CHECKPOINT.value)
     out_dir = Path(_OUT.value or Path("eval") / checkpoint.resolve().name)
-    # --config is ssp_jax.train's flag (defined on import, for its builders): the same config file.
     with one_line_errors("ssp_jax.eval"):
-        table = run_eval(flags.FLAGS.config, checkpoint, _BENCHMARKS.value, out_dir, data_dir=_DATA_DIR.value,
+        table = run_eval(CONFIG.value, checkpoint, _BENCHMARKS.value, out_dir, data_dir=_DATA_DIR.value,
                          split=_SPLIT.value, limit=_LIMIT.value, shard_size=_SHARD_SIZE.value)
     if is_leader():
         print(markdown_table(table), end="")

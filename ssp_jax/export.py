@@ -13,9 +13,8 @@ from pathlib import Path
 import ml_collections
 from absl import app, flags
 
-from ssp_jax.eval import load_eval_policy
 from ssp_jax.models.hf_import import export_hf_decoder
-from ssp_jax.train import mesh_and_rules, one_line_errors
+from ssp_jax.wiring import CHECKPOINT, CONFIG, load_eval_policy, mesh_and_rules, one_line_errors
 
 _HF_OUT = flags.DEFINE_string("hf_out", None, "output HF checkpoint directory")
 
@@ -29,10 +28,9 @@ def export_policy(config: ml_collections.ConfigDict, checkpoint: str | Path, out
 
 def main(argv: list[str]) -> None:
     del argv
-    # --config and --checkpoint are the flags ssp_jax.train and ssp_jax.eval define on import.
     with one_line_errors("ssp_jax.export"):
-        out = export_policy(flags.FLAGS.config, flags.FLAGS.checkpoint, _HF_OUT.value)
-    print(f"exported {flags.FLAGS.checkpoint} to {out}")
+        out = export_policy(CONFIG.value, CHECKPOINT.value, _HF_OUT.value)
+    print(f"exported {CHECKPOINT.value} to {out}")
 
 
 if __name__ == "__main__":

@@ -29,9 +29,8 @@ from ssp_jax.agent.rollout import RolloutConfig
 from ssp_jax.engine.engine import EngineConfig
 from ssp_jax.engine.jetstream import JetStreamEngine, JetStreamTokenizer
 from ssp_jax.engine.sampling import GREEDY, SamplingParams
-from ssp_jax.eval import load_eval_policy
 from ssp_jax.tokenizer import get_chat_template
-from ssp_jax.train import make_engine, mesh_and_rules, typed
+from ssp_jax.wiring import CHECKPOINT, CONFIG, load_eval_policy, make_engine, mesh_and_rules, typed
 
 _PORT = flags.DEFINE_integer("port", 9000, "gRPC port")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "sampling temperature; 0 = greedy")
@@ -61,9 +60,8 @@ def serve(config: ml_collections.ConfigDict, checkpoint: str | Path, port: int, 
 
 def main(argv: list[str]) -> None:
     del argv
-    # --config and --checkpoint are ssp_jax.train's and ssp_jax.eval's flags (defined on import).
-    checkpoint = flags.FLAGS.checkpoint
-    server = serve(flags.FLAGS.config, checkpoint, _PORT.value,
+    checkpoint = CHECKPOINT.value
+    server = serve(CONFIG.value, checkpoint, _PORT.value,
                    sampling=SamplingParams(temperature=_TEMPERATURE.value), max_new_tokens=_MAX_NEW_TOKENS.value,
                    chat=not _RAW.value)
     print(f"serving {checkpoint} on port {_PORT.value} (JetStream gRPC); Ctrl-C to stop")

@@ -12,14 +12,12 @@ Multi-host: run the same command on every host with `--multihost` (see ssp_jax/d
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,29 +27,24 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from jax.sharding import Mesh
 from ml_collections import config_flags
 from tqdm.auto import tqdm
 
 from ssp_jax.agent.prompts import PromptTemplates
-from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner, text_stops
+from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner
 from ssp_jax.aot import check_fits
-from ssp_jax.checkpoint import Checkpointer, CheckpointError, abstract_like
+from ssp_jax.checkpoint import Checkpointer, abstract_like
 from ssp_jax.data.answers import answers_for_step, load_answers, with_search_turns
 from ssp_jax.data.gold import QAItem
 from ssp_jax.data.microworld import World, WorldConfig
 from ssp_jax.data.wiki_offline import WikiOfflineConfig
-from ssp_jax.distributed import any_process, initialize, is_leader, leader_first
-from ssp_jax.engine.engine import Engine, EngineConfig
-from ssp_jax.engine.stops import StopAutomaton
+from ssp_jax.distributed import any_process, is_leader, leader_first
+from ssp_jax.engine.engine import EngineConfig
 from ssp_jax.metrics import MetricsWriter, read_jsonl, read_metrics
 from ssp_jax.models.policy import Policy, load_frozen, load_policy
 from ssp_jax.models.shapes import batch_shards
-from ssp_jax.models.sharding import MeshConfig, Rules, make_mesh
 from ssp_jax.report import summarize_run, write_summary
-from ssp_jax.retrieval.base import Retriever
-from ssp_jax.retrieval.index import MANIFEST, load_retriever
-from ssp_jax.retrieval.remote import RemoteRetriever
+from ssp_jax.retrieval.index import MANIFEST
 from ssp_jax.retrieval.sharded import ProcessShardedRetriever
 from ssp_jax.rl.advantages import get_advantage
 from ssp_jax.rl.batch import RLBatch, pack_batch
@@ -64,6 +57,17 @@ from ssp_jax.tokenizer import TOKENIZER_FILE, get_chat_template
 from ssp_jax.warmstart.build import WarmStartConfig, warm_start_checkpoint, wiki_warm_start_checkpoint
 from ssp_jax.warmstart.demos import DemoFormat
 from ssp_jax.warmstart.sft import SFTConfig
+from ssp_jax.wiring import (
+    CONFIG,
+    ConfigError,
+    check_hf_dir,
+    join_cluster,
+    make_engine,
+    make_retriever,
+    mesh_and_rules,
+    one_line_errors,
+    typed,
+)
 from ssp_jax.worlds.prepare import prepare_microworld, prepare_wiki_offline
 
 DATA_SOURCES = ("files", "microworld", "wiki_offline")
@@ -71,67 +75,16 @@ FIXED_SET_ROUNDS = 50  # proposer rounds the fixed-set control may spend collect
 FIXED_SET_SEED = 1 << 30  # rollout seeds of those rounds, apart from every training step's
 ORACLE_SEED = 1000  # the oracle control's example questions, apart from the warm start's (seed model.seed)
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "path to a configs/*.py file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics and generated data (default workdir/<config>)")
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files overriding registered functions")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'grpo.eps=1e-5'")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "join a multi-process run (jax.distributed.initialize(); "
-                               "the cluster is auto-detected on Cloud TPU)")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0 (it, --num_processes or --process_id imply --multihost)")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in a multi-process run")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index in a multi-process run")
 _RESUME_FROM = flags.DEFINE_integer(
     "resume_from", None, "resume from this checkpoint step instead of the latest intact one; newer steps are moved "
     "aside to <workdir>/checkpoints/<step>.superseded. Fails if the step is missing or damaged. Use it for one "
     "restart, then drop it (kept, it would move the new steps aside again)")
 
-HF_FILES = "config.json, model.safetensors (or model.safetensors.index.json and its shards)"
 WARM_START_SOURCES = "config.model.warm_start.enabled needs config.data.source='microworld' or 'wiki_offline'"
 EVAL_QUESTIONS = "config.train.eval_every or eval_at_ends is set but config.data.eval_questions is empty"
-
-
-class ConfigError(ValueError):
-    """A bad config value, found before any expensive work; the message names the field
-    (`config.<section>.<field>`) in one line, which the CLIs print alone."""
-
-
-def typed(cls: type, section: ml_collections.ConfigDict, name: str, drop: tuple[str, ...] = ()) -> Any:
-    """Build a typed config from a section; a bad field fails here, naming `config.<name>.<field>`."""
-    values = {k: v for k, v in section.to_dict().items() if k not in drop}
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"config.{name}: unknown field(s) {unknown}; known: {sorted(known)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config.{name}: {e}") from e
-
-
-def check_hf_dir(field: str, path: str, *, tokenizer: bool) -> None:
-    """`path` (the value of config `field`) is a Hugging Face model directory: config.json, the
-    safetensors weights (every shard its index lists) and, when `tokenizer`, tokenizer.json."""
-    directory = Path(path)
-    expected = f"expected a Hugging Face model directory holding {HF_FILES}"
-    expected += f", {TOKENIZER_FILE}" if tokenizer else ""
-    if not directory.is_dir():
-        raise ConfigError(f"{field}={path!r} is not a directory; {expected}")
-    missing = [] if (directory / "config.json").is_file() else ["config.json"]
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, AttributeError) as e:
-            raise ConfigError(f"{field}={path!r}: {index.name} is not a safetensors index ({e!r})") from e
-        missing += [shard for shard in shards if not (directory / shard).is_file()]
-    elif not (directory / "model.safetensors").is_file():
-        missing.append("model.safetensors (or model.safetensors.index.json)")
-    if tokenizer and not (directory / TOKENIZER_FILE).is_file():
-        missing.append(f"{TOKENIZER_FILE} (or set config.model.tokenizer_path)")
-    if missing:
-        raise ConfigError(f"{field}={path!r} lacks {', '.join(missing)}; {expected}")
 
 
 def check_inputs(config: ml_collections.ConfigDict) -> None:
@@ -167,45 +120,6 @@ def check_inputs(config: ml_collections.ConfigDict) -> None:
     if evaluates and data.eval_questions and not Path(data.eval_questions).is_file():
         raise ConfigError(f"config.data.eval_questions={data.eval_questions!r} is not a file; expected a QA jsonl "
                           "(question, golden_answers per line)")
-
-
-@contextlib.contextmanager
-def one_line_errors(program: str) -> Iterator[None]:
-    """A config or checkpoint error ends the program with its one-line message alone (exit status
-    1), not a traceback; `--verbosity=1` logs the full chain of the underlying error."""
-    try:
-        yield
-    except (ConfigError, CheckpointError) as e:
-        logging.debug("%s failed", program, exc_info=e)
-        raise SystemExit(f"{program}: error: {e}") from None
-
-
-def make_retriever(config: ml_collections.ConfigDict, index_dir: str) -> Retriever:
-    """The in-process index at `index_dir`, or the remote service at `config.url`."""
-    if bool(config.url) == bool(index_dir):
-        raise ConfigError("config.retrieval: set exactly one of `index` (a build directory) or `url`")
-    if config.url:
-        return RemoteRetriever(config.url, timeout=config.timeout_s)
-    return load_retriever(index_dir)
-
-
-def mesh_and_rules(config: ml_collections.ConfigDict) -> tuple[Mesh, Rules]:
-    """The device mesh of `config.mesh` and the logical-axis rules of `config.sharding_rules`."""
-    return make_mesh(typed(MeshConfig, config.mesh, "mesh")), tuple(tuple(rule) for rule in config.sharding_rules)
-
-
-def make_engine(policy: Policy, chat_template: str, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig, *,
-                mesh: Mesh | None, rules: Rules, stops: StopAutomaton | None = None) -> Engine:
-    """The sampling engine of `policy`, stopping at the rollout's stop strings, EOS and end of turn.
-
-    `stops`: another engine's automaton for the same policy and stop strings, reused (building one
-    over a 152k vocabulary takes about a second)."""
-    tokenizer = policy.tokenizer
-    end_of_turn = tokenizer.token_to_id(get_chat_template(chat_template).end_of_turn)
-    eos = sorted({tokenizer.eos_id} | ({end_of_turn} if end_of_turn is not None else set()))
-    if stops is None:
-        stops = text_stops(tokenizer, rollout_cfg.stop_strings, policy.model.cfg.vocab_size)
-    return Engine(policy.model, engine_cfg, stops=stops, eos_ids=eos, mesh=mesh, rules=rules)
 
 
 class Trainer:
@@ -518,16 +432,11 @@ class Trainer:
 
 
 
-def join_cluster() -> bool:
-    """`initialize` from the multi-host flags above (eval's main shares them); before any JAX call."""
-    return initialize(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-
-
 def main(argv: list[str]) -> None:
     del argv
     join_cluster()
     gin.parse_config_files_and_bindings(_GIN_FILES.value, _GIN_BINDINGS.value)
-    config = _CONFIG.value
+    config = CONFIG.value
     workdir = Path(_WORKDIR.value
                    or Path("workdir") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
     workdir.mkdir(parents=True, exist_ok=True)

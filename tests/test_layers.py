@@ -1,7 +1,8 @@
 """The package's layers run one way, and no module imports itself back through others.
 
 LAYERS is the one statement of the order, lowest first. A module may import its own layer or a lower
-one, never a higher one. Imports are read from the source (inside functions and `TYPE_CHECKING`
+one, never a higher one, and an entry point (`python -m ssp_jax.<x>`) imports no other entry point:
+what they share lives in `wiring`. Imports are read from the source (inside functions and `TYPE_CHECKING`
 blocks too), so a lazy import cannot hide an upward edge.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "ssp_jax"
 
+ENTRY_POINTS = ("train", "eval", "export", "serve", "score")  # `python -m ssp_jax.<x>`; none imports another
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("registry", "tokenizer", "bpe_ranks", "distributed", "metrics", "checkpoint"),  # infrastructure
     ("models",),
@@ -22,10 +24,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("selfplay",),
     ("rl",),
     ("warmstart", "worlds", "report"),  # ready-made worlds and their warm starts; run summaries
-    ("config", "aot", "score"),
-    ("train",),  # entry points, each above the ones whose builders it borrows
-    ("eval",),
-    ("export", "serve"),
+    ("config", "aot", "wiring"),  # wiring: the flags and builders every entry point shares
+    ENTRY_POINTS,
 )
 
 
@@ -90,3 +90,11 @@ def test_no_import_cycle() -> None:
         if module not in state:
             visit(module, [])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_entry_points_import_no_other_entry_point() -> None:
+    crossing = sorted(f"{a} -> {b}" for a, targets in imports().items() for b in targets
+                      if a != "ssp_jax" and b != "ssp_jax" and unit(a) in ENTRY_POINTS and unit(b) in ENTRY_POINTS
+                      and unit(a) != unit(b))
+    assert not crossing, "entry points importing each other (move what they share to ssp_jax/wiring.py):\n" + \
+        "\n".join(crossing)

@@ -1,0 +1,154 @@
+"""What every entry point shares, in one place: the common flags (`--config`, `--checkpoint`, the
+multi-host ones), one-line errors, and the builders of a run's parts (mesh, engine, retriever, the
+policy of a checkpoint). Only the entry points (train, eval, serve, export, score) import it, and
+none of them imports another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from absl import flags
+from flax import nnx
+from jax.sharding import Mesh
+from ml_collections import config_flags
+
+from ssp_jax.agent.rollout import RolloutConfig, text_stops
+from ssp_jax.checkpoint import Checkpointer, CheckpointError, abstract_like
+from ssp_jax.distributed import initialize
+from ssp_jax.engine.engine import Engine, EngineConfig
+from ssp_jax.engine.stops import StopAutomaton
+from ssp_jax.models.policy import Policy, load_frozen, load_policy
+from ssp_jax.models.sharding import MeshConfig, Rules, make_mesh
+from ssp_jax.retrieval.base import Retriever
+from ssp_jax.retrieval.index import load_retriever
+from ssp_jax.retrieval.remote import RemoteRetriever
+from ssp_jax.tokenizer import TOKENIZER_FILE, get_chat_template
+
+CONFIG = config_flags.DEFINE_config_file("config", None, "path to a configs/*.py file", lock_config=True)
+CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF checkpoint dir, or orbax <workdir>/checkpoints[/<step>]")
+MULTIHOST = flags.DEFINE_bool("multihost", False, "join a multi-process run (jax.distributed.initialize(); "
+                               "the cluster is auto-detected on Cloud TPU)")
+COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (it, --num_processes or --process_id imply --multihost)")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in a multi-process run")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index in a multi-process run")
+
+HF_FILES = "config.json, model.safetensors (or model.safetensors.index.json and its shards)"
+
+class ConfigError(ValueError):
+    """A bad config value, found before any expensive work; the message names the field
+    (`config.<section>.<field>`) in one line, which the CLIs print alone."""
+
+
+def typed(cls: type, section: ml_collections.ConfigDict, name: str, drop: tuple[str, ...] = ()) -> Any:
+    """Build a typed config from a section; a bad field fails here, naming `config.<name>.<field>`."""
+    values = {k: v for k, v in section.to_dict().items() if k not in drop}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"config.{name}: unknown field(s) {unknown}; known: {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.{name}: {e}") from e
+
+
+def check_hf_dir(field: str, path: str, *, tokenizer: bool) -> None:
+    """`path` (the value of config `field`) is a Hugging Face model directory: config.json, the
+    safetensors weights (every shard its index lists) and, when `tokenizer`, tokenizer.json."""
+    directory = Path(path)
+    expected = f"expected a Hugging Face model directory holding {HF_FILES}"
+    expected += f", {TOKENIZER_FILE}" if tokenizer else ""
+    if not directory.is_dir():
+        raise ConfigError(f"{field}={path!r} is not a directory; {expected}")
+    missing = [] if (directory / "config.json").is_file() else ["config.json"]
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError) as e:
+            raise ConfigError(f"{field}={path!r}: {index.name} is not a safetensors index ({e!r})") from e
+        missing += [shard for shard in shards if not (directory / shard).is_file()]
+    elif not (directory / "model.safetensors").is_file():
+        missing.append("model.safetensors (or model.safetensors.index.json)")
+    if tokenizer and not (directory / TOKENIZER_FILE).is_file():
+        missing.append(f"{TOKENIZER_FILE} (or set config.model.tokenizer_path)")
+    if missing:
+        raise ConfigError(f"{field}={path!r} lacks {', '.join(missing)}; {expected}")
+
+
+@contextlib.contextmanager
+def one_line_errors(program: str) -> Iterator[None]:
+    """A config or checkpoint error ends the program with its one-line message alone (exit status
+    1), not a traceback; `--verbosity=1` logs the full chain of the underlying error."""
+    try:
+        yield
+    except (ConfigError, CheckpointError) as e:
+        logging.debug("%s failed", program, exc_info=e)
+        raise SystemExit(f"{program}: error: {e}") from None
+
+
+def make_retriever(config: ml_collections.ConfigDict, index_dir: str) -> Retriever:
+    """The in-process index at `index_dir`, or the remote service at `config.url`."""
+    if bool(config.url) == bool(index_dir):
+        raise ConfigError("config.retrieval: set exactly one of `index` (a build directory) or `url`")
+    if config.url:
+        return RemoteRetriever(config.url, timeout=config.timeout_s)
+    return load_retriever(index_dir)
+
+
+def mesh_and_rules(config: ml_collections.ConfigDict) -> tuple[Mesh, Rules]:
+    """The device mesh of `config.mesh` and the logical-axis rules of `config.sharding_rules`."""
+    return make_mesh(typed(MeshConfig, config.mesh, "mesh")), tuple(tuple(rule) for rule in config.sharding_rules)
+
+
+def make_engine(policy: Policy, chat_template: str, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig, *,
+                mesh: Mesh | None, rules: Rules, stops: StopAutomaton | None = None) -> Engine:
+    """The sampling engine of `policy`, stopping at the rollout's stop strings, EOS and end of turn.
+
+    `stops`: another engine's automaton for the same policy and stop strings, reused (building one
+    over a 152k vocabulary takes about a second)."""
+    tokenizer = policy.tokenizer
+    end_of_turn = tokenizer.token_to_id(get_chat_template(chat_template).end_of_turn)
+    eos = sorted({tokenizer.eos_id} | ({end_of_turn} if end_of_turn is not None else set()))
+    if stops is None:
+        stops = text_stops(tokenizer, rollout_cfg.stop_strings, policy.model.cfg.vocab_size)
+    return Engine(policy.model, engine_cfg, stops=stops, eos_ids=eos, mesh=mesh, rules=rules)
+
+
+def load_eval_policy(config: ml_collections.ConfigDict, checkpoint: Path, *, mesh: Mesh, rules: Rules) -> Policy:
+    """The policy at an HF checkpoint dir, or `config.model` with the policy weights of an orbax one."""
+    if (checkpoint / "config.json").is_file():
+        return load_frozen(config.model, checkpoint, mesh=mesh, rules=rules)
+    directory, step = _orbax_step(checkpoint)
+    # The run's workdir, so a random-init model shape is the one training wrote there.
+    policy = load_policy(config.model, mesh=mesh, rules=rules, workdir=directory.parent)
+    params = nnx.state(policy.model, nnx.Param)
+    tree = Checkpointer(directory).restore_subtree(step, {"policy": abstract_like(nnx.to_pure_dict(params))})
+    nnx.replace_by_pure_dict(params, tree["policy"])
+    nnx.update(policy.model, params)
+    return policy
+
+
+def _orbax_step(checkpoint: Path) -> tuple[Path, int]:
+    """(checkpoint manager dir, step): a step's dir, or the latest step of a manager dir."""
+    if checkpoint.name.isdigit():
+        return checkpoint.parent, int(checkpoint.name)
+    step = Checkpointer(checkpoint).latest_step() if checkpoint.is_dir() else None
+    if step is None:
+        raise CheckpointError(f"{checkpoint}: neither an HF checkpoint (config.json) nor an orbax checkpoint dir")
+    return checkpoint, step
+
+
+def join_cluster() -> bool:
+    """`initialize` from the multi-host flags above (eval's main shares them); before any JAX call."""
+    return initialize(MULTIHOST.value, COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
