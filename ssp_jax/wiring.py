@@ -43,6 +43,7 @@ PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index in a
 
 HF_FILES = "config.json, model.safetensors (or model.safetensors.index.json and its shards)"
 
+
 class ConfigError(ValueError):
     """A bad config value, found before any expensive work; the message names the field
     (`config.<section>.<field>`) in one line, which the CLIs print alone."""
