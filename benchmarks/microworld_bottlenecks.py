@@ -34,17 +34,18 @@ import numpy as np
 from ssp_jax.agent import prompts
 from ssp_jax.agent.rollout import RolloutRequest, RolloutRunner
 from ssp_jax.agent.tags import last_tag
+from ssp_jax.config import Config, load_config
 from ssp_jax.data.answers import answers_for_step
 from ssp_jax.data.gold import QAItem
-from ssp_jax.data.microworld import Question, World, WorldConfig
 from ssp_jax.engine.sampling import GREEDY
 from ssp_jax.retrieval.base import Passage
 from ssp_jax.selfplay.documents import rag_passages
 from ssp_jax.selfplay.evaluate import evaluate, summarize
 from ssp_jax.selfplay.rewards import exact_match, generated_text
 from ssp_jax.selfplay.step import reader_answer
-from ssp_jax.train import Trainer, typed
-from ssp_jax.warmstart.demos import goal_question
+from ssp_jax.train import Trainer
+from ssp_jax.worlds.microworld import Question, World
+from ssp_jax.worlds.warmstart.demos import goal_question
 
 
 class UnrelatedRetriever:
@@ -86,7 +87,8 @@ def failure_modes(trainer: Trainer, questions: Sequence[Question]) -> dict[str, 
     return counts
 
 
-def load_config(path: str, overrides: Sequence[str]) -> Any:
+def config_file(path: str, overrides: Sequence[str]) -> Config:
+    """The typed config of a configs/*.py file with `key=json_value` overrides."""
     spec = importlib.util.spec_from_file_location("ssp_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -98,7 +100,7 @@ def load_config(path: str, overrides: Sequence[str]) -> Any:
         for name in parents:
             node = node[name]
         node[last] = json.loads(value)
-    return config
+    return load_config(config)
 
 
 def correct_proposer_documents(world: World, question: Question, passages: dict[str, Passage]) -> list[Passage]:
@@ -135,9 +137,9 @@ def main() -> None:
     parser.add_argument("--json", default="")
     args = parser.parse_args()
 
-    config = load_config(args.config, args.set)
+    config = config_file(args.config, args.set)
     trainer = Trainer(config, Path(args.workdir))
-    world = World(typed(WorldConfig, config.data.microworld, "data.microworld"))
+    world = World(config.data.microworld)
     dev = world.heldout_questions("dev")
     items = [QAItem(q.question, q.golden_answers, q.hops) for q in dev]
     params, runner = trainer.learner.params, trainer.game.runner

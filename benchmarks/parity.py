@@ -1,6 +1,6 @@
 """Measured logit differences: ours vs transformers, and 8-device sharded vs single device.
 
-Tests assert the thresholds (1e-4, 1e-5); this prints the actual figures for README / issue notes.
+Tests assert the thresholds (1e-4, 1e-5); this prints the actual figures for docs/performance.md / issue notes.
 `python benchmarks/parity.py` (uses the tiny random models of tests/conftest.py; 8 fake CPU devices).
 """
 

@@ -1,7 +1,8 @@
 """Warm-start SFT step time on the micro world's real demonstration mix, variants side by side.
 
 Why: the 20-minute first run is mostly SFT, and the warm start's quality grows with SFT steps
-(README, "Micro world"), so every second an SFT step saves buys steps. The demos of the configured
+(docs/research-log/2026-11-23-microworld_history.md), so every second an SFT step saves buys steps.
+The demos of the configured
 micro world are built once; each variant then runs `--steps` SFT steps from the same seed (same
 batches), rounds interleaved (a, b, c, a, b, c, ...) because CPU timings drift. Variants:
 - `blocked`: the decoder's causal query blocks (`CAUSAL_QUERY_BLOCKS`) on or off;
@@ -24,18 +25,17 @@ from pathlib import Path
 
 from flax import nnx
 
-from benchmarks.microworld_bottlenecks import load_config
-from ssp_jax.agent.prompts import PromptTemplates
-from ssp_jax.data.microworld import World, WorldConfig
+from benchmarks.microworld_bottlenecks import config_file
 from ssp_jax.models import decoder
 from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import decoder_config_from_hf
 from ssp_jax.tokenizer import get_chat_template
-from ssp_jax.train import make_retriever, typed
-from ssp_jax.warmstart.build import WarmStartConfig, warm_start_demos
-from ssp_jax.warmstart.demos import DemoFormat
-from ssp_jax.warmstart.sft import SFTConfig, sft
+from ssp_jax.wiring import make_retriever
+from ssp_jax.worlds.microworld import World
 from ssp_jax.worlds.prepare import prepare_microworld
+from ssp_jax.worlds.warmstart.build import warm_start_demos
+from ssp_jax.worlds.warmstart.demos import DemoFormat
+from ssp_jax.worlds.warmstart.sft import sft
 
 
 def main() -> None:
@@ -49,23 +49,22 @@ def main() -> None:
     parser.add_argument("--json", default="")
     args = parser.parse_args()
 
-    config = load_config(args.config, args.set)
-    world_cfg = typed(WorldConfig, config.data.microworld, "data.microworld")
+    config = config_file(args.config, args.set)
+    world_cfg = config.data.microworld
     _, index = prepare_microworld(Path(args.workdir) / "microworld", world_cfg,
                                   num_examples=config.selfplay.num_examples)
     world = World(world_cfg)
-    templates = typed(PromptTemplates, config.prompts, "prompts")
-    tokenizer, demos = warm_start_demos(world, make_retriever(config.retrieval, str(index)),
-                                        typed(WarmStartConfig, config.model.warm_start, "model.warm_start"),
-                                        fmt=DemoFormat(get_chat_template(config.chat_template), templates,
-                                                       config.rollout.topk),
+    fmt = DemoFormat(get_chat_template(config.chat_template), config.prompts, config.rollout.topk,
+                     config.selfplay.min_question_words)
+    tokenizer, demos = warm_start_demos(world, make_retriever(config.retrieval, str(index)), config.model.warm_start,
+                                        fmt=fmt,
                                         num_examples=config.selfplay.num_examples, seed=config.model.seed)
     sequences, masks = [d.tokens for d in demos], [d.loss_mask for d in demos]
-    base = dataclasses.replace(typed(SFTConfig, config.model.sft, "model.sft"), warmup_steps=0)
+    base = dataclasses.replace(config.model.sft, warmup_steps=0)
     fine = tuple(int(x) for x in args.fine.split(","))
     variants = {"config buckets, unblocked": (base, False), "config buckets, blocked": (base, True),
                 f"fine buckets {fine}, blocked": (dataclasses.replace(base, length_buckets=fine), True)}
-    hf = {**config.model.init.to_dict(), "vocab_size": -(-tokenizer.vocab_size // 64) * 64}
+    hf = {**config.model.init, "vocab_size": -(-tokenizer.vocab_size // 64) * 64}
     min_blocked = decoder.MIN_BLOCKED_LEN
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):

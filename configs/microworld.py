@@ -1,7 +1,7 @@
 """The embedded default: SSP on a generated micro world, small enough for a 2-core CPU.
 
 A tiny policy of the production decoder class is first warm-started by SFT on deliberately
-imperfect demonstrations (the stand-in for an instruct model; see ssp_jax/warmstart). Self-play
+imperfect demonstrations (the stand-in for an instruct model; see ssp_jax/worlds/warmstart). Self-play
 then trains it with no gold question at all: the proposer builds questions from the answer list,
 the RAG check gates them, and the solver learns from them. Held-out EM (greedy, the world's test
 split, which no SSP step or demonstration ever sees) is reported before and after.

@@ -17,7 +17,7 @@ Checked without a TPU (`python -m ssp_jax.aot --config configs/qwen2_5_7b.py --t
 XLA's per-chip figures, 2026-11-22): the solver update (1280 x 12288 tokens) needs 72.1 GiB of 95 GiB,
 mostly attention scratch of the 64-row micro-batches; the behaviour/reference log-prob pass 19.3 GiB
 (it runs `rl.micro_batch_size` rows at a time; over the whole batch at once it needed 340 GiB); the
-decode step 10.0 GiB. README.md, "Will it fit?", has the table.
+decode step 10.0 GiB. docs/training-at-scale.md, "Will it fit?", has the table.
 """
 
 from ssp_jax.config import base_config

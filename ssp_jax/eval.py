@@ -31,14 +31,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import ml_collections
 import numpy as np
 from absl import app, flags
 from flax import nnx
 from jax.sharding import Mesh
 
-from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner
+from ssp_jax.config import Config
 from ssp_jax.data.gold import QAItem
 from ssp_jax.data.qa_benchmarks import BENCHMARKS, load_benchmark
 from ssp_jax.distributed import is_leader, leader_value
@@ -48,19 +47,19 @@ from ssp_jax.models.sharding import Rules
 from ssp_jax.retrieval.base import Retriever
 from ssp_jax.retrieval.sharded import ProcessShardedRetriever
 from ssp_jax.selfplay.evaluate import QAResult, evaluate, load_qa_jsonl, result_record, subsample, summarize
-from ssp_jax.selfplay.judge import Judge, JudgeConfig
+from ssp_jax.selfplay.judge import Judge
 from ssp_jax.tokenizer import get_chat_template
 from ssp_jax.wiring import (
     CHECKPOINT,
-    CONFIG,
     check_hf_dir,
+    config_from_flags,
     join_cluster,
     load_eval_policy,
     make_engine,
     make_retriever,
     mesh_and_rules,
     one_line_errors,
-    typed,
+    parse_flags,
 )
 
 Solve = Callable[[list[QAItem]], list[QAResult]]
@@ -160,28 +159,26 @@ def evaluate_benchmarks(benchmarks: dict[str, list[QAItem]], solve: Solve, out_d
     return table
 
 
-def run_eval(config: ml_collections.ConfigDict, checkpoint: str | Path, benchmarks: Sequence[str], out_dir: str | Path,
+def run_eval(config: Config, checkpoint: str | Path, benchmarks: Sequence[str], out_dir: str | Path,
              *, data_dir: str | None = None, split: str | None = None, limit: int = 500, shard_size: int = 100,
              retriever: Retriever | None = None) -> dict[str, Any]:
     """Load questions and the policy, then `evaluate_benchmarks` under the config's rollout protocol.
     `retriever` replaces `config.retrieval` (tests inject a scripted one)."""
     out_dir = Path(out_dir)
-    judge_cfg = typed(JudgeConfig, config.judge, "judge")
+    judge_cfg = config.judge
     if judge_cfg.path:  # before the questions, the policy and the engine are loaded
         check_hf_dir("config.judge.path", judge_cfg.path, tokenizer=not judge_cfg.tokenizer_path)
     run = {"checkpoint": str(Path(checkpoint).resolve()), "limit": limit, "seed": config.seed,
            "shard_size": shard_size, "split": split, "chat_template": config.chat_template,
-           "rollout": config.rollout.to_dict(), "solver_prompt": config.prompts.solver,
-           "judge": config.judge.to_dict()}
+           "rollout": dataclasses.asdict(config.rollout), "solver_prompt": config.prompts.solver,
+           "judge": dataclasses.asdict(config.judge)}
     leader_value(functools.partial(_check_run, out_dir, run))
     loaded = [load_questions(spec, data_dir, split) for spec in benchmarks]
     questions = dict(loaded)
     if len(questions) != len(loaded):  # two jsonl files with one stem would share a shard dir
         raise ValueError(f"benchmark names {[name for name, _ in loaded]} repeat; rename the files")
     questions = {name: subsample(items, limit, config.seed) for name, items in questions.items()}
-    engine_cfg = typed(EngineConfig, config.engine, "engine")
-    rollout_cfg = typed(RolloutConfig, config.rollout, "rollout")
-    templates = typed(PromptTemplates, config.prompts, "prompts")
+    engine_cfg, rollout_cfg, templates = config.engine, config.rollout, config.prompts
     mesh, rules = mesh_and_rules(config)
     policy = load_eval_policy(config, Path(checkpoint), mesh=mesh, rules=rules)
     engine = make_engine(policy, config.chat_template, engine_cfg, rollout_cfg, mesh=mesh, rules=rules)
@@ -197,10 +194,10 @@ def run_eval(config: ml_collections.ConfigDict, checkpoint: str | Path, benchmar
     return evaluate_benchmarks(questions, solve, out_dir, shard_size)
 
 
-def make_judge(config: ml_collections.ConfigDict, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig, *,
+def make_judge(config: Config, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig, *,
                mesh: Mesh, rules: Rules) -> Judge | None:
     """The LLM judge of `config.judge` (one tool-less greedy turn per miss), or None without a path."""
-    judge_cfg = typed(JudgeConfig, config.judge, "judge")
+    judge_cfg = config.judge
     if not judge_cfg.path:
         return None
     policy = load_frozen(config.model, judge_cfg.path, mesh=mesh, rules=rules, tokenizer_path=judge_cfg.tokenizer_path)
@@ -232,7 +229,7 @@ def main(argv: list[str]) -> None:
     checkpoint = Path(CHECKPOINT.value)
     out_dir = Path(_OUT.value or Path("eval") / checkpoint.resolve().name)
     with one_line_errors("ssp_jax.eval"):
-        table = run_eval(CONFIG.value, checkpoint, _BENCHMARKS.value, out_dir, data_dir=_DATA_DIR.value,
+        table = run_eval(config_from_flags(), checkpoint, _BENCHMARKS.value, out_dir, data_dir=_DATA_DIR.value,
                          split=_SPLIT.value, limit=_LIMIT.value, shard_size=_SHARD_SIZE.value)
     if is_leader():
         print(markdown_table(table), end="")
@@ -241,4 +238,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "checkpoint"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

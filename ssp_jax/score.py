@@ -15,15 +15,14 @@ import jax
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
 from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.policy import load_policy
 from ssp_jax.models.shapes import batch_shards
-from ssp_jax.models.sharding import MeshConfig, make_mesh, shard_batch
+from ssp_jax.models.sharding import shard_batch
 from ssp_jax.tokenizer import get_chat_template
+from ssp_jax.wiring import config_from_flags, mesh_and_rules, one_line_errors, parse_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "path to a configs/*.py file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/score", "where a random init checkpoint is written")
 _TEXT = flags.DEFINE_string("text", "Who founded the company that owns the largest bridge in Vantor?",
                             "user message to score")
@@ -34,9 +33,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "timed repetitions after compilati
 
 def main(argv: list[str]) -> None:
     del argv
-    config = _CONFIG.value
-    mesh = make_mesh(MeshConfig(**config.mesh))
-    rules = tuple(tuple(rule) for rule in config.sharding_rules)
+    with one_line_errors("ssp_jax.score"):
+        config = config_from_flags()
+    mesh, rules = mesh_and_rules(config)
     policy = load_policy(config.model, mesh=mesh, rules=rules, workdir=Path(_WORKDIR.value))
     template = get_chat_template(config.chat_template)
     prompt = template.render_ids(policy.tokenizer, [{"role": "user", "content": _TEXT.value}])
@@ -77,4 +76,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -20,17 +20,23 @@ from pathlib import Path
 
 import grpc
 import jax
-import ml_collections
 from absl import app, flags
 from flax import nnx
 from jetstream.core import config_lib, server_lib  # noqa: I001 - after ssp_jax.engine.jetstream's jax shim
 
-from ssp_jax.agent.rollout import RolloutConfig
-from ssp_jax.engine.engine import EngineConfig
+from ssp_jax.config import Config
 from ssp_jax.engine.jetstream import JetStreamEngine, JetStreamTokenizer
 from ssp_jax.engine.sampling import GREEDY, SamplingParams
 from ssp_jax.tokenizer import get_chat_template
-from ssp_jax.wiring import CHECKPOINT, CONFIG, load_eval_policy, make_engine, mesh_and_rules, typed
+from ssp_jax.wiring import (
+    CHECKPOINT,
+    config_from_flags,
+    load_eval_policy,
+    make_engine,
+    mesh_and_rules,
+    one_line_errors,
+    parse_flags,
+)
 
 _PORT = flags.DEFINE_integer("port", 9000, "gRPC port")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "sampling temperature; 0 = greedy")
@@ -38,15 +44,14 @@ _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 512, "tokens generated 
 _RAW = flags.DEFINE_bool("raw", False, "send request text to the model as it is, without the chat template")
 
 
-def serve(config: ml_collections.ConfigDict, checkpoint: str | Path, port: int, *,
+def serve(config: Config, checkpoint: str | Path, port: int, *,
           sampling: SamplingParams = GREEDY, max_new_tokens: int = 512, chat: bool = True,
           credentials: grpc.ServerCredentials | None = None) -> server_lib.JetStreamServer:
     """Load the policy at `checkpoint` into our engine and start JetStream's server on `port`
     (it returns at once; `.stop()` it, or `.wait_for_termination()`)."""
     mesh, rules = mesh_and_rules(config)
     policy = load_eval_policy(config, Path(checkpoint), mesh=mesh, rules=rules)
-    engine = make_engine(policy, config.chat_template, typed(EngineConfig, config.engine, "engine"),
-                         typed(RolloutConfig, config.rollout, "rollout"), mesh=mesh, rules=rules)
+    engine = make_engine(policy, config.chat_template, config.engine, config.rollout, mesh=mesh, rules=rules)
     tokenizer = JetStreamTokenizer(policy.tokenizer, engine, get_chat_template(config.chat_template) if chat else None)
     adapter = JetStreamEngine(engine, nnx.state(policy.model, nnx.Param), tokenizer, sampling=sampling,
                               max_new_tokens=max_new_tokens, seed=config.seed, tokenizer_path=policy.checkpoint_dir)
@@ -61,13 +66,14 @@ def serve(config: ml_collections.ConfigDict, checkpoint: str | Path, port: int, 
 def main(argv: list[str]) -> None:
     del argv
     checkpoint = CHECKPOINT.value
-    server = serve(CONFIG.value, checkpoint, _PORT.value,
-                   sampling=SamplingParams(temperature=_TEMPERATURE.value), max_new_tokens=_MAX_NEW_TOKENS.value,
-                   chat=not _RAW.value)
+    with one_line_errors("ssp_jax.serve"):
+        server = serve(config_from_flags(), checkpoint, _PORT.value,
+                       sampling=SamplingParams(temperature=_TEMPERATURE.value), max_new_tokens=_MAX_NEW_TOKENS.value,
+                       chat=not _RAW.value)
     print(f"serving {checkpoint} on port {_PORT.value} (JetStream gRPC); Ctrl-C to stop")
     server.wait_for_termination()
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "checkpoint"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -22,58 +22,47 @@ from pathlib import Path
 from typing import Any
 
 import gin
-import jax
-import ml_collections
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 from tqdm.auto import tqdm
 
 from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner
 from ssp_jax.aot import check_fits
 from ssp_jax.checkpoint import Checkpointer, abstract_like
+from ssp_jax.config import Config, ConfigError
 from ssp_jax.data.answers import answers_for_step, load_answers, with_search_turns
 from ssp_jax.data.gold import QAItem
-from ssp_jax.data.microworld import World, WorldConfig
-from ssp_jax.data.wiki_offline import WikiOfflineConfig
 from ssp_jax.distributed import any_process, is_leader, leader_first
 from ssp_jax.engine.engine import EngineConfig
 from ssp_jax.metrics import MetricsWriter, read_jsonl, read_metrics
-from ssp_jax.models.policy import Policy, load_frozen, load_policy
-from ssp_jax.models.shapes import batch_shards
+from ssp_jax.models.policy import ModelConfig, Policy, load_frozen, load_policy
 from ssp_jax.report import summarize_run, write_summary
 from ssp_jax.retrieval.index import MANIFEST
 from ssp_jax.retrieval.sharded import ProcessShardedRetriever
-from ssp_jax.rl.advantages import get_advantage
-from ssp_jax.rl.batch import RLBatch, pack_batch
-from ssp_jax.rl.config import RLConfig
+from ssp_jax.rl.game_batches import game_batches
 from ssp_jax.rl.update import Learner
 from ssp_jax.selfplay.evaluate import evaluate, load_qa_jsonl, result_record, subsample, summarize
-from ssp_jax.selfplay.pool import PoolQuestion, QuestionPool
-from ssp_jax.selfplay.step import GameResult, SelfPlayConfig, SelfPlayGame
+from ssp_jax.selfplay.pool import QuestionPool
+from ssp_jax.selfplay.step import SelfPlayGame
 from ssp_jax.tokenizer import TOKENIZER_FILE, get_chat_template
-from ssp_jax.warmstart.build import WarmStartConfig, warm_start_checkpoint, wiki_warm_start_checkpoint
-from ssp_jax.warmstart.demos import DemoFormat
-from ssp_jax.warmstart.sft import SFTConfig
 from ssp_jax.wiring import (
-    CONFIG,
-    ConfigError,
     check_hf_dir,
+    config_from_flags,
+    config_name,
     join_cluster,
     make_engine,
     make_retriever,
     mesh_and_rules,
     one_line_errors,
-    typed,
+    parse_flags,
 )
+from ssp_jax.worlds.controls import OracleQuestions, fill_fixed_set
+from ssp_jax.worlds.microworld import World
 from ssp_jax.worlds.prepare import prepare_microworld, prepare_wiki_offline
-
-DATA_SOURCES = ("files", "microworld", "wiki_offline")
-FIXED_SET_ROUNDS = 50  # proposer rounds the fixed-set control may spend collecting its questions
-FIXED_SET_SEED = 1 << 30  # rollout seeds of those rounds, apart from every training step's
-ORACLE_SEED = 1000  # the oracle control's example questions, apart from the warm start's (seed model.seed)
+from ssp_jax.worlds.warmstart.build import warm_start_checkpoint, wiki_warm_start_checkpoint
+from ssp_jax.worlds.warmstart.demos import DemoFormat
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics and generated data (default workdir/<config>)")
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files overriding registered functions")
@@ -87,13 +76,11 @@ WARM_START_SOURCES = "config.model.warm_start.enabled needs config.data.source='
 EVAL_QUESTIONS = "config.train.eval_every or eval_at_ends is set but config.data.eval_questions is empty"
 
 
-def check_inputs(config: ml_collections.ConfigDict) -> None:
-    """The data source is known and the files and directories a training config names exist and
-    hold what they should; a bad one fails here, naming its field, before the data is built or any
-    weight is loaded (where each was found until now)."""
+def check_inputs(config: Config) -> None:
+    """The files and directories a training config names exist and hold what they should; a bad
+    one fails here, naming its field, before the data is built or any weight is loaded (where each
+    was found until now)."""
     model, data, retrieval = config.model, config.data, config.retrieval
-    if data.source not in DATA_SOURCES:
-        raise ConfigError(f"config.data.source={data.source!r}; expected one of {DATA_SOURCES}")
     if model.warm_start.enabled and not model.hf_path and data.source not in ("microworld", "wiki_offline"):
         raise ConfigError(WARM_START_SOURCES)
     evaluates = config.train.eval_every or config.train.eval_at_ends
@@ -126,15 +113,12 @@ class Trainer:
     """Builds everything a run needs from the config (mesh, policy, engine, retriever, game, learner)
     and runs the loop: play a round, compute log-probs, update both roles, save, evaluate, resume."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, *, resume_from: int | None = None):
-        """`resume_from`: the checkpoint step `run` resumes from (see `Checkpointer.resume`); None,
-        the latest intact one."""
+    def __init__(self, config: Config, workdir: Path, *, resume_from: int | None = None):
+        """`config`: see `ssp_jax.config.load_config`. `resume_from`: the checkpoint step `run`
+        resumes from (see `Checkpointer.resume`); None, the latest intact one."""
         self.config, self.workdir, self.resume_from = config, workdir, resume_from
-        self.selfplay = typed(SelfPlayConfig, config.selfplay, "selfplay", drop=("reader_path",))
-        self.rl = typed(RLConfig, config.rl, "rl", drop=("length_buckets",))
-        engine_cfg = typed(EngineConfig, config.engine, "engine")
-        rollout_cfg = typed(RolloutConfig, config.rollout, "rollout")
-        templates = typed(PromptTemplates, config.prompts, "prompts")
+        self.selfplay, self.rl = config.selfplay, config.rl
+        engine_cfg, rollout_cfg, templates = config.engine, config.rollout, config.prompts
         self._check_sizes()
         check_inputs(config)
         self.checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.train.max_to_keep)
@@ -163,7 +147,7 @@ class Trainer:
                                                                  templates, progress=progress)
         self.eval_items = self._eval_items() if config.train.eval_every or config.train.eval_at_ends else []
         self.pool = QuestionPool(self.selfplay.pool_clear_every)
-        self._oracle: list[PoolQuestion] | None = None
+        self._oracle: OracleQuestions | None = None
         self.metrics = MetricsWriter(workdir)
         self._resume_metrics: dict[str, float] = {}  # written with the first step after a resume
         self.step = 0
@@ -179,9 +163,9 @@ class Trainer:
             return RolloutRunner(engine, policy.tokenizer, None, rollout_cfg)
         reader_cfg = dataclasses.replace(rollout_cfg, max_turns=1, max_response_tokens=self.selfplay.reader_max_tokens,
                                          max_prompt_tokens=self.selfplay.reader_max_prompt_tokens)
-        reader_engine_cfg = typed(EngineConfig, self.config.reader_engine, "reader_engine")
-        engine = make_engine(reader_policy, self.config.chat_template, reader_engine_cfg, reader_cfg, mesh=self.mesh,
-                             rules=self.rules, stops=self.engine.stops if self.reader_policy is None else None)
+        stops = self.engine.stops if self.reader_policy is None else None
+        engine = make_engine(reader_policy, self.config.chat_template, self.config.reader_engine, reader_cfg,
+                             mesh=self.mesh, rules=self.rules, stops=stops)
         return RolloutRunner(engine, policy.tokenizer, None, reader_cfg)
 
     def _data_paths(self) -> tuple[str, str]:
@@ -189,50 +173,42 @@ class Trainer:
         data = self.config.data
         if data.source == "files":
             return data.answers, self.config.retrieval.index
-        if data.source not in DATA_SOURCES:
-            raise ConfigError(f"config.data.source={data.source!r}; expected one of {DATA_SOURCES}")
         if data.source == "wiki_offline":
-            wiki = typed(WikiOfflineConfig, data.wiki_offline, "data.wiki_offline")
-            answers, index = leader_first(lambda: prepare_wiki_offline(self.workdir / "wiki", wiki), "wiki data")
+            answers, index = leader_first(lambda: prepare_wiki_offline(self.workdir / "wiki", data.wiki_offline),
+                                          "wiki data")
             return str(answers), "" if self.config.retrieval.url else str(index)
-        world = typed(WorldConfig, data.microworld, "data.microworld")
-        answers, index = leader_first(lambda: prepare_microworld(self.workdir / "microworld", world,
+        answers, index = leader_first(lambda: prepare_microworld(self.workdir / "microworld", data.microworld,
                                                                  num_examples=self.selfplay.num_examples), "microworld")
         return str(answers), "" if self.config.retrieval.url else str(index)
 
-    def _policy_config(self, templates: PromptTemplates) -> ml_collections.ConfigDict:
+    def _policy_config(self, templates: PromptTemplates) -> ModelConfig:
         """`config.model`, pointed at the built-in world's warm-start checkpoint when that is enabled."""
         model, data = self.config.model, self.config.data
-        warm = typed(WarmStartConfig, model.warm_start, "model.warm_start")
+        warm, sft_config = model.warm_start, model.sft
         if not warm.enabled or model.hf_path:
             return model
-        sft_config = typed(SFTConfig, model.sft, "model.sft")
-        fmt = DemoFormat(get_chat_template(self.config.chat_template), templates, self.config.rollout.topk)
+        fmt = DemoFormat(get_chat_template(self.config.chat_template), templates, self.config.rollout.topk,
+                         self.selfplay.min_question_words)
         retriever = make_retriever(self.config.retrieval, self.index_dir)
         if data.source == "microworld":
-            world = World(typed(WorldConfig, data.microworld, "data.microworld"))
+            world = World(data.microworld)
             build = lambda: warm_start_checkpoint(  # noqa: E731
-                self.workdir / "warm_start", world, retriever, model.init.to_dict(), warm, sft_config, fmt=fmt,
+                self.workdir / "warm_start", world, retriever, model.init, warm, sft_config, fmt=fmt,
                 num_examples=self.selfplay.num_examples, seed=model.seed)
         elif data.source == "wiki_offline":
-            wiki = typed(WikiOfflineConfig, data.wiki_offline, "data.wiki_offline")
             build = lambda: wiki_warm_start_checkpoint(  # noqa: E731
-                self.workdir / "warm_start", wiki, self.answers_path, retriever, model.init.to_dict(), warm,
+                self.workdir / "warm_start", data.wiki_offline, self.answers_path, retriever, model.init, warm,
                 sft_config, fmt=fmt, seed=model.seed)
         else:
             raise ConfigError(WARM_START_SOURCES)
-        checkpoint = leader_first(build, "warm start")
-        model = model.copy_and_resolve_references()
-        with model.unlocked():
-            model.hf_path = str(checkpoint)
-        return model
+        return dataclasses.replace(model, hf_path=str(leader_first(build, "warm start")))
 
     def _eval_items(self) -> list[QAItem]:
         data = self.config.data
         if data.eval_questions:
             items = load_qa_jsonl(data.eval_questions)
         elif data.source == "microworld":
-            world = World(typed(WorldConfig, data.microworld, "data.microworld"))
+            world = World(data.microworld)
             items = [QAItem(q.question, q.golden_answers, q.hops) for q in world.heldout_questions(data.eval_split)]
         else:
             raise ConfigError(EVAL_QUESTIONS)
@@ -253,7 +229,7 @@ class Trainer:
             raise ConfigError(f"selfplay.reader_max_prompt_tokens={budget} (+ reader_max_tokens="
                               f"{self.selfplay.reader_max_tokens}) must fit reader_engine.prefill_buckets="
                               f"{tuple(reader.prefill_buckets)} and reader_engine.max_cache_len={reader.max_cache_len}")
-        buckets = tuple(self.config.rl.length_buckets)
+        buckets = self.rl.length_buckets
         if not buckets or max(buckets) < self.config.engine.max_cache_len:
             raise ConfigError(f"config.rl.length_buckets={buckets} must reach engine.max_cache_len="
                               f"{self.config.engine.max_cache_len} (the longest trajectory)")
@@ -336,9 +312,11 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         seed, mode = self.config.seed, self.selfplay.proposer_mode
         if mode == "fixed":
-            self._fill_fixed_set()
+            fill_fixed_set(self.pool, self.game, self.learner.reference_params, self.answers,
+                           size=self.selfplay.fixed_set_size, batch_size=self.selfplay.batch_size, seed=seed,
+                           shuffle_seed=self.config.data.shuffle_seed)
         elif mode == "oracle":
-            self.pool = QuestionPool(self.selfplay.pool_clear_every, self._oracle_questions(self.step))
+            self.pool = QuestionPool(self.selfplay.pool_clear_every, self._oracle_questions().for_step(self.step))
         else:
             self.pool.maybe_clear(self.step)
         answers = answers_for_step(self.answers, self.step, self.selfplay.batch_size, self.config.data.shuffle_seed)
@@ -349,7 +327,7 @@ class Trainer:
         game = self.game.play(params, reader_params, answers, self.pool, rng, seed=seed * 100_003 + self.step,
                               proposer_params=proposer_params, fixed=mode in ("fixed", "oracle"))
         start = time.perf_counter()
-        proposer, solver = self._batches(game)
+        proposer, solver = game_batches(game, self.learner, train_proposer=mode == "selfplay")
         timing = {"time/logprobs": time.perf_counter() - start}
         start = time.perf_counter()
         update = {} if mode != "selfplay" else {
@@ -367,80 +345,27 @@ class Trainer:
             logging.warning("step %d: non-finite metrics %s", self.step, bad)
         return metrics
 
-    def _oracle_questions(self, step: int) -> list[PoolQuestion]:
-        """The oracle control's questions for `step`: `batch_size` generated ones, outside dev/test,
-        none repeated until the world's example chains run out."""
+    def _oracle_questions(self) -> OracleQuestions:
         if self.config.data.source != "microworld":
-            raise ValueError("config.selfplay.proposer_mode='oracle' needs config.data.source='microworld'")
+            raise ConfigError("config.selfplay.proposer_mode='oracle' needs config.data.source='microworld'")
         if self._oracle is None:
-            world = World(typed(WorldConfig, self.config.data.microworld, "data.microworld"))
-            count = self.selfplay.batch_size * self.config.train.steps
-            self._oracle = [PoolQuestion(q.question, q.golden_answers)
-                            for q in world.example_questions(count, seed=ORACLE_SEED + self.config.seed)]
-        size = self.selfplay.batch_size
-        return [self._oracle[(step * size + i) % len(self._oracle)] for i in range(size)]
-
-    def _fill_fixed_set(self) -> None:
-        """The fixed-set control: valid questions from the frozen proposer, made once before the
-        first step (the pool is checkpointed, so a resume reuses the same set)."""
-        size, rounds = self.selfplay.fixed_set_size, 0
-        reference = self.learner.reference_params
-        while len(self.pool) < size:
-            if rounds == FIXED_SET_ROUNDS:
-                raise RuntimeError(f"the frozen proposer made only {len(self.pool)} valid questions in {rounds} "
-                                   f"rounds; lower selfplay.fixed_set_size={size}")
-            answers = answers_for_step(self.answers, rounds, self.selfplay.batch_size,
-                                       self.config.data.shuffle_seed + 1)
-            proposals = self.game.propose(reference, reference, answers,
-                                          np.random.default_rng([self.config.seed, rounds, 1]),
-                                          seed=FIXED_SET_SEED + rounds)
-            self.pool.add(q for q in proposals.questions if q is not None)
-            rounds += 1
+            self._oracle = OracleQuestions(World(self.config.data.microworld), self.selfplay.batch_size,
+                                           self.config.train.steps, self.config.seed)
+        return self._oracle
 
     def reader_params(self, policy_params: nnx.State) -> nnx.State:
         """The RAG reader's weights: the frozen `selfplay.reader_path` model's, else `policy_params`."""
         return policy_params if self.reader_policy is None else nnx.state(self.reader_policy.model)
-
-    def _batches(self, game: GameResult) -> tuple[RLBatch | None, RLBatch]:
-        """RL batches with behaviour and reference log-probs, both computed before any update."""
-        proposer_adv = (np.asarray(get_advantage(self.rl.proposer_advantage)(game.proposer_rewards[:, None]))[:, 0]
-                        if len(game.proposer_rewards) else game.proposer_rewards)
-        solver_adv = np.asarray(get_advantage(self.rl.solver_advantage)(game.solver_rewards))  # [batch, samples]
-        solver_adv = np.where(game.solver_trainable[:, None], solver_adv, 0.0).reshape(-1)
-        batches, from_engine = [], self.rl.behaviour_logprobs == "engine"
-        for trajs, advantages, mini in ((game.proposer, proposer_adv, self.rl.proposer_mini_batches),
-                                        (game.solver, solver_adv, self.rl.solver_mini_batches)):
-            if not trajs or (trajs is game.proposer and self.selfplay.proposer_mode != "selfplay"):
-                batches.append(None)  # a role that is not trained this run
-                continue
-            engine = [[0.0] * len(t.prompt_ids) + t.logprobs for t in trajs] if from_engine else None
-            batch = pack_batch([t.tokens for t in trajs], [[0] * len(t.prompt_ids) + t.loss_mask for t in trajs],
-                               engine, advantages, self.config.rl.length_buckets,
-                               batch_multiple=mini * math.lcm(self.rl.micro_batch_size or 1,
-                                                              batch_shards(self.mesh, self.rules)))
-            batches.append(batch)
-        with_logprobs = []
-        for batch in batches:  # behaviour log-probs of BOTH roles before either update (SSP.md section 4)
-            if batch is None:
-                with_logprobs.append(None)
-                continue
-            old = batch.old_logprobs if from_engine else self.learner.logprobs(self.learner.params, batch)
-            with_logprobs.append(dataclasses.replace(
-                batch, old_logprobs=old, ref_logprobs=self.learner.logprobs(self.learner.reference_params, batch)))
-        jax.block_until_ready(with_logprobs)  # so time/logprobs is not billed to the update
-        return with_logprobs[0], with_logprobs[1]
-
 
 
 def main(argv: list[str]) -> None:
     del argv
     join_cluster()
     gin.parse_config_files_and_bindings(_GIN_FILES.value, _GIN_BINDINGS.value)
-    config = CONFIG.value
-    workdir = Path(_WORKDIR.value
-                   or Path("workdir") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
+    workdir = Path(_WORKDIR.value or Path("workdir") / config_name())
     workdir.mkdir(parents=True, exist_ok=True)
     with one_line_errors("ssp_jax.train"):
+        config = config_from_flags()
         trainer = Trainer(config, workdir, resume_from=_RESUME_FROM.value)
         metrics = trainer.run()
     print(f"finished at step {trainer.step} in {workdir}; last step's metrics:" if metrics else
@@ -450,4 +375,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

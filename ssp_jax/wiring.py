@@ -1,32 +1,33 @@
 """What every entry point shares, in one place: the common flags (`--config`, `--checkpoint`, the
-multi-host ones), one-line errors, and the builders of a run's parts (mesh, engine, retriever, the
-policy of a checkpoint). Only the entry points (train, eval, serve, export, score) import it, and
-none of them imports another.
+multi-host ones), the typed config they read (`config_from_flags`), flag parsing that explains a bad
+override, one-line errors, and the builders of a run's parts (mesh, engine, retriever, the policy of
+a checkpoint). Only the entry points (train, eval, serve, export, score, aot) import it, and none of
+them imports another.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import importlib.util
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import ml_collections
-from absl import flags
+from absl import app, flags
 from flax import nnx
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
 from ssp_jax.agent.rollout import RolloutConfig, text_stops
 from ssp_jax.checkpoint import Checkpointer, CheckpointError, abstract_like
+from ssp_jax.config import Config, ConfigError, RetrievalConfig, load_config, override_error
 from ssp_jax.distributed import initialize
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.models.policy import Policy, load_frozen, load_policy
-from ssp_jax.models.sharding import MeshConfig, Rules, make_mesh
+from ssp_jax.models.sharding import Rules, make_mesh
 from ssp_jax.retrieval.base import Retriever
 from ssp_jax.retrieval.index import load_retriever
 from ssp_jax.retrieval.remote import RemoteRetriever
@@ -44,23 +45,48 @@ PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index in a
 HF_FILES = "config.json, model.safetensors (or model.safetensors.index.json and its shards)"
 
 
-class ConfigError(ValueError):
-    """A bad config value, found before any expensive work; the message names the field
-    (`config.<section>.<field>`) in one line, which the CLIs print alone."""
+def config_from_flags() -> Config:
+    """The typed config of `--config` and its `--config.<section>.<field>=` overrides."""
+    return load_config(CONFIG.value)
 
 
-def typed(cls: type, section: ml_collections.ConfigDict, name: str, drop: tuple[str, ...] = ()) -> Any:
-    """Build a typed config from a section; a bad field fails here, naming `config.<name>.<field>`."""
-    values = {k: v for k, v in section.to_dict().items() if k not in drop}
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"config.{name}: unknown field(s) {unknown}; known: {sorted(known)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+def config_name() -> str:
+    """The `--config` file's stem, e.g. "microworld" (a run's default workdir name)."""
+    return Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing (pass as `app.run(main, flags_parser=parse_flags)`). An override that
+    names no config field, e.g. `--config.rl.nonexistent=1`, exits with one line naming the section
+    that lacks it and its near names; ml_collections alone ends in a bare `AttributeError`."""
     try:
-        return cls(**values)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config.{name}: {e}") from e
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError):
+        for message in _override_errors(argv):
+            sys.exit(f"ssp_jax.{Path(argv[0]).stem}: error: {message}")
+        raise
+
+
+def _override_errors(argv: list[str]) -> Iterator[str]:
+    """`--config.<path>: <why>` for each override in `argv` that names no field of its config file."""
+    args = [a for a in argv[1:] if a != "--"]
+    path = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+    if path is None and "--config" in args[:-1]:
+        path = args[args.index("--config") + 1]
+    if path is None:
+        return
+    file, *config_args = path.split(":", 1)  # "config.py:arg" passes arg to get_config, as ml_collections does
+    spec = importlib.util.spec_from_file_location("ssp_config_file", file)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(*config_args)
+    for arg in args:
+        if arg.startswith("--config."):
+            field = arg[len("--config."):].split("=", 1)[0]
+            if (why := override_error(field, config)) is not None:
+                yield f"--config.{field}: {why}"
 
 
 def check_hf_dir(field: str, path: str, *, tokenizer: bool) -> None:
@@ -98,7 +124,7 @@ def one_line_errors(program: str) -> Iterator[None]:
         raise SystemExit(f"{program}: error: {e}") from None
 
 
-def make_retriever(config: ml_collections.ConfigDict, index_dir: str) -> Retriever:
+def make_retriever(config: RetrievalConfig, index_dir: str) -> Retriever:
     """The in-process index at `index_dir`, or the remote service at `config.url`."""
     if bool(config.url) == bool(index_dir):
         raise ConfigError("config.retrieval: set exactly one of `index` (a build directory) or `url`")
@@ -107,9 +133,9 @@ def make_retriever(config: ml_collections.ConfigDict, index_dir: str) -> Retriev
     return load_retriever(index_dir)
 
 
-def mesh_and_rules(config: ml_collections.ConfigDict) -> tuple[Mesh, Rules]:
+def mesh_and_rules(config: Config) -> tuple[Mesh, Rules]:
     """The device mesh of `config.mesh` and the logical-axis rules of `config.sharding_rules`."""
-    return make_mesh(typed(MeshConfig, config.mesh, "mesh")), tuple(tuple(rule) for rule in config.sharding_rules)
+    return make_mesh(config.mesh), config.sharding_rules
 
 
 def make_engine(policy: Policy, chat_template: str, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig, *,
@@ -126,7 +152,7 @@ def make_engine(policy: Policy, chat_template: str, engine_cfg: EngineConfig, ro
     return Engine(policy.model, engine_cfg, stops=stops, eos_ids=eos, mesh=mesh, rules=rules)
 
 
-def load_eval_policy(config: ml_collections.ConfigDict, checkpoint: Path, *, mesh: Mesh, rules: Rules) -> Policy:
+def load_eval_policy(config: Config, checkpoint: Path, *, mesh: Mesh, rules: Rules) -> Policy:
     """The policy at an HF checkpoint dir, or `config.model` with the policy weights of an orbax one."""
     if (checkpoint / "config.json").is_file():
         return load_frozen(config.model, checkpoint, mesh=mesh, rules=rules)

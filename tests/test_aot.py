@@ -19,6 +19,7 @@ pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -r re
                                      "TPU ahead-of-time compilation needs it")
 
 from ssp_jax.aot import GiB, check_fits, hbm_per_device, tpu_topology_devices  # noqa: E402
+from ssp_jax.config import load_config  # noqa: E402
 from ssp_jax.train import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def short_config(length: int = 128, rows: int = 8):
 
 @pytest.fixture(scope="module")
 def tiny_report():
-    return check_fits(short_config(), "v5e:2x2", count_flops=True)
+    return check_fits(load_config(short_config()), "v5e:2x2", count_flops=True)
 
 
 def test_topology_devices_and_hbm_per_device():
@@ -91,7 +92,7 @@ def test_model_too_big_for_the_slice_is_refused_before_compiling():
     with pytest.raises(ValueError, match=r"resident state \(policy params \+ AdamW state \+ reference params\) "
                                          r"needs \d+ bytes \(\d+\.\d+ GiB\) per device but 17179869184 bytes "
                                          r"\(16\.00 GiB\) are available"):
-        check_fits(config, "v5e:2x2")
+        check_fits(load_config(config), "v5e:2x2")
     assert time.perf_counter() - start < 60
 
 
@@ -105,7 +106,7 @@ def test_activations_that_cannot_fit_are_refused_naming_the_step():
                                          r"per device\): update cannot be compiled to fit: "
                                          r"RESOURCE_EXHAUSTED: .*required for HLO temporaries \(\d+\.\d+G\) "
                                          r"exceeds available HBM") as refused:
-        check_fits(short_config(length=16384, rows=32), "v5e:2x2")
+        check_fits(load_config(short_config(length=16384, rows=32)), "v5e:2x2")
     assert "generate" not in str(refused.value).splitlines()[0]  # 8 slots of 16k cache fit easily
 
 
@@ -126,7 +127,7 @@ def test_trainer_runs_the_check_when_config_names_a_topology(tmp_path):
     config.model.init = QWEN_7B
     config.aot_topology = "v5e:2x2"
     with pytest.raises(ValueError, match="resident state"):
-        Trainer(config, tmp_path)
+        Trainer(load_config(config), tmp_path)
     assert not (tmp_path / "random_init").exists()  # refused before any weight was written
 
 

@@ -5,15 +5,17 @@ import random
 
 import pytest
 
+from ssp_jax.agent.rollout import RolloutConfig
 from ssp_jax.agent.tags import all_tags, last_tag
-from ssp_jax.data.microworld import SPLITS, Hop, World, WorldConfig
-from ssp_jax.data.microworld_tokenizer import train_tokenizer
 from ssp_jax.retrieval.bm25 import BM25Retriever
 from ssp_jax.retrieval.corpus import Corpus
 from ssp_jax.selfplay.filters import check_proposal
 from ssp_jax.selfplay.rewards import generated_text
+from ssp_jax.selfplay.step import SelfPlayConfig
 from ssp_jax.tokenizer import Tokenizer, get_chat_template, information_block
-from ssp_jax.warmstart.demos import (
+from ssp_jax.worlds.microworld import SPLITS, Hop, World, WorldConfig
+from ssp_jax.worlds.microworld_tokenizer import train_tokenizer
+from ssp_jax.worlds.warmstart.demos import (
     GOAL,
     Demo,
     DemoFormat,
@@ -253,6 +255,10 @@ def test_goal_question_nests_the_chain_and_pads_short_ones(world: World) -> None
     year = person.attributes["birth_year"]
     assert goal_question(world, chain[:1]) == (f"What is the employer of {person.name}, who was born in the year "
                                                f"{year}?")
+    # The word floor is the config's `selfplay.min_question_words`, which the trainer passes through
+    # `DemoFormat`: at a floor of 5 the one-hop question is long enough as it is.
+    assert goal_question(world, chain[:1], min_words=5) == f"What is the employer of {person.name}?"
+    assert FMT.min_question_words == SelfPlayConfig().min_question_words and FMT.topk == RolloutConfig().topk
 
 
 def test_reader_and_passage_demos(world: World, tokenizer: Tokenizer) -> None:

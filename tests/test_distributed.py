@@ -20,6 +20,7 @@ from test_eval_cli import tiny_config as eval_config
 from test_evaluate import BareTemplate
 
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRequest, RolloutRunner, text_stops
+from ssp_jax.config import load_config
 from ssp_jax.distributed import (
     any_process,
     gather_objects,
@@ -163,7 +164,7 @@ def evaluation(out: Path) -> dict:
     config.mesh.update(MESH)
     retriever = world.ScriptedRetriever()
     specs = sorted(str(p) for p in out.parent.glob("*.jsonl"))
-    table = run_eval(config, world.ASSET, specs, out, limit=LIMIT, shard_size=SHARD, retriever=retriever)
+    table = run_eval(load_config(config), world.ASSET, specs, out, limit=LIMIT, shard_size=SHARD, retriever=retriever)
     result = {"table": table, "searched": sum(len(call) for call in retriever.calls)}
     out.with_name(f"{out.name}.{jax.process_index()}.json").write_text(json.dumps(result))
     return result

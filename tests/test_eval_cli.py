@@ -11,7 +11,7 @@ from test_evaluate import BareTemplate, chain_end
 from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner
 from ssp_jax.checkpoint import Checkpointer
-from ssp_jax.config import base_config
+from ssp_jax.config import base_config, load_config
 from ssp_jax.data.gold import QAItem
 from ssp_jax.engine.engine import EngineConfig
 from ssp_jax.eval import evaluate_benchmarks, run_eval
@@ -19,7 +19,7 @@ from ssp_jax.models.policy import Policy
 from ssp_jax.models.sharding import DEFAULT_RULES
 from ssp_jax.selfplay.evaluate import QAResult, evaluate, load_qa_jsonl, subsample, summarize
 from ssp_jax.tokenizer import CHAT_TEMPLATES
-from ssp_jax.train import make_engine
+from ssp_jax.wiring import make_engine
 
 LIMIT, SHARD = 4, 2
 
@@ -69,7 +69,7 @@ def direct_results(config, items):
 def test_table_matches_direct_evaluate_and_resume_redoes_one_shard(tmp_path):
     config, specs = tiny_config(), write_benchmarks(tmp_path)
     out = tmp_path / "out"
-    table = run_eval(config, world.ASSET, list(specs.values()), out, limit=LIMIT, shard_size=SHARD,
+    table = run_eval(load_config(config), world.ASSET, list(specs.values()), out, limit=LIMIT, shard_size=SHARD,
                      retriever=world.ScriptedRetriever())
 
     for name, path in specs.items():
@@ -95,21 +95,21 @@ def test_table_matches_direct_evaluate_and_resume_redoes_one_shard(tmp_path):
     redo_questions = [json.loads(line)["question"] for line in redo.read_text().splitlines()]
     redo.unlink()
     retriever = world.ScriptedRetriever()
-    assert run_eval(config, world.ASSET, list(specs.values()), out, limit=LIMIT, shard_size=SHARD,
+    assert run_eval(load_config(config), world.ASSET, list(specs.values()), out, limit=LIMIT, shard_size=SHARD,
                     retriever=retriever) == table
     assert {p for p in shards if p.stat().st_mtime_ns != before[p]} == {redo}
     assert sorted(q for call in retriever.calls[:1] for q in call) == sorted(redo_questions)  # first turn only
 
     with pytest.raises(ValueError, match=r"other \['limit'\]"):
-        run_eval(config, world.ASSET, list(specs.values()), out, limit=LIMIT + 1, shard_size=SHARD)
+        run_eval(load_config(config), world.ASSET, list(specs.values()), out, limit=LIMIT + 1, shard_size=SHARD)
 
 
 @pytest.mark.slow
 def test_orbax_checkpoint_gives_the_same_table_as_hf(tmp_path):
     """A training run's orbax policy, loaded into the config's (random-init) model shape."""
     config, specs = tiny_config(), write_benchmarks(tmp_path)
-    hf = run_eval(config, world.ASSET, list(specs.values()), tmp_path / "hf", limit=LIMIT, shard_size=SHARD,
-                  retriever=world.ScriptedRetriever())
+    hf = run_eval(load_config(config), world.ASSET, list(specs.values()), tmp_path / "hf", limit=LIMIT,
+                  shard_size=SHARD, retriever=world.ScriptedRetriever())
     model, _ = world.trained_searcher()
     run = tmp_path / "run"
     saver = Checkpointer(run / "checkpoints")
@@ -119,7 +119,7 @@ def test_orbax_checkpoint_gives_the_same_table_as_hf(tmp_path):
     hf_config = json.loads((world.ASSET / "config.json").read_text())
     with config.unlocked():
         config.model.init = {k: v for k, v in hf_config.items() if k not in ("torch_dtype", "rope_scaling")}
-    orbax = run_eval(config, run / "checkpoints", list(specs.values()), tmp_path / "orbax", limit=LIMIT,
+    orbax = run_eval(load_config(config), run / "checkpoints", list(specs.values()), tmp_path / "orbax", limit=LIMIT,
                      shard_size=SHARD, retriever=world.ScriptedRetriever())
     assert (run / "random_init" / "config.json").is_file()  # the shape came from config.model.init
     assert orbax == hf

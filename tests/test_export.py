@@ -9,7 +9,7 @@ import search_world as world
 from flax import nnx
 
 from ssp_jax.checkpoint import Checkpointer
-from ssp_jax.config import base_config
+from ssp_jax.config import base_config, load_config
 from ssp_jax.export import export_policy
 from ssp_jax.models.hf_import import load_hf_decoder
 from ssp_jax.tokenizer import Tokenizer
@@ -25,7 +25,7 @@ def test_orbax_policy_exports_to_an_hf_checkpoint(tmp_path):
     config.mesh.fsdp = 1
     hf_config = json.loads((world.ASSET / "config.json").read_text())
     config.model.init = {k: v for k, v in hf_config.items() if k not in ("torch_dtype", "rope_scaling")}
-    out = export_policy(config, tmp_path / "run" / "checkpoints", tmp_path / "hf")
+    out = export_policy(load_config(config), tmp_path / "run" / "checkpoints", tmp_path / "hf")
     exported, _ = load_hf_decoder(out)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(nnx.to_pure_dict(nnx.state(exported, nnx.Param)))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

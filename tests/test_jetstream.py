@@ -31,16 +31,15 @@ def reference() -> list[list[int]]:
     from test_eval_cli import tiny_config
 
     from ssp_jax.agent.rollout import RolloutConfig
-    from ssp_jax.engine.engine import EngineConfig
+    from ssp_jax.config import load_config
     from ssp_jax.engine.sampling import GREEDY
     from ssp_jax.models.policy import Policy
-    from ssp_jax.train import make_engine, typed
+    from ssp_jax.wiring import make_engine
 
-    config = tiny_config()
+    config = load_config(tiny_config())
     model, tokenizer = world.trained_searcher()
-    engine = make_engine(Policy(model, tokenizer, {}, world.ASSET), "chatml",
-                         typed(EngineConfig, config.engine, "engine"), RolloutConfig(), mesh=None,
-                         rules=tuple(tuple(r) for r in config.sharding_rules))
+    engine = make_engine(Policy(model, tokenizer, {}, world.ASSET), "chatml", config.engine, RolloutConfig(),
+                         mesh=None, rules=config.sharding_rules)
     params = nnx.state(model, nnx.Param)
     outputs = []
     for key in KEYS:
@@ -108,6 +107,7 @@ def main(out: Path) -> None:
     from test_eval_cli import tiny_config
     from test_evaluate import BareTemplate
 
+    from ssp_jax.config import load_config
     from ssp_jax.retrieval.scann_index import ScannIndex
     from ssp_jax.serve import serve
     from ssp_jax.tokenizer import CHAT_TEMPLATES
@@ -119,7 +119,7 @@ def main(out: Path) -> None:
         scann_error = str(e)
     CHAT_TEMPLATES["bare"] = BareTemplate
     port = free_port()
-    server = serve(tiny_config(), world.ASSET, port, max_new_tokens=MAX_NEW, chat=False)
+    server = serve(load_config(tiny_config()), world.ASSET, port, max_new_tokens=MAX_NEW, chat=False)
     try:
         out.write_text(json.dumps([asyncio.run(query(port)), scann_error]))
     finally:

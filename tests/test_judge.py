@@ -7,6 +7,7 @@ import pytest
 import search_world as world
 from test_eval_cli import LIMIT, SHARD, bare_template, tiny_config, write_benchmarks  # noqa: F401 - fixture
 
+from ssp_jax.config import load_config
 from ssp_jax.data.gold import QAItem
 from ssp_jax.eval import markdown_table, results_table, run_eval
 from ssp_jax.selfplay.evaluate import QAResult, summarize
@@ -75,7 +76,7 @@ def test_eval_with_a_judge_model_writes_and_resumes_the_judged_column(tmp_path, 
     with config.unlocked():  # a prompt that fits the tiny engine's 32-token prefill bucket
         config.judge.update(path=str(world.ASSET), prompt="{question} {golden_answers} {prediction}")
     out = tmp_path / "out"
-    table = run_eval(config, world.ASSET, list(specs.values()), out, limit=LIMIT, shard_size=SHARD,
+    table = run_eval(load_config(config), world.ASSET, list(specs.values()), out, limit=LIMIT, shard_size=SHARD,
                      retriever=world.ScriptedRetriever())
     for row in table["benchmarks"].values():
         assert row["judge"] == row["em"] and 0 < row["em"] < 1
@@ -84,9 +85,9 @@ def test_eval_with_a_judge_model_writes_and_resumes_the_judged_column(tmp_path, 
                for line in path.read_text().splitlines()]
     assert {r["judge"] for r in records} == {0.0, 1.0}
     assert "EM + judge" in (out / "results.md").read_text()
-    assert run_eval(config, world.ASSET, list(specs.values()), out, limit=LIMIT, shard_size=SHARD,
+    assert run_eval(load_config(config), world.ASSET, list(specs.values()), out, limit=LIMIT, shard_size=SHARD,
                     retriever=world.ScriptedRetriever()) == table  # read back from the shards
     with config.unlocked():
         config.judge.max_tokens = 4
     with pytest.raises(ValueError, match=r"other \['judge'\]"):  # a judged and an unjudged run never mix
-        run_eval(config, world.ASSET, list(specs.values()), out, limit=LIMIT, shard_size=SHARD)
+        run_eval(load_config(config), world.ASSET, list(specs.values()), out, limit=LIMIT, shard_size=SHARD)

@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("agent",),
     ("selfplay",),
     ("rl",),
-    ("warmstart", "worlds", "report"),  # ready-made worlds and their warm starts; run summaries
+    ("worlds", "report"),  # the micro-world wing (the world, its warm start, the controls); run summaries
     ("config", "aot", "wiring"),  # wiring: the flags and builders every entry point shares
     ENTRY_POINTS,
 )

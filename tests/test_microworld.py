@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from ssp_jax.data.microworld import KINDS, RELATIONS, SPLITS, World, WorldConfig
-from ssp_jax.data.microworld_text import BACKREF_TEMPLATES, FACT_TEMPLATES, QUESTION_STYLES, SYLLABLES
-from ssp_jax.data.microworld_tokenizer import CHAT_TOKENS, FORMAT_TOKENS, SSP_TAGS, train_tokenizer
 from ssp_jax.retrieval.bm25 import BM25Retriever
 from ssp_jax.retrieval.corpus import Corpus
 from ssp_jax.tokenizer import Tokenizer, information_block
+from ssp_jax.worlds.microworld import KINDS, RELATIONS, SPLITS, World, WorldConfig
+from ssp_jax.worlds.microworld_text import BACKREF_TEMPLATES, FACT_TEMPLATES, QUESTION_STYLES, SYLLABLES
+from ssp_jax.worlds.microworld_tokenizer import CHAT_TOKENS, FORMAT_TOKENS, SSP_TAGS, train_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -209,7 +209,9 @@ def test_rl_config_errors_name_the_field(kwargs, error, message):
         RLConfig(**kwargs)
 
 
-def test_rl_config_from_dict_names_unknown_fields():
-    assert RLConfig.from_dict({"lr": 2e-6}).lr == 2e-6
-    with pytest.raises(ValueError, match=r"unknown RLConfig field\(s\) \['learning_rate'\]"):
-        RLConfig.from_dict({"learning_rate": 1e-6})
+def test_rl_config_section_names_unknown_fields():
+    from ssp_jax.config import load_config
+
+    assert load_config({"rl": {"lr": 2e-6}}).rl.lr == 2e-6
+    with pytest.raises(ValueError, match=r"config\.rl has no field 'learning_rate'"):
+        load_config({"rl": {"learning_rate": 1e-6}})

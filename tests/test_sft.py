@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from ssp_jax.models.decoder import Decoder, DecoderConfig, token_logprobs
-from ssp_jax.warmstart.sft import SFTConfig, sft
+from ssp_jax.worlds.warmstart.sft import SFTConfig, sft
 
 CFG = DecoderConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                     num_kv_heads=2, head_dim=8, tie_embeddings=True)

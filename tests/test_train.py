@@ -1,6 +1,7 @@
 """The training program end to end on the tiny config: finite metrics, moving parameters, resume
 after SIGKILL, and start-up errors that name the bad config field."""
 
+import dataclasses
 import json
 import math
 import os
@@ -18,8 +19,10 @@ import pytest
 from flax import nnx
 
 from ssp_jax.checkpoint import CheckpointError
+from ssp_jax.config import ConfigError, load_config
 from ssp_jax.models.hf_import import load_hf_decoder
-from ssp_jax.train import ConfigError, Trainer
+from ssp_jax.rl.game_batches import game_batches
+from ssp_jax.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "configs"))
@@ -32,12 +35,17 @@ OVERRIDES = {"selfplay.batch_size": 2, "rollout.max_response_tokens": 24, "train
 VOLATILE = ("time/", "throughput/")  # wall-clock metrics differ between runs
 
 
-def small_config(**extra):
+def raw_config(**extra):
+    """configs/tiny.py's ConfigDict with OVERRIDES and `extra` ("section.field": value) applied."""
     config = tiny.get_config()
     for key, value in {**OVERRIDES, **extra}.items():
         section, field = key.split(".")
         config[section][field] = value
     return config
+
+
+def small_config(**extra):
+    return load_config(raw_config(**extra))
 
 
 def stable(record: dict) -> dict:
@@ -109,15 +117,18 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(uninterrupted, tmp_pa
     ("selfplay", "proposer_temperature", -0.5, r"selfplay\.proposer_temperature must be >= 0"),
 ])
 def test_bad_config_fails_at_startup_naming_the_field(tmp_path, section, field, value, message):
-    config = small_config()
+    config = raw_config()
     config[section][field] = value
     with pytest.raises(ValueError, match=message):
-        Trainer(config, tmp_path)
+        Trainer(load_config(config), tmp_path)
 
 
 @pytest.mark.slow
 def test_unknown_or_mistyped_override_is_rejected_by_name(tmp_path):
-    for flag, message in (("--config.rl.lrr=1e-3", "lrr"), ("--config.rl.lr=fast", "lr")):
+    for flag, message in (("--config.rl.lrr=1e-3", "ssp_jax.train: error: --config.rl.lrr: config.rl has no field "
+                                                    "'lrr'; did you mean lr?"),
+                          ("--config.rl.nonexistent=1", "config.rl has no field 'nonexistent' (fields: adam_b1,"),
+                          ("--config.rl.lr=fast", "lr")):
         result = subprocess.run([sys.executable, "-m", "ssp_jax.train", "--config", str(REPO / "configs/tiny.py"),
                                  "--workdir", str(tmp_path), flag], cwd=REPO, capture_output=True, text=True,
                                 timeout=120)
@@ -158,7 +169,7 @@ def test_engine_behaviour_logprobs_match_the_training_forward(tmp_path):
     trainer = Trainer(small_config(**{"rl.behaviour_logprobs": "engine"}), tmp_path)
     game = trainer.game.play(trainer.learner.params, trainer.learner.params, trainer.answers[:2], trainer.pool,
                              np.random.default_rng(0), seed=0)
-    for batch in trainer._batches(game):
+    for batch in game_batches(game, trainer.learner, train_proposer=True):
         recomputed = np.asarray(trainer.learner.logprobs(trainer.learner.params, batch))
         mask = batch.loss_mask > 0
         assert mask.sum() > 0
@@ -191,7 +202,7 @@ def test_fixed_set_control_draws_every_question_from_the_set(tmp_path):
 
 @pytest.mark.slow
 def test_oracle_control_gives_the_solver_fresh_generated_questions(tmp_path):
-    from ssp_jax.data.microworld import World, WorldConfig
+    from ssp_jax.worlds.microworld import World, WorldConfig
 
     trainer = Trainer(small_config(**{"selfplay.proposer_mode": "oracle"}), tmp_path)
     metrics = trainer.train_step()
@@ -207,7 +218,8 @@ def test_oracle_control_gives_the_solver_fresh_generated_questions(tmp_path):
 
 def test_oracle_control_needs_the_micro_world(tmp_path):
     trainer = Trainer(small_config(**{"selfplay.proposer_mode": "oracle"}), tmp_path)
-    trainer.config.data.source = "files"  # as if a real corpus were configured: no generator to ask
+    # As if a real corpus were configured: no generator to ask.
+    trainer.config = dataclasses.replace(trainer.config, data=dataclasses.replace(trainer.config.data, source="files"))
     with pytest.raises(ValueError, match="proposer_mode='oracle' needs config.data.source='microworld'"):
         trainer.train_step()
 
@@ -215,9 +227,9 @@ def test_oracle_control_needs_the_micro_world(tmp_path):
 @pytest.mark.slow
 def test_fixed_set_control_names_the_field_when_no_question_is_valid(tmp_path, monkeypatch):
     """The random tiny policy never writes a valid question: collecting the set fails clearly."""
-    import ssp_jax.train
+    import ssp_jax.worlds.controls
 
-    monkeypatch.setattr(ssp_jax.train, "FIXED_SET_ROUNDS", 2)
+    monkeypatch.setattr(ssp_jax.worlds.controls, "FIXED_SET_ROUNDS", 2)
     trainer = Trainer(small_config(**{"selfplay.proposer_mode": "fixed", "selfplay.fixed_set_size": 4}), tmp_path)
     with pytest.raises(RuntimeError, match="made only 0 valid questions in 2 rounds.*fixed_set_size=4"):
         trainer.train_step()
@@ -317,12 +329,12 @@ HF_EXPECTED = ("expected a Hugging Face model directory holding config.json, mod
         "eval_questions"])
 def test_bad_paths_fail_before_any_data_is_built_or_weight_loaded(tmp_path, no_expensive_work, overrides, message):
     (tmp_path / "answers.jsonl").write_text("")
-    config = small_config()
+    config = raw_config()
     for key, value in overrides.items():
         section, field = key.split(".")
         config[section][field] = value.format(tmp=tmp_path) if isinstance(value, str) else value
     with pytest.raises(ConfigError) as error:
-        Trainer(config, tmp_path / "run")
+        Trainer(load_config(config), tmp_path / "run")
     assert str(error.value) == message.format(tmp=tmp_path)
 
 

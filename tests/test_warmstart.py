@@ -5,15 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from ssp_jax.data.microworld import World, WorldConfig
+from ssp_jax.config import load_config
 from ssp_jax.models.hf_import import load_hf_decoder
 from ssp_jax.retrieval.index import load_retriever
 from ssp_jax.tokenizer import Tokenizer, get_chat_template
 from ssp_jax.train import Trainer
-from ssp_jax.warmstart.build import WarmStartConfig, warm_start_checkpoint
-from ssp_jax.warmstart.demos import DemoFormat
-from ssp_jax.warmstart.sft import SFTConfig
+from ssp_jax.worlds.microworld import World, WorldConfig
 from ssp_jax.worlds.prepare import prepare_microworld
+from ssp_jax.worlds.warmstart.build import WarmStartConfig, warm_start_checkpoint
+from ssp_jax.worlds.warmstart.demos import DemoFormat
+from ssp_jax.worlds.warmstart.sft import SFTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "configs"))
@@ -47,7 +48,7 @@ def test_trainer_uses_the_warm_start(tmp_path):
     config.mesh.fsdp = 1
     config.model.warm_start.update(SMALL)
     config.model.sft.update({**SFT, "length_buckets": (2048,)})
-    trainer = Trainer(config, tmp_path)
+    trainer = Trainer(load_config(config), tmp_path)
     assert (tmp_path / "warm_start" / "config.json").is_file()
     assert trainer.learner.model.cfg.vocab_size % 64 == 0 and trainer.learner.model.cfg.vocab_size > 512
 

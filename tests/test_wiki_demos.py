@@ -14,9 +14,9 @@ from ssp_jax.retrieval.base import Passage
 from ssp_jax.retrieval.document_set import DocumentSet
 from ssp_jax.selfplay.filters import check_proposal
 from ssp_jax.tokenizer import INFORMATION_OPEN, ChatMLTemplate
-from ssp_jax.warmstart.demos import DemoFormat
-from ssp_jax.warmstart.sft import SFTConfig, sft
-from ssp_jax.warmstart.wiki_demos import wiki_demos
+from ssp_jax.worlds.warmstart.demos import DemoFormat
+from ssp_jax.worlds.warmstart.sft import SFTConfig, sft
+from ssp_jax.worlds.warmstart.wiki_demos import wiki_demos
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The short wiki rehearsal end to end (`benchmarks/wiki_rehearsal.py --short`): the real Qwen2.5
 BPE, real Wikipedia passages and the paper's lengths through `python -m ssp_jax.train`. It takes
 about 15 minutes on 2 cores, too long for CI, so it is deselected unless asked for:
-`python -m pytest -m rehearsal`. docs/wiki_rehearsal.md has the full run's figures."""
+`python -m pytest -m rehearsal`. docs/research-log/2026-12-04-wiki_rehearsal.md has the full run's figures."""
 
 import os
 import subprocess

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 
-import gin
 import jax
 import jax.numpy as jnp
 
 
-@gin.configurable(module="ssp_jax.engine")
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
-    """temperature 0 = greedy; top_k 0 = off; top_p 1 = off. Gin can bind the fields a caller
-    leaves unset (e.g. `SamplingParams.top_p = 0.95` for the rollouts, whose temperature is config)."""
+    """temperature 0 = greedy; top_k 0 = off; top_p 1 = off. Training rollouts take theirs from
+    `config.selfplay` (temperature, top_k, top_p, proposer_temperature)."""
 
     temperature: float = 1.0
     top_k: int = 0

@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -20,6 +19,28 @@ from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import decoder_config_from_hf, export_hf_decoder, load_hf_decoder
 from ssp_jax.models.sharding import Rules
 from ssp_jax.tokenizer import TOKENIZER_FILE, Tokenizer
+
+# The embedded default's shape: a 2-layer Qwen2 small enough to train on a laptop CPU.
+TINY_QWEN2: dict[str, Any] = dict(
+    model_type="qwen2", vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=10000.0, rms_norm_eps=1e-6,
+    tie_word_embeddings=True, max_position_embeddings=4096, architectures=["Qwen2ForCausalLM"])
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which policy to load and how to hold it (`config.model`): a local HF checkpoint, or a random
+    one of shape `init` written on first use, so the embedded default and a real checkpoint take
+    the same import path."""
+
+    hf_path: str = ""  # local HF checkpoint dir (config.json + safetensors); empty = random `init`
+    tokenizer_path: str = ""  # tokenizer.json or its dir; empty = the checkpoint dir
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16
+    param_dtype: str = "float32"  # storage dtype of the policy weights
+    remat: bool = False  # rematerialise each decoder layer in the backward pass
+    seed: int = 0  # seed of the random `init` checkpoint
+    # HF config.json fields of the random model written to <workdir>/random_init when hf_path is empty.
+    init: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(TINY_QWEN2))
 
 
 @dataclasses.dataclass
@@ -54,12 +75,12 @@ def random_checkpoint(init: dict[str, Any], out_dir: Path, seed: int = 0) -> Pat
     return out_dir
 
 
-def load_policy(model_cfg: ml_collections.ConfigDict, *, mesh: Mesh, rules: Rules, workdir: Path) -> Policy:
+def load_policy(model_cfg: ModelConfig, *, mesh: Mesh, rules: Rules, workdir: Path) -> Policy:
     """The policy of `config.model`: `hf_path` if set, else a random checkpoint in `workdir`."""
     if model_cfg.hf_path:
         checkpoint = Path(model_cfg.hf_path)
     else:
-        checkpoint = leader_first(lambda: random_checkpoint(model_cfg.init.to_dict(), workdir / "random_init",
+        checkpoint = leader_first(lambda: random_checkpoint(model_cfg.init, workdir / "random_init",
                                                             model_cfg.seed), "random init")
     model, hf_config = load_hf_decoder(checkpoint, mesh=mesh, rules=rules, dtype=model_cfg.dtype,
                                        param_dtype=model_cfg.param_dtype, remat=model_cfg.remat)
@@ -69,13 +90,10 @@ def load_policy(model_cfg: ml_collections.ConfigDict, *, mesh: Mesh, rules: Rule
     return Policy(model, Tokenizer.load(tokenizer_dir), hf_config, checkpoint)
 
 
-def load_frozen(model_cfg: ml_collections.ConfigDict, hf_path: str | Path, *, mesh: Mesh, rules: Rules,
+def load_frozen(model_cfg: ModelConfig, hf_path: str | Path, *, mesh: Mesh, rules: Rules,
                 tokenizer_path: str | None = None) -> Policy:
     """An HF checkpoint with `model_cfg`'s dtypes and remat, for a frozen RAG reader, an LLM judge or
     an eval target. `tokenizer_path` None keeps `model_cfg.tokenizer_path`; "" is the checkpoint's own."""
-    frozen = model_cfg.copy_and_resolve_references()
-    with frozen.unlocked():
-        frozen.hf_path = str(hf_path)
-        if tokenizer_path is not None:
-            frozen.tokenizer_path = tokenizer_path
+    frozen = dataclasses.replace(model_cfg, hf_path=str(hf_path),
+                                 tokenizer_path=model_cfg.tokenizer_path if tokenizer_path is None else tokenizer_path)
     return load_policy(frozen, mesh=mesh, rules=rules, workdir=Path(hf_path))

@@ -6,7 +6,7 @@ passages, makes a query from each (a window of its words, encoded as a query), a
 until ScaNN finds the source passage in its top-k nearly as often as exact search does. The gap must
 fit `tolerance` with two standard errors to spare, so that it holds on unseen queries too: on the
 wiki-offline paragraphs, the width whose gap just met 1 point on 1,000 queries lost 1.35 points on
-4,000 others (docs/hardening.md). The figures go to the build log and the manifest.
+4,000 others (docs/research-log/2026-12-05-hardening.md). The figures go to the build log and the manifest.
 """
 
 from __future__ import annotations

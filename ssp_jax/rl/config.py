@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping
-from typing import Any
 
 from ssp_jax.rl.advantages import ADVANTAGES
 from ssp_jax.rl.losses import LOSSES
@@ -50,11 +48,16 @@ class RLConfig:
     # Behaviour log-probs for the PPO ratio: "recompute" them with the training forward, or take the
     # "engine"'s (the same untempered policy log-probs, from the KV-cached decode: one forward fewer).
     behaviour_logprobs: str = "recompute"
+    # Padded sequence lengths of the log-prob and update passes; a batch pads to the smallest that
+    # holds its longest trajectory, so the largest must reach engine.max_cache_len.
+    length_buckets: tuple[int, ...] = (1024, 2048, 4096, 8192, 12288)
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for field in dataclasses.fields(self):
             value, kind = getattr(self, field.name), hints[field.name]
+            if kind not in (int, float, str, bool):
+                continue
             ok = isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
             if not ok:
                 raise TypeError(f"RLConfig.{field.name} must be {kind.__name__}, got {value!r}")
@@ -77,6 +80,9 @@ class RLConfig:
         if self.behaviour_logprobs not in BEHAVIOUR_LOGPROBS:
             raise ValueError(f"RLConfig.behaviour_logprobs={self.behaviour_logprobs!r}; expected one of "
                              f"{BEHAVIOUR_LOGPROBS}")
+        if not self.length_buckets or any(b < 1 for b in self.length_buckets) or \
+                list(self.length_buckets) != sorted(self.length_buckets):
+            raise ValueError(f"RLConfig.length_buckets={self.length_buckets!r} must be positive, ascending, non-empty")
         if self.loss not in LOSSES:
             raise ValueError(f"RLConfig.loss={self.loss!r} is not registered; known: {LOSSES.names()}")
         for name in ("solver_advantage", "proposer_advantage"):
@@ -84,11 +90,3 @@ class RLConfig:
                 raise ValueError(f"RLConfig.{name}={getattr(self, name)!r} is not registered; "
                                  f"known: {ADVANTAGES.names()}")
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> RLConfig:
-        """Build from a config section (e.g. `config.rl.to_dict()`); unknown keys are named."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown RLConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)

@@ -42,10 +42,15 @@ class SelfPlayConfig:
 
     batch_size: int = 256  # answers, hence proposer trajectories, per step
     solver_samples: int = 5  # solver rollouts per question (the GRPO group)
-    temperature: float = 1.0  # sampling temperature of both roles
+    # Rollout sampling of both roles (SSP.md: temperature 1, no top-k / top-p filter). Whatever they
+    # are, the engine reports log-probs under the untempered, unfiltered policy.
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
     # The proposer's own temperature, when set. A weak proposer copies names more reliably closer to
     # greedy, so more of its questions are valid; the solver keeps `temperature` for exploration.
     proposer_temperature: float | None = None
+    reader_path: str = ""  # frozen RAG reader HF checkpoint; empty = the current policy
     rag_check: bool = True
     # "read": SSP.md's tool-less reader answers from the documents in its prompt. "search": the
     # reader plays the solver, but its searches see only those documents (a `DocumentSet`), so a
@@ -91,6 +96,8 @@ class SelfPlayConfig:
         for name in ("temperature", "proposer_temperature"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"selfplay.{name} must be >= 0, got {getattr(self, name)}")
+        if self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"selfplay.top_k={self.top_k} must be >= 0 and top_p={self.top_p} in (0, 1]")
         if not 0.0 <= self.finish_warning_share <= 1.0:
             raise ValueError(f"selfplay.finish_warning_share must be in [0, 1], got {self.finish_warning_share}")
         if self.fixed_set_size < 1:
@@ -98,6 +105,11 @@ class SelfPlayConfig:
         if self.proposer_reward not in PROPOSER_REWARD_SHAPES:
             raise ValueError(f"selfplay.proposer_reward={self.proposer_reward!r}; "
                              f"known: {PROPOSER_REWARD_SHAPES.names()}")
+
+    def sampling(self, role: str) -> SamplingParams:
+        """The rollout sampling of `role` ("proposer" or "solver")."""
+        own = self.proposer_temperature if role == "proposer" else None
+        return SamplingParams(temperature=self.temperature if own is None else own, top_k=self.top_k, top_p=self.top_p)
 
 
 @dataclasses.dataclass
@@ -140,8 +152,7 @@ class SelfPlayGame:
                 rng: np.random.Generator, seed: int) -> Proposals:
         """Proposer rollouts, rule filters and (if enabled) the RAG check: which questions are valid."""
         cfg = self.config
-        temperature = cfg.temperature if cfg.proposer_temperature is None else cfg.proposer_temperature
-        sampling = SamplingParams(temperature=temperature)
+        sampling = cfg.sampling("proposer")
         start = time.perf_counter()
         trajectories = self.runner.run(params, [
             RolloutRequest(self._prompt_ids(prompts.proposer_prompt(a.gold, a.search_turns,
@@ -194,7 +205,7 @@ class SelfPlayGame:
         solver = self.runner.run(params, [
             RolloutRequest(self._prompt_ids(prompts.solver_prompt(q.question, self.templates)),
                            num_samples=cfg.solver_samples, seed=seed * 1_000_003 + len(answers) + i,
-                           sampling=SamplingParams(temperature=cfg.temperature), meta=q)
+                           sampling=cfg.sampling("solver"), meta=q)
             for i, q in enumerate(questions)])
         solver_s = time.perf_counter() - start
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ssp_jax.data.microworld import World, WorldConfig
 from ssp_jax.data.wiki_offline import WikiOfflineConfig, answer_records, cloze_questions, sample_articles, write_corpus
 from ssp_jax.retrieval.build import build
 from ssp_jax.retrieval.index import MANIFEST, MINILM, EncoderSpec, load_retriever
+from ssp_jax.worlds.microworld import World, WorldConfig
 
 ANSWERS_FILE, CORPUS_FILE, INDEX_DIR = "answers.jsonl", "corpus.jsonl", "index"
 

@@ -19,9 +19,9 @@ from collections.abc import Iterable, Sequence
 import tokenizers
 from tokenizers import AddedToken
 
-from ssp_jax.data.microworld import World
-from ssp_jax.data.microworld_text import ASK, PHRASE
 from ssp_jax.tokenizer import Tokenizer, format_passages
+from ssp_jax.worlds.microworld import World
+from ssp_jax.worlds.microworld_text import ASK, PHRASE
 
 CHAT_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # special; ChatML as in Qwen2.5
 SSP_TAGS = ("<think>", "</think>", "<search>", "</search>", "<information>", "</information>",

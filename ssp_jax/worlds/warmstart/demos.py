@@ -19,19 +19,19 @@ import re
 from collections.abc import Mapping, Sequence
 
 from ssp_jax.agent.prompts import DEFAULT_TEMPLATES, PromptTemplates, proposer_prompt, reader_prompt, solver_prompt
-from ssp_jax.data.microworld import Hop, Question, World
-from ssp_jax.data.microworld_text import ASK, BACKREF_TEMPLATES, FACT_TEMPLATES
+from ssp_jax.agent.rollout import RolloutConfig
 from ssp_jax.retrieval.base import Passage, Retriever
+from ssp_jax.selfplay.step import SelfPlayConfig
 from ssp_jax.tokenizer import ChatTemplate, Tokenizer, format_passages, information_block
+from ssp_jax.worlds.microworld import Hop, Question, World
+from ssp_jax.worlds.microworld_text import ASK, BACKREF_TEMPLATES, FACT_TEMPLATES
 
-TOPK = 3  # passages per search by default, as in SSP.md section 1 (match the rollout config's topk)
-NUM_EXAMPLES = 3  # example questions in a proposer prompt, as `prepare_microworld` writes them
-MIN_QUESTION_WORDS = 10  # `check_proposal`'s default
+NUM_EXAMPLES = SelfPlayConfig.num_examples  # example questions per proposer prompt, as prepare_microworld writes
 # What a hop's relation yields, for the short reasoning text.
 GOAL = {"born_in": "birthplace", "educated_at": "university", "spouse": "spouse", "works_for": "employer",
         "located_in": "country", "capital": "capital", "founded_by": "founder", "headquartered_in": "home city",
         "campus_in": "city", "flows_through": "city", "rises_in": "source country", "longest_river": "longest river"}
-# A descriptor of the start entity, to lengthen a question below `MIN_QUESTION_WORDS` words.
+# A descriptor of the start entity, to lengthen a question below `selfplay.min_question_words` words.
 DESCRIBE = {"person": "{s}, who was born in the year {birth_year},", "city": "{s}, a city founded in {founded},",
             "country": "{s}, a country of about {population} million people,",
             "company": "{s}, a company founded in {founded},", "university": "{s}, which was founded in {founded},",
@@ -47,11 +47,13 @@ Span = tuple[list[int], bool]  # (token ids, trained)
 @dataclasses.dataclass(frozen=True)
 class DemoFormat:
     """How demos are rendered: the same chat template, role prompts and passages per search as
-    the rollouts they teach, so the warm start and SSP see identical formats."""
+    the rollouts they teach, so the warm start and SSP see identical formats. The defaults are the
+    config's (`rollout.topk`, `selfplay.min_question_words`); the trainer passes the run's values."""
 
     chat: ChatTemplate
     templates: PromptTemplates = DEFAULT_TEMPLATES
-    topk: int = TOPK
+    topk: int = RolloutConfig.topk  # passages per search
+    min_question_words: int = SelfPlayConfig.min_question_words  # the proposer filter's word floor
     # A generated search turn. The micro world's tokenizer makes each tag one token; real text
     # (the wiki rehearsal) uses SSP.md's spelling, whose spaces and newline a real BPE merges.
     search_span: str = "<think>{think}</think><search>{query}</search>"
@@ -170,13 +172,13 @@ def goal_phrase(chain: Sequence[Hop]) -> str:
     return phrase
 
 
-def goal_question(world: World, chain: Sequence[Hop]) -> str:
+def goal_question(world: World, chain: Sequence[Hop], min_words: int = SelfPlayConfig.min_question_words) -> str:
     """The question a proposer demo writes: "What is <goal phrase>?", its start entity described
     when it is too short to pass the proposer's word-count filter. Being built from the same words
     as the thoughts, it can be composed one hop at a time while searching backwards, which a tiny
     policy can learn where free paraphrase is beyond it."""
     text = f"What is {goal_phrase(chain)}?"
-    if len(text.split()) >= MIN_QUESTION_WORDS:
+    if len(text.split()) >= min_words:
         return text
     start = world.entity(chain[0].passage_id)
     described = DESCRIBE[start.kind].format(s=start.name, **start.attributes)
@@ -189,7 +191,8 @@ def quote(world: World, hop: Hop) -> str:
     "People born in Esklix include Sulyal, Lodzul". A proposer that copies it before naming the
     next entity picks that entity by copying a span it just read (any cut point in a list is a
     valid pick), where naming it afresh produced invented names and repeated searches. Measured
-    (README, "Micro world"): alone it did not raise the valid rate; with `proposer_chains=2` it did."""
+    (docs/research-log/2026-11-23-microworld_history.md): alone it did not raise the valid rate; with
+    `proposer_chains=2` it did."""
     backref = BACKREF_TEMPLATES.get(hop.relation)
     # A back-reference names the answer as {o} and lists hop.query in {list}; a spouse fact names both.
     templates, names = ((backref, {"o": hop.answer}) if backref
@@ -241,7 +244,7 @@ def proposer_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retrieve
             if k > 0 or hops == 1:  # the start entity is read from the last passage, not searched
                 b.search(f"{think} Search {hop.query}.", hop.query)
                 think = f"Ask for {goal_phrase(chain)}."
-        text = goal_question(world, chain)
+        text = goal_question(world, chain, fmt.min_question_words)
         if flaw == "too_short":
             text = min(ASK[question.style][chain[-1].relation], key=lambda t: len(t.split())).format(x=chain[-1].query)
         elif flaw == "leaks_answer":
@@ -305,7 +308,7 @@ def build_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever: 
     memorised for the main world, so the only way to predict the restated facts is to read them
     from the passage (a tiny policy otherwise memorises the main world's passages instead)."""
     rng = random.Random(f"warmstart:{seed}")
-    questions = [dataclasses.replace(q, question=goal_question(world, q.chain)) if i % 2 else q  # both phrasings
+    questions = [dataclasses.replace(q, question=goal_question(world, q.chain, fmt.min_question_words)) if i % 2 else q
                  for i, q in enumerate(world.example_questions(max(num_solver, num_reader), seed=seed))]
     answers = [a for a in world.answers()
                if (not proposer_search_turns or int(a["search_turns"]) in proposer_search_turns)

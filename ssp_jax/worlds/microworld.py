@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ssp_jax.data.microworld_text import (
+from ssp_jax.worlds.microworld_text import (
     ASK,
     ATTRIBUTE_CHOICES,
     BACKREF_TEMPLATES,

@@ -20,14 +20,14 @@ from typing import Any
 from flax import nnx
 
 from ssp_jax.bpe_ranks import VOCABULARIES, build_tokenizer
-from ssp_jax.data.microworld import World
-from ssp_jax.data.microworld_tokenizer import train_tokenizer
 from ssp_jax.data.wiki_offline import WikiOfflineConfig, cloze_questions, passages, sample_articles
 from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import decoder_config_from_hf, export_hf_decoder
 from ssp_jax.retrieval.base import Passage, Retriever
 from ssp_jax.tokenizer import Tokenizer
-from ssp_jax.warmstart.demos import (
+from ssp_jax.worlds.microworld import World
+from ssp_jax.worlds.microworld_tokenizer import train_tokenizer
+from ssp_jax.worlds.warmstart.demos import (
     NUM_EXAMPLES,
     PROPOSER_THOUGHTS,
     SOLVER_FLAWS,
@@ -36,8 +36,8 @@ from ssp_jax.warmstart.demos import (
     DemoFormat,
     build_demos,
 )
-from ssp_jax.warmstart.sft import SFTConfig, sft
-from ssp_jax.warmstart.wiki_demos import wiki_demos
+from ssp_jax.worlds.warmstart.sft import SFTConfig, sft
+from ssp_jax.worlds.warmstart.wiki_demos import wiki_demos
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ from ssp_jax.agent.prompts import proposer_prompt, reader_prompt, solver_prompt
 from ssp_jax.data.wiki_offline import Article, Mention
 from ssp_jax.retrieval.base import Passage, Retriever
 from ssp_jax.tokenizer import Tokenizer, format_passages
-from ssp_jax.warmstart.demos import Demo, DemoFormat, TrajectoryBuilder
+from ssp_jax.worlds.warmstart.demos import Demo, DemoFormat, TrajectoryBuilder
 
 SEARCH_SPAN = "<think>{think}</think>\n<search> {query} </search>"  # SSP.md's spelling
 
