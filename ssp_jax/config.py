@@ -217,7 +217,7 @@ def _build(cls: type, values: Mapping[str, Any], path: str) -> Any:
     for name, value in values.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{path}.{name}")
+            kwargs[name] = _build(typing.cast(type, hint), value, f"{path}.{name}")  # a hint is a class
         else:
             kwargs[name] = _checked(value, hint, f"{path}.{name}")
     try:

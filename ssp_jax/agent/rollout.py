@@ -102,6 +102,7 @@ class RolloutRunner:
             if slot is not None:
                 slots[slot] = None
 
+        traj: Trajectory | None
         while waiting or any(slots):
             for slot in range(len(slots)):
                 while slots[slot] is None and waiting:
@@ -148,6 +149,7 @@ class RolloutRunner:
                     else:
                         query = search_query(self.tokenizer.decode(traj.segment_ids))
                         if query.ok:
+                            assert query.content is not None  # `ok` means it has content
                             searches.append((slot, traj, query.content))
                         else:
                             finish(slot, traj, tj.FINISH_NO_QUERY, f"search query {query.reason}")

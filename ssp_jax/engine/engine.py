@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -267,10 +268,12 @@ class Engine:
         abstract = jax.eval_shape(self._init_fn)
         self.compile_counts.clear()  # eval_shape traced once; that is not a compilation
 
-        def spec(axes: tuple[str | None, ...], shape: tuple[int, ...]) -> NamedSharding:
+        # Typed Any: each sharding stands in for an array of the DecodeState pytree it mirrors.
+        def spec(axes: tuple[str | None, ...], shape: tuple[int, ...]) -> Any:
+            assert self.mesh is not None  # checked above
             return NamedSharding(self.mesh, logical_to_spec(axes, self.rules, shape, self.mesh))
 
-        def per_slot(x: jax.ShapeDtypeStruct) -> NamedSharding:
+        def per_slot(x: jax.ShapeDtypeStruct) -> Any:
             return spec(("batch",) + (None,) * (x.ndim - 1), x.shape)
 
         kv = lambda x: spec(("batch", "cache_length", "kv_heads", "head_dim"), x.shape)  # noqa: E731

@@ -132,7 +132,7 @@ class JetStreamEngine(engine_api.Engine):
 
     @property
     def mesh(self) -> jax.sharding.Mesh | None:
-        return self.engine.mesh
+        return self.engine.mesh  # type: ignore[attr-defined]  # beyond SlotEngine's contract; Engine has it
 
     @property
     def colocated_cpus(self) -> None:

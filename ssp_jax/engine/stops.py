@@ -44,7 +44,8 @@ def _automaton(patterns: Sequence[Sequence[int]], alphabet: Sequence[int]) -> tu
     column = {symbol: i for i, symbol in enumerate(alphabet)}
     delta = np.zeros((len(children), len(alphabet) + 1), np.int32)
     fail = [0] * len(children)
-    queue = collections.deque()
+    queue: collections.deque[int] = collections.deque()
+    child: int | None  # a state (None: no edge for the symbol)
     for symbol, child in children[0].items():
         delta[0, column[symbol]] = child
         queue.append(child)

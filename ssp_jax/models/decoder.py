@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import overload
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -177,7 +179,7 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def _write_rows(buf: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+def _write_rows(buf: jax.Array, new: np.ndarray | jax.Array, start: jax.Array) -> jax.Array:
     """Write new[b] into buf[b] at offset start[b] along axis 1. buf: [batch, max_len, ...]."""
     return jax.vmap(lambda b, n, s: jax.lax.dynamic_update_slice_in_dim(b, n, s, axis=0))(buf, new, start)
 
@@ -246,6 +248,7 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
         if kv is not None:
+            assert write_at is not None  # the model passes both or neither
             k = _write_rows(kv[0], k.astype(kv[0].dtype), write_at)
             v = _write_rows(kv[1], v.astype(kv[1].dtype), write_at)
             out = attend(q, k, v, mask)  # [batch, seq, heads, head_dim]
@@ -299,7 +302,14 @@ class Decoder(nnx.Module):
             self.lm_head = _param(rngs, cfg, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
                                   fan_in=cfg.hidden_size)
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array, attention_mask: jax.Array,
+    @overload
+    def __call__(self, tokens: np.ndarray | jax.Array, positions: np.ndarray | jax.Array,
+                 attention_mask: np.ndarray | jax.Array, cache: None = None) -> tuple[jax.Array, None]: ...
+    @overload
+    def __call__(self, tokens: np.ndarray | jax.Array, positions: np.ndarray | jax.Array,
+                 attention_mask: np.ndarray | jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]: ...
+    def __call__(self, tokens: np.ndarray | jax.Array, positions: np.ndarray | jax.Array,
+                 attention_mask: np.ndarray | jax.Array,
                  cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
         """tokens, positions, attention_mask: [batch, seq]. Returns hidden [batch, seq, embed].
 
@@ -377,14 +387,14 @@ class Decoder(nnx.Module):
         return (logp, entropy) if with_entropy else logp
 
 
-def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+def positions_from_mask(attention_mask: np.ndarray | jax.Array) -> jax.Array:
     """Position ids for a left- or right-padded batch: 0 at each row's first real token."""
     mask = attention_mask.astype(jnp.int32)
     return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
 
 
-def token_logprobs(model: Decoder, tokens: jax.Array, attention_mask: jax.Array, chunk: int = 0,
-                   with_entropy: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+def token_logprobs(model: Decoder, tokens: np.ndarray | jax.Array, attention_mask: np.ndarray | jax.Array,
+                   chunk: int = 0, with_entropy: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     """log p(tokens[t] | tokens[:t]) [B, T] in fp32, aligned with tokens; 0 at t = 0 and padding.
     With `with_entropy`, also the entropy [B, T] of the distribution token t was drawn from.
 

@@ -338,7 +338,8 @@ class TextEncoder:
         return out
 
 
-def _compile_forward(graphdef: nnx.GraphDef) -> Callable[[nnx.State, jax.Array, jax.Array], jax.Array]:
+def _compile_forward(graphdef: nnx.GraphDef,
+                     ) -> Callable[[nnx.State, np.ndarray | jax.Array, np.ndarray | jax.Array], jax.Array]:
     """jit(state, tokens [batch, seq], mask [batch, seq]) -> [batch, embed]; one compile per shape."""
 
     @jax.jit

@@ -15,7 +15,7 @@ import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import jax
 import numpy as np
@@ -28,6 +28,9 @@ from ssp_jax.distributed import host_value
 from ssp_jax.models.decoder import Decoder, DecoderConfig, RopeScaling
 from ssp_jax.models.sharding import DEFAULT_RULES, Rules, state_shardings
 
+if TYPE_CHECKING:
+    from flax.typing import PathParts
+
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
 _ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
 _SINGLE_FILE = "model.safetensors"
@@ -37,6 +40,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 Path_ = tuple[str | int, ...]
 # our parameter path -> (HF tensor name, HF shape, whether HF stores it transposed ([out, in]))
 Layout = dict[Path_, tuple[str, tuple[int, ...], bool]]
+ModuleT = TypeVar("ModuleT", bound=nnx.Module)
 
 
 def read_hf_config(model_dir: str | Path) -> dict[str, Any]:
@@ -197,9 +201,9 @@ def _params_by_file(layout: Layout, files: dict[str, Path], model_dir: Path) -> 
     return grouped
 
 
-def load_checkpoint(model_dir: Path, init_fn: Callable[[], nnx.Module], layout: Layout, *,
+def load_checkpoint(model_dir: Path, init_fn: Callable[[], ModuleT], layout: Layout, *,
                     storage_dtype: Any, mesh: Mesh | None, rules: Rules,
-                    files: dict[str, Path] | None = None) -> nnx.Module:
+                    files: dict[str, Path] | None = None) -> ModuleT:
     """Build `init_fn()` abstractly, then fill each parameter from the safetensors tensor `layout`
     names, one tensor at a time, each device receiving only its own slice."""
     files = weight_files(model_dir) if files is None else files
@@ -207,7 +211,7 @@ def load_checkpoint(model_dir: Path, init_fn: Callable[[], nnx.Module], layout: 
     flat_abstract = dict(nnx.to_flat_state(abstract_state))
     if mesh is not None:
         flat_shardings = dict(nnx.to_flat_state(state_shardings(abstract_state, mesh, rules)))
-    loaded: dict[Path_, jax.Array] = {}
+    loaded: dict[PathParts, jax.Array] = {}
     for file, paths in _params_by_file(layout, files, model_dir).items():
         try:
             handle = safe_open(file, "numpy")
@@ -224,7 +228,9 @@ def load_checkpoint(model_dir: Path, init_fn: Callable[[], nnx.Module], layout: 
                 host = (tensor.T if transposed else tensor).reshape(target.shape)
                 sharding = flat_shardings[path] if mesh is not None else SingleDeviceSharding(jax.devices()[0])
                 loaded[path] = jax.make_array_from_callback(
-                    target.shape, sharding, lambda idx, host=host: np.asarray(host[idx], dtype=storage_dtype))
+                    target.shape, sharding,
+                    cast(Callable[[Any], np.ndarray],  # mypy cannot infer a lambda with a bound default
+                         lambda idx, host=host: np.asarray(host[idx], dtype=storage_dtype)))
                 del tensor, host
     missing = set(flat_abstract) - set(loaded)
     if missing:  # a layout bug, not a user error

@@ -69,6 +69,7 @@ class SearchBatcher:
 
     def _next_batch(self) -> list[_Request] | None:
         """Block for one request, then take every request already waiting (None: closed)."""
+        first: _Request | None
         if self._held is not None:
             first, self._held = self._held, None
         elif self._closing:

@@ -45,8 +45,9 @@ class ExactIndex:
         shape = (shards * self._chunks_per_shard, self._chunk, self.dim)
         store_dtype = jnp.dtype(dtype)
 
-        def block(index: tuple[slice, ...]) -> np.ndarray:
+        def block(index: tuple[slice, ...] | None) -> np.ndarray:
             """This device's chunks, zero-padded past the last row (each device gets only its slice)."""
+            assert index is not None  # jax's callback type allows None; make_array_from_callback never passes it
             start, stop, _ = index[0].indices(shape[0])
             lo, hi = start * self._chunk, stop * self._chunk
             out = np.zeros((hi - lo, self.dim), store_dtype)  # [rows, d]

@@ -154,6 +154,7 @@ class RetrievalService:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     service: RetrievalService
+    server_address: tuple[str, int]  # an AF_INET socket's (host, port)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -164,7 +165,8 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def setup(self) -> None:
-        self.timeout = self.server.service.limits.read_timeout  # applied to the socket by super().setup()
+        # Applied to the socket by super().setup(); typeshed declares it a ClassVar, but a per-instance value works.
+        self.timeout = self.server.service.limits.read_timeout  # type: ignore[misc]
         super().setup()
 
     def do_GET(self) -> None:

@@ -10,10 +10,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ssp_jax.registry import Registry
 
-AdvantageFn = Callable[[jax.Array], jax.Array]
+AdvantageFn = Callable[[np.ndarray | jax.Array], jax.Array]
 ADVANTAGES: Registry[AdvantageFn] = Registry("advantage")
 
 
@@ -22,7 +23,7 @@ def get_advantage(name: str) -> AdvantageFn:
 
 
 @ADVANTAGES.register("grpo")
-def grpo(rewards: jax.Array, eps: float = 1e-6) -> jax.Array:
+def grpo(rewards: np.ndarray | jax.Array, eps: float = 1e-6) -> jax.Array:
     """GRPO: A = (r - mean) / (std + eps) within each group (row).
 
     std is the unbiased (n - 1) estimator, as veRL's `compute_grpo_outcome_advantage` (torch.std)
@@ -40,6 +41,6 @@ def grpo(rewards: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 
 @ADVANTAGES.register("reinforce")
-def reinforce(rewards: jax.Array) -> jax.Array:
+def reinforce(rewards: np.ndarray | jax.Array) -> jax.Array:
     """REINFORCE without a baseline: A = r (SSP's proposer, one sample per answer)."""
     return jnp.asarray(rewards, jnp.float32)

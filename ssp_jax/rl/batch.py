@@ -22,16 +22,16 @@ class RLBatch:
     """One padded batch for the learner: tokens, masks, behaviour and reference log-probs and one
     advantage per row. Shapes come from length buckets, so the update compiles only a few times."""
 
-    tokens: jax.Array  # [B, T] int32
-    attention_mask: jax.Array  # [B, T] int32: 1 = real token (right-padded)
-    loss_mask: jax.Array  # [B, T] float32: 1 = policy-generated token to train
-    old_logprobs: jax.Array  # [B, T] float32: behaviour policy log p(token t)
-    ref_logprobs: jax.Array  # [B, T] float32: frozen reference policy log p(token t)
-    advantages: jax.Array  # [B] float32: one per sequence
+    tokens: np.ndarray | jax.Array  # [B, T] int32
+    attention_mask: np.ndarray | jax.Array  # [B, T] int32: 1 = real token (right-padded)
+    loss_mask: np.ndarray | jax.Array  # [B, T] float32: 1 = policy-generated token to train
+    old_logprobs: np.ndarray | jax.Array  # [B, T] float32: behaviour policy log p(token t)
+    ref_logprobs: np.ndarray | jax.Array  # [B, T] float32: frozen reference policy log p(token t)
+    advantages: np.ndarray | jax.Array  # [B] float32: one per sequence
 
 
 def pack_batch(sequences: Sequence[Sequence[int]], loss_masks: Sequence[Sequence[float]],
-               old_logprobs: Sequence[Sequence[float]] | None, advantages: Sequence[float],
+               old_logprobs: Sequence[Sequence[float]] | None, advantages: Sequence[float] | np.ndarray,
                length_buckets: Sequence[int], batch_multiple: int = 1) -> RLBatch:
     """Right-pad rows to one length bucket and the row count to a multiple of `batch_multiple`.
 

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ssp_jax.registry import Registry
 from ssp_jax.rl.batch import RLBatch
@@ -47,7 +48,7 @@ def get_loss(name: str) -> LossFn:
     return LOSSES.get(name)
 
 
-def token_count(loss_mask: jax.Array) -> jax.Array:
+def token_count(loss_mask: np.ndarray | jax.Array) -> jax.Array:
     """max(sum(mask), 1): an all-masked batch divides by 1 and gives 0, not NaN."""
     return jnp.maximum(jnp.sum(loss_mask.astype(jnp.float32)), 1.0)
 
@@ -76,7 +77,7 @@ def ppo_clip(logp: jax.Array, batch: RLBatch, cfg: LossParams,
     trained = mask > 0
     denom = token_count(mask) if num_tokens is None else num_tokens
 
-    def mean(x: jax.Array) -> jax.Array:
+    def mean(x: np.ndarray | jax.Array) -> jax.Array:
         return jnp.sum(mask * x) / denom
 
     # Masked positions are zeroed before exp: their inputs may be arbitrary (padding, tool tokens).

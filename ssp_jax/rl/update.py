@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +62,9 @@ class LearnerSteps:
                  rules: Rules = DEFAULT_RULES):
         self.cfg, self.mesh, self.rules = cfg, mesh, rules
         self._graphdef, state = nnx.split((model, optimizer))
-        self._model_graphdef, params, self._model_rest = nnx.split(model, nnx.Param, ...)
+        # Two filters give exactly three parts; flax types the result as a variadic tuple.
+        self._model_graphdef, params, self._model_rest = cast(tuple[nnx.GraphDef[Decoder], nnx.State, nnx.State],
+                                                              nnx.split(model, nnx.Param, ...))
         self._schedule = learning_rate(cfg)
         self._loss = get_loss(cfg.loss)
         self.state_shardings = None if mesh is None else state_shardings(state, mesh, rules)
@@ -116,7 +118,7 @@ class LearnerSteps:
         def forward(carried: nnx.State, chunk: tuple[jax.Array, jax.Array]) -> tuple[nnx.State, jax.Array]:
             # The weights ride in the carry, not the closure: NNX refuses Variables of an outer trace.
             model = nnx.merge(self._model_graphdef, carried, self._model_rest)
-            return carried, token_logprobs(model, *chunk, self.cfg.logprob_chunk)  # [micro, T]
+            return carried, cast(jax.Array, token_logprobs(model, *chunk, self.cfg.logprob_chunk))  # [micro, T]
 
         # [rows, T] -> [n, micro, T]: chunk j takes every n-th row, as the update's micro-batches do,
         # so each device keeps its own rows.

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flax import nnx
@@ -167,14 +167,16 @@ class SelfPlayGame:
         rag_pass, reader_metrics = (self._rag_check(reader_params, trajectories, answers, checks, rng)
                                     if cfg.rag_check else (rule_valid, {}))
         valid = [r and p for r, p in zip(rule_valid, rag_pass)]
-        questions = [PoolQuestion(c.question, a.gold) if v else None for c, a, v in zip(checks, answers, valid)]
+        questions = [PoolQuestion(cast(str, c.question), a.gold) if v else None  # valid: it has a question
+                     for c, a, v in zip(checks, answers, valid)]
         metrics = {
             "time/proposer_rollout": rollout_s,
             "time/rag_check": time.perf_counter() - start,
             "selfplay/valid_rate": float(np.mean(valid)),
             "selfplay/valid_questions": float(sum(valid)),
             "selfplay/rule_valid_rate": float(np.mean(rule_valid)),
-            "selfplay/rag_pass_rate": float(np.mean([p for p, r in zip(rag_pass, rule_valid) if r] or [0.0])),
+            "selfplay/rag_pass_rate": float(np.mean([p for p, r in zip(rag_pass, rule_valid) if r]
+                                                    or [0.0])),  # type: ignore[list-item]  # bools, or 0.0
             **{f"selfplay/valid_rate_{turns}turns": float(np.mean([v for v, a in zip(valid, answers)
                                                                   if a.search_turns == turns]))
                for turns in sorted({a.search_turns for a in answers})},
@@ -274,6 +276,7 @@ def reader_answer(response_text: str) -> str:
     else its first non-empty line, without a repeated `Answer:` label."""
     tagged = last_tag(response_text, "answer")
     if tagged.ok:
+        assert tagged.content is not None  # `ok` means it has content
         return tagged.content
     for line in response_text.splitlines():
         line = line.strip().removeprefix("Answer:").strip()
