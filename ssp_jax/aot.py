@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -93,6 +94,40 @@ def model_config(config: Config) -> DecoderConfig:
     hf = read_hf_config(model.hf_path) if model.hf_path else model.init
     return decoder_config_from_hf(hf, dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat,
                                   source=f"{model.hf_path}/config.json" if model.hf_path else "config.model.init")
+
+
+_COLLECTIVE = re.compile(r"= (.+?) (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
+                         r"(?:-start)?\((.*)$", re.M)
+_ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    """One cross-device collective of a compiled (SPMD-partitioned) HLO module: its op and the
+    per-device shapes of its result and operands, e.g. ("f32", (8, 40, 64))."""
+
+    op: str
+    arrays: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of its largest array per device: what one device sends or receives, within a factor
+        of two whatever the algorithm (ring all-reduce moves about twice its size)."""
+        return max((math.prod(dims) * _dtype_bytes(dtype) for dtype, dims in self.arrays), default=0)
+
+    def has_dim(self, size: int) -> bool:
+        return any(size in dims for _, dims in self.arrays)
+
+
+def _dtype_bytes(dtype: str) -> int:
+    return 1 if dtype == "pred" else 2 if dtype == "bf16" else int(dtype[1:]) // 8
+
+
+def collectives(hlo_text: str) -> list[Collective]:
+    """The collectives of `compiled.as_text()`, in program order (a loop body's once per body)."""
+    return [Collective(op, tuple((dtype, tuple(int(d) for d in dims.split(",") if d))
+                                 for dtype, dims in _ARRAY.findall(result + " " + operands.split("),")[0])))
+            for result, op, operands in _COLLECTIVE.findall(hlo_text)]
 
 
 def _per_device_bytes(tree: Any) -> int:

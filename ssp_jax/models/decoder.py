@@ -4,7 +4,11 @@ The families differ only in a few switches (QKV bias, q/k RMSNorm, RoPE scaling,
 so one class with a typed config covers them; `hf_import.py` sets the switches from `config.json`.
 
 Every parameter carries `logical_axes` metadata (MaxText style); `sharding.py` maps those names to
-mesh axes with rules kept in config. The code itself is sharding-agnostic and lets XLA do the work.
+mesh axes with rules kept in config. Activations are pinned at the block boundaries, in attention,
+in the MLP and at the vocabulary head with `constrain` (logical `activation_*` axes), which is a no-op
+unless the caller traces under `activation_sharding`: the training passes do (rl/update.py); the
+sampling engine does not, since gathering every weight per decode step would cost far more than the
+small activations it moves. XLA does the rest.
 
 Masking: a full forward takes any left- or right-padded batch (`attention_mask` marks real tokens,
 `positions` are explicit). The cached path (`KVCache`) appends right-padded chunks: each row writes
@@ -21,6 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from ssp_jax.models.sharding import constrain
+
+# Logical activation axes (see models/sharding.py's rules).
+BLE = ("activation_batch", "activation_length", "activation_embed")  # the residual stream
+BLH = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")  # queries, outputs
+BLK = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")  # keys, values
+BLM = ("activation_batch", "activation_length", "activation_mlp")
+BLV = ("activation_batch", "activation_length", "activation_vocab")
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _NEG_INF = -1e30  # finite, so a fully masked (padding) row stays NaN-free
@@ -243,7 +256,8 @@ class Attention(nnx.Module):
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """x: [batch, seq, embed]. With `kv` (this layer's cache, [batch, max_len, kv_heads, head_dim]
         each), the new keys/values are written at `write_at` [batch] and attention spans the cache."""
-        q, k, v = self._project(x, "q"), self._project(x, "k"), self._project(x, "v")
+        q = constrain(self._project(x, "q"), BLH)
+        k, v = constrain(self._project(x, "k"), BLK), constrain(self._project(x, "v"), BLK)
         if self.cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
@@ -254,7 +268,8 @@ class Attention(nnx.Module):
             out = attend(q, k, v, mask)  # [batch, seq, heads, head_dim]
         else:
             out = causal_attend(q, k, v, mask)
-        return jnp.einsum("bthd,hde->bte", out, self.wo[...].astype(self.cfg.compute_dtype)), (k, v)
+        out = constrain(out, BLH)
+        return constrain(jnp.einsum("bthd,hde->bte", out, self.wo[...].astype(self.cfg.compute_dtype)), BLE), (k, v)
 
 
 class MLP(nnx.Module):
@@ -268,9 +283,9 @@ class MLP(nnx.Module):
         self.dtype = cfg.compute_dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate = x @ self.gate[...].astype(self.dtype)  # [batch, seq, mlp]
-        up = x @ self.up[...].astype(self.dtype)
-        return (jax.nn.silu(gate) * up) @ self.down[...].astype(self.dtype)
+        gate = constrain(x @ self.gate[...].astype(self.dtype), BLM)  # [batch, seq, mlp]
+        up = constrain(x @ self.up[...].astype(self.dtype), BLM)
+        return constrain((jax.nn.silu(gate) * up) @ self.down[...].astype(self.dtype), BLE)
 
 
 class Block(nnx.Module):
@@ -284,8 +299,8 @@ class Block(nnx.Module):
 
     def __call__(self, x, sin, cos, mask, kv, write_at):
         attn_out, kv = self.attn(self.attn_norm(x), sin, cos, mask, kv, write_at)
-        x = x + attn_out
-        return x + self.mlp(self.mlp_norm(x)), kv
+        x = constrain(x + attn_out, BLE)
+        return constrain(x + self.mlp(self.mlp_norm(x)), BLE), kv
 
 
 class Decoder(nnx.Module):
@@ -320,7 +335,10 @@ class Decoder(nnx.Module):
         """
         cfg = self.cfg
         attention_mask = attention_mask.astype(bool)
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype)  # [batch, seq, embed]
+        # The table gathered over its embed shards first (as FSDP gathers every weight), so the lookup
+        # stays on each device's rows; a lookup into embed-sharded rows would re-shard its output.
+        table = constrain(self.embed[...], ("vocab", None))  # [vocab, embed]
+        x = constrain(jnp.take(table, tokens, axis=0).astype(cfg.compute_dtype), BLE)  # [batch, seq, embed]
         angles = positions.astype(jnp.float32)[..., None] * rope_inv_freq(cfg)  # [batch, seq, head_dim/2]
         sin, cos = jnp.sin(angles), jnp.cos(angles)
         seq = tokens.shape[1]
@@ -340,7 +358,7 @@ class Decoder(nnx.Module):
             x, (k, v) = block_fn(layer, x, sin, cos, mask, kv, write_at)
             new_k.append(k)
             new_v.append(v)
-        hidden = self.final_norm(x)
+        hidden = constrain(self.final_norm(x), BLE)
         if cache is None:
             return hidden, None
         new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid,
@@ -354,7 +372,7 @@ class Decoder(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """hidden [batch, seq, embed] -> logits [batch, seq, vocab] in fp32."""
-        return jnp.einsum("bte,ev->btv", hidden, self._unembed(), preferred_element_type=jnp.float32)
+        return constrain(jnp.einsum("bte,ev->btv", hidden, self._unembed(), preferred_element_type=jnp.float32), BLV)
 
     def token_logprobs(self, hidden: jax.Array, targets: jax.Array, chunk: int = 0,
                        with_entropy: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
@@ -368,7 +386,7 @@ class Decoder(nnx.Module):
         w = self._unembed()
 
         def score(h: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-            logits = jnp.einsum("bte,ev->btv", h, w, preferred_element_type=jnp.float32)
+            logits = constrain(jnp.einsum("bte,ev->btv", h, w, preferred_element_type=jnp.float32), BLV)
             lse = jax.nn.logsumexp(logits, axis=-1)  # [batch, chunk]
             picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
             entropy = lse - jnp.sum(jax.nn.softmax(logits, axis=-1) * logits, axis=-1)

@@ -1,16 +1,27 @@
 """Device mesh and logical-axis sharding rules (MaxText style).
 
-Parameters carry logical axis names (`embed`, `heads`, `mlp`, ...) as `logical_axes` metadata;
-activations use `batch` / `length`. A rules table, kept in config, maps each logical name to a mesh
-axis (or a tuple of them, or None = replicated). Changing the parallelism layout is a config edit.
+Parameters carry logical axis names (`embed`, `heads`, `mlp`, ...) as `logical_axes` metadata; input
+batches use `batch` / `length`; activations inside the model use `activation_*` names, pinned with
+`constrain` under `activation_sharding`. A rules table, kept in config, maps each logical name to a
+mesh axis (or a tuple of them, or None = replicated). Changing the parallelism layout is a config edit.
+
+Why activations need their own rules: with weights sharded by `embed` over `fsdp`, XLA's propagation
+alone carries that layout into the residual stream, so every device gathers the whole batch and
+all-reduces partial sums of every activation over `fsdp`. Pinning `[batch, length, embed]` to batch
+over (`data`, `fsdp`) at the block boundaries keeps each device on its own rows: the weights are
+gathered instead, and the gradients reduce-scattered (tests/test_activation_sharding.py reads the
+compiled program to check it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -37,6 +48,16 @@ DEFAULT_RULES: Rules = (
     ("norm", None),
     ("layers", None),
     ("cache_length", None),
+    # Activations: rows over the batch axes, Megatron tensor parallelism on heads / MLP / vocabulary,
+    # the residual stream replicated over `tensor`.
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_head_dim", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
 )
 
 
@@ -105,6 +126,42 @@ def logical_to_spec(axes: Sequence[str | None], rules: Rules, shape: Sequence[in
         used.update(mesh_axes)
         spec.append(None if not mesh_axes else (mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes))
     return PartitionSpec(*spec)
+
+
+_ACTIVATIONS: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar("activations", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh | None, rules: Rules) -> Iterator[None]:
+    """While tracing inside this block, `constrain` pins activations to `rules` on `mesh`; with no
+    mesh (one device) it changes nothing. Enter it around the traced body of a jitted function."""
+    token = _ACTIVATIONS.set(None if mesh is None else (mesh, rules))
+    try:
+        yield
+    finally:
+        _ACTIVATIONS.reset(token)
+
+
+def traced_with_activation_sharding(fn: Callable[..., Any], mesh: Mesh | None, rules: Rules) -> Callable[..., Any]:
+    """`fn`, traced under `activation_sharding(mesh, rules)`: wrap a function before `jax.jit`."""
+
+    @functools.wraps(fn)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        with activation_sharding(mesh, rules):
+            return fn(*args, **kwargs)
+
+    return traced
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """`x` with a sharding constraint from its logical `axes` (one name per dimension), under the
+    enclosing `activation_sharding`; unchanged outside one. A dimension the mesh axes do not divide
+    is left replicated, as for parameters."""
+    context = _ACTIVATIONS.get()
+    if context is None:
+        return x
+    mesh, rules = context
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(axes, rules, x.shape, mesh)))
 
 
 def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:

@@ -26,7 +26,14 @@ from jax.sharding import Mesh, NamedSharding
 
 from ssp_jax.models.decoder import Decoder, token_logprobs
 from ssp_jax.models.shapes import batch_shards
-from ssp_jax.models.sharding import DEFAULT_RULES, Rules, logical_to_spec, shard_batch, state_shardings
+from ssp_jax.models.sharding import (
+    DEFAULT_RULES,
+    Rules,
+    logical_to_spec,
+    shard_batch,
+    state_shardings,
+    traced_with_activation_sharding,
+)
 from ssp_jax.rl.batch import RLBatch
 from ssp_jax.rl.config import RLConfig
 from ssp_jax.rl.losses import get_loss, token_count
@@ -70,8 +77,10 @@ class LearnerSteps:
         self.state_shardings = None if mesh is None else state_shardings(state, mesh, rules)
         self.param_shardings = None if mesh is None else state_shardings(params, mesh, rules)
         self.compile_counts: collections.Counter[str] = collections.Counter()
-        self.logprobs = jax.jit(self._logprobs_fn)
-        self.update = jax.jit(self._update_fn, static_argnums=2, donate_argnums=0,
+        # Traced under the rules' activation layout (models/sharding.py: why it matters).
+        self.logprobs = jax.jit(traced_with_activation_sharding(self._logprobs_fn, mesh, rules))
+        self.update = jax.jit(traced_with_activation_sharding(self._update_fn, mesh, rules), static_argnums=2,
+                              donate_argnums=0,
                               out_shardings=(self.state_shardings, None))
 
     def batch_shards(self) -> int:
