@@ -26,7 +26,7 @@ from pathlib import Path
 from flax import nnx
 
 from benchmarks.microworld_bottlenecks import config_file
-from ssp_jax.models import decoder
+from ssp_jax.models import attention
 from ssp_jax.models.decoder import Decoder
 from ssp_jax.models.hf_import import decoder_config_from_hf
 from ssp_jax.tokenizer import get_chat_template
@@ -65,11 +65,11 @@ def main() -> None:
     variants = {"config buckets, unblocked": (base, False), "config buckets, blocked": (base, True),
                 f"fine buckets {fine}, blocked": (dataclasses.replace(base, length_buckets=fine), True)}
     hf = {**config.model.init, "vocab_size": -(-tokenizer.vocab_size // 64) * 64}
-    min_blocked = decoder.MIN_BLOCKED_LEN
+    min_blocked = attention.MIN_BLOCKED_LEN
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, (sft_cfg, blocked) in variants.items():
-            decoder.MIN_BLOCKED_LEN = min_blocked if blocked else 1 << 30
+            attention.MIN_BLOCKED_LEN = min_blocked if blocked else 1 << 30
             took = []
             for steps in (args.steps, 2 * args.steps):
                 model = Decoder(decoder_config_from_hf(hf, source="config model.init"), rngs=nnx.Rngs(0))
@@ -77,7 +77,7 @@ def main() -> None:
                 sft(model, sequences, masks, dataclasses.replace(sft_cfg, steps=steps), progress=False)
                 took.append(time.perf_counter() - start)
             times[name].append((took[1] - took[0]) / args.steps)
-    decoder.MIN_BLOCKED_LEN = min_blocked
+    attention.MIN_BLOCKED_LEN = min_blocked
     first = statistics.median(next(iter(times.values())))
     report = {"demos": len(demos), "steps": args.steps, "rounds": args.rounds,
               "variants": {name: {"s_per_step": round(statistics.median(t), 4),

@@ -93,6 +93,7 @@ def model_config(config: Config) -> DecoderConfig:
     model = config.model
     hf = read_hf_config(model.hf_path) if model.hf_path else model.init
     return decoder_config_from_hf(hf, dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat,
+                                  attention=model.attention,
                                   source=f"{model.hf_path}/config.json" if model.hf_path else "config.model.init")
 
 

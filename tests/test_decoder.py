@@ -6,16 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssp_jax.models.decoder import (
-    MIN_BLOCKED_LEN,
-    Decoder,
-    DecoderConfig,
-    KVCache,
-    RopeScaling,
-    attend,
-    causal_attend,
-    positions_from_mask,
-)
+from ssp_jax.models.attention import MIN_BLOCKED_LEN, attend, causal_attend
+from ssp_jax.models.decoder import Decoder, DecoderConfig, KVCache, RopeScaling, positions_from_mask
 
 TINY = DecoderConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                      num_kv_heads=2, head_dim=8, qkv_bias=True, qk_norm=True)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ssp_jax.models.attention import ATTENTION_BACKENDS, attend, causal_attention
 from ssp_jax.models.sharding import constrain
 
 # Logical activation axes (see models/sharding.py's rules).
@@ -36,12 +37,6 @@ BLM = ("activation_batch", "activation_length", "activation_mlp")
 BLV = ("activation_batch", "activation_length", "activation_vocab")
 
 _DTYPES = ("float32", "bfloat16", "float16")
-_NEG_INF = -1e30  # finite, so a fully masked (padding) row stays NaN-free
-# Without a cache (training, scoring) the mask is causal, so queries are split into this many blocks,
-# each attending only to keys up to its own end: exact, and it skips 3/8 of the score matrix,
-# which is most of a small model's step time at a few hundred tokens (benchmarks/sft_throughput.py).
-CAUSAL_QUERY_BLOCKS = 4
-MIN_BLOCKED_LEN = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +78,7 @@ class DecoderConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype
     remat: bool = False  # rematerialise each layer in the backward pass
+    attention: str = "xla"  # kernel of the cache-free passes (models/attention.py)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -95,6 +91,8 @@ class DecoderConfig:
                 f"DecoderConfig.num_heads={self.num_heads} must be a multiple of "
                 f"num_kv_heads={self.num_kv_heads} (grouped-query attention)"
             )
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"DecoderConfig.attention={self.attention!r}; expected one of {ATTENTION_BACKENDS}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"DecoderConfig.{name}={getattr(self, name)!r}; expected one of {_DTYPES}")
@@ -197,34 +195,6 @@ def _write_rows(buf: jax.Array, new: np.ndarray | jax.Array, start: jax.Array) -
     return jax.vmap(lambda b, n, s: jax.lax.dynamic_update_slice_in_dim(b, n, s, axis=0))(buf, new, start)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention with an fp32 softmax.
-
-    q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
-    mask: [batch, q_len, kv_len] bool. Returns [batch, q_len, heads, head_dim].
-    """
-    batch, q_len, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)  # [b, t, kv, group, d]
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (head_dim ** -0.5)  # [b, kv, group, t, s]
-    scores = jnp.where(mask[:, None, None], scores, _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(batch, q_len, heads, head_dim)
-
-
-def causal_attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """`attend` for a causal `mask` over the same positions (q_len == kv_len): long sequences go
-    in `CAUSAL_QUERY_BLOCKS` query blocks, each against the keys up to its end."""
-    seq = q.shape[1]
-    if seq < MIN_BLOCKED_LEN or seq % CAUSAL_QUERY_BLOCKS:
-        return attend(q, k, v, mask)
-    size = seq // CAUSAL_QUERY_BLOCKS
-    return jnp.concatenate([attend(q[:, i:i + size], k[:, :i + size], v[:, :i + size], mask[:, i:i + size, :i + size])
-                            for i in range(0, seq, size)], axis=1)  # [batch, seq, heads, head_dim]
-
-
 class Attention(nnx.Module):
     """Grouped-query attention with RoPE, optional QKV bias and q/k norm (the Qwen2, Qwen3 and Llama-3
     variants), reading and writing a KV cache so prefill, extend and decode share one module."""
@@ -255,7 +225,9 @@ class Attention(nnx.Module):
                  kv: tuple[jax.Array, jax.Array] | None, write_at: jax.Array | None,
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """x: [batch, seq, embed]. With `kv` (this layer's cache, [batch, max_len, kv_heads, head_dim]
-        each), the new keys/values are written at `write_at` [batch] and attention spans the cache."""
+        each), the new keys/values are written at `write_at` [batch] and attention spans the cache
+        under `mask` [batch, seq, max_len]; without, `mask` is the [batch, seq] attention mask of a
+        causal pass, run by the configured kernel."""
         q = constrain(self._project(x, "q"), BLH)
         k, v = constrain(self._project(x, "k"), BLK), constrain(self._project(x, "v"), BLK)
         if self.cfg.qk_norm:
@@ -267,7 +239,7 @@ class Attention(nnx.Module):
             v = _write_rows(kv[1], v.astype(kv[1].dtype), write_at)
             out = attend(q, k, v, mask)  # [batch, seq, heads, head_dim]
         else:
-            out = causal_attend(q, k, v, mask)
+            out = causal_attention(q, k, v, mask, self.cfg.attention)
         out = constrain(out, BLH)
         return constrain(jnp.einsum("bthd,hde->bte", out, self.wo[...].astype(self.cfg.compute_dtype)), BLE), (k, v)
 
@@ -343,9 +315,7 @@ class Decoder(nnx.Module):
         sin, cos = jnp.sin(angles), jnp.cos(angles)
         seq = tokens.shape[1]
         if cache is None:
-            causal = jnp.tril(jnp.ones((seq, seq), bool))
-            mask = causal[None] & attention_mask[:, None, :]  # [batch, seq, seq]
-            write_at = None
+            mask, write_at = attention_mask, None  # [batch, seq]: the kernel adds causality
         else:
             write_at = cache.length
             valid = _write_rows(cache.valid, attention_mask, write_at)  # [batch, max_len]

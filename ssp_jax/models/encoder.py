@@ -26,7 +26,7 @@ import tokenizers
 from flax import nnx
 from jax.sharding import Mesh
 
-from ssp_jax.models.decoder import attend
+from ssp_jax.models.attention import attend
 from ssp_jax.models.hf_import import Layout, load_checkpoint, read_hf_config, weight_files
 from ssp_jax.models.sharding import DEFAULT_RULES, Rules, batch_sharding, shard_batch
 

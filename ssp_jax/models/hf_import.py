@@ -70,7 +70,7 @@ def _rope_from_hf(hf: dict[str, Any]) -> tuple[float, RopeScaling]:
 
 
 def decoder_config_from_hf(hf: dict[str, Any], *, dtype: str = "float32", param_dtype: str = "float32",
-                           remat: bool = False, source: str = "config.json") -> DecoderConfig:
+                           remat: bool = False, attention: str = "xla", source: str = "config.json") -> DecoderConfig:
     """The `DecoderConfig` for an HF `config.json` dict. `source` names the file in errors."""
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -101,6 +101,7 @@ def decoder_config_from_hf(hf: dict[str, Any], *, dtype: str = "float32", param_
             dtype=dtype,
             param_dtype=param_dtype,
             remat=remat,
+            attention=attention,
         )
     except KeyError as e:
         raise ValueError(f"{source}: required field {e.args[0]!r} is missing") from e
@@ -241,11 +242,11 @@ def load_checkpoint(model_dir: Path, init_fn: Callable[[], ModuleT], layout: Lay
 
 def load_hf_decoder(model_dir: str | Path, *, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES,
                     dtype: str = "float32", param_dtype: str = "float32", remat: bool = False,
-                    ) -> tuple[Decoder, dict[str, Any]]:
+                    attention: str = "xla") -> tuple[Decoder, dict[str, Any]]:
     """Load an HF checkpoint straight into a (sharded) `Decoder`. Returns (model, hf config dict)."""
     model_dir = Path(model_dir)
     hf_config = read_hf_config(model_dir)
-    cfg = decoder_config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat,
+    cfg = decoder_config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention,
                                  source=str(model_dir / "config.json"))
     model = load_checkpoint(model_dir, lambda: Decoder(cfg, rngs=nnx.Rngs(0)), hf_layout(cfg),
                             storage_dtype=cfg.storage_dtype, mesh=mesh, rules=rules)

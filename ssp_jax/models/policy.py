@@ -38,6 +38,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"  # storage dtype of the policy weights
     remat: bool = False  # rematerialise each decoder layer in the backward pass
+    # Kernel of the training, log-prob and scoring passes: auto | xla | splash | cudnn (models/attention.py).
+    attention: str = "auto"
     seed: int = 0  # seed of the random `init` checkpoint
     # HF config.json fields of the random model written to <workdir>/random_init when hf_path is empty.
     init: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(TINY_QWEN2))
@@ -83,7 +85,8 @@ def load_policy(model_cfg: ModelConfig, *, mesh: Mesh, rules: Rules, workdir: Pa
         checkpoint = leader_first(lambda: random_checkpoint(model_cfg.init, workdir / "random_init",
                                                             model_cfg.seed), "random init")
     model, hf_config = load_hf_decoder(checkpoint, mesh=mesh, rules=rules, dtype=model_cfg.dtype,
-                                       param_dtype=model_cfg.param_dtype, remat=model_cfg.remat)
+                                       param_dtype=model_cfg.param_dtype, remat=model_cfg.remat,
+                                       attention=model_cfg.attention)
     tokenizer_dir = Path(model_cfg.tokenizer_path or checkpoint)
     if not (tokenizer_dir / TOKENIZER_FILE).is_file() and not tokenizer_dir.is_file():
         raise FileNotFoundError(f"{tokenizer_dir}: no {TOKENIZER_FILE}; set config.model.tokenizer_path")

@@ -142,6 +142,11 @@ def activation_sharding(mesh: Mesh | None, rules: Rules) -> Iterator[None]:
         _ACTIVATIONS.reset(token)
 
 
+def activation_context() -> tuple[Mesh, Rules] | None:
+    """The (mesh, rules) of the enclosing `activation_sharding`, or None outside one."""
+    return _ACTIVATIONS.get()
+
+
 def traced_with_activation_sharding(fn: Callable[..., Any], mesh: Mesh | None, rules: Rules) -> Callable[..., Any]:
     """`fn`, traced under `activation_sharding(mesh, rules)`: wrap a function before `jax.jit`."""
 
