@@ -1,10 +1,11 @@
 """What a rollout step costs against what the slots hold (issue 22, item 4): decode time per token at
-a fixed `max_cache_len` as the slots' true length grows, and `extend` time against its group size.
+a fixed `max_cache_len` as the slots' true length grows, attending over the whole cache and over
+`decode_windows`, side by side; and `extend` time against its group size.
 
-Why: decode attends over the whole preallocated cache and `extend` gathers whole caches, whatever
-the slots hold. A rollout engine that costs what it uses shows decode time rising with the true
-length and `extend` time with the group; today both are flat. Both sides run the same compiled
-programs, so this is a ratio within one run. One CPU device, random Qwen2-shaped weights.
+Why: attending over the whole preallocated cache costs the same whatever the slots hold; with
+decode windows the cost should follow the true length. `extend` gathers whole caches, so its time
+is flat in the group today. Timings are interleaved in one run, and ratios are what to read. One
+CPU device, random Qwen2-shaped weights.
 
 Usage: python -m benchmarks.decode_cost [--max-cache-len 4096] [--slots 16] [--repeats 3] [--json out.json]
 """
@@ -12,6 +13,7 @@ Usage: python -m benchmarks.decode_cost [--max-cache-len 4096] [--slots 16] [--r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -39,17 +41,20 @@ def main() -> None:
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     max_len, slots = args.max_cache_len, args.slots
-    lengths = [n for n in (128, 512, 1024, 2048, max_len - 512) if n + 64 <= max_len]
+    lengths = sorted({n for n in (128, 480, 1000, 2000, max_len - 512) if n + 64 <= max_len})
     groups = [g for g in (1, 4, 16) if g <= slots]
     model = Decoder(CFG, rngs=nnx.Rngs(0))
     params = nnx.state(model)
-    engine = Engine(model, EngineConfig(num_slots=slots, max_cache_len=max_len, prefill_buckets=tuple(lengths),
-                                        extend_buckets=(64,), extend_group=max(groups), decode_steps=16))
+    windows = tuple(w for w in (256, 512, 1024, 2048, 4096, 8192) if w < max_len)
+    config = EngineConfig(num_slots=slots, max_cache_len=max_len, prefill_buckets=tuple(lengths),
+                          extend_buckets=(64,), extend_group=max(groups), decode_steps=16)
+    engines = {"whole cache": Engine(model, config),
+               f"windows {windows}": Engine(model, dataclasses.replace(config, decode_windows=windows))}
     rng = np.random.default_rng(0)
     print(f"{CFG.num_layers} layers, hidden {CFG.hidden_size}, {slots} slots x {max_len} cache, "
           f"{jax.device_count()} {jax.default_backend()} device(s); load {os.getloadavg()[0]:.2f}")
 
-    def filled(length: int):
+    def filled(engine: Engine, length: int):
         """A state with every slot holding `length` tokens and active."""
         prefix = engine.prefill(params, rng.integers(1, CFG.vocab_size, length).tolist())
         state = engine.init_decode_state()
@@ -57,27 +62,34 @@ def main() -> None:
             state = engine.insert(prefix, state, slot, seed=slot, sampling=GREEDY, budget=1 << 20)
         return state
 
-    decode = {}
+    decode: dict[str, dict[int, float]] = {name: {} for name in engines}
+    states = {name: engine.warmup(params) for name, engine in engines.items()}
     for length in lengths:
-        state = filled(length)
-        state, _ = engine.generate(params, state)  # compiles once
-        times = []
-        for _ in range(args.repeats):
-            seconds, (state, _) = timed(lambda s=state: jax.block_until_ready(engine.generate(params, s)))
-            times.append(seconds / engine.config.decode_steps)
-        decode[length] = statistics.median(times)
+        states = {name: filled(engine, length) for name, engine in engines.items()}
+        times: dict[str, list[float]] = {name: [] for name in engines}
+        for _ in range(args.repeats):  # interleaved
+            for name, engine in engines.items():
+                seconds, (states[name], _) = timed(
+                    lambda e=engine, s=states[name]: jax.block_until_ready(e.generate(params, s)))
+                times[name].append(seconds / config.decode_steps)
+        for name in engines:
+            decode[name][length] = statistics.median(times[name])
+    engine = engines["whole cache"]
     extend = {}
     span = rng.integers(1, CFG.vocab_size, 48).tolist()
     for group in groups:
         times = []
         for _ in range(args.repeats + 1):  # the first compiles
-            state = filled(lengths[0])  # extend donates its state: a fresh one per call
+            state = filled(engine, lengths[0])  # extend donates its state: a fresh one per call
             times.append(timed(lambda g=group, s=state: jax.block_until_ready(
                 engine.extend(params, s, list(range(g)), [span] * g, [1] * g)))[0])
         extend[group] = statistics.median(times[1:])
-    print("\n| true length per slot | decode ms per step | vs the shortest |\n|---:|---:|---:|")
-    for length, seconds in decode.items():
-        print(f"| {length} | {seconds * 1e3:.2f} | {seconds / decode[lengths[0]]:.2f}x |")
+    names = list(engines)
+    print(f"\n| true length per slot | {names[0]}: ms per step | {names[1]}: ms per step | ratio |")
+    print("|---:|---:|---:|---:|")
+    for length in lengths:
+        whole, windowed = (decode[name][length] for name in names)
+        print(f"| {length} | {whole * 1e3:.2f} | {windowed * 1e3:.2f} | {whole / windowed:.2f}x |")
     print("\n| extend group (slots with a 48-token span) | ms per call | vs one slot |\n|---:|---:|---:|")
     for group, seconds in extend.items():
         print(f"| {group} | {seconds * 1e3:.1f} | {seconds / extend[groups[0]]:.2f}x |")

@@ -43,6 +43,9 @@ def get_config():
     config.selfplay.batch_size = 256
     config.selfplay.solver_samples = 5
     config.engine.num_slots = 256
+    # Decode attends over the smallest window holding every slot's cache, not all 12,288 positions
+    # (one compiled program per window; the AOT check compiles the whole-cache one, the largest).
+    config.engine.decode_windows = (2048, 4096, 8192)
     config.rl.micro_batch_size = 64  # 16 x 4 rows of <= 12288 tokens per accumulation step
     config.rl.logprob_chunk = 1024  # never materialise [rows, 12288, 152k] logits
     config.train.steps = 200

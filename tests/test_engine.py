@@ -1,5 +1,7 @@
 """The slot engine against transformers `generate` and against full-forward recomputation."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,6 +95,31 @@ def test_sampled_logprobs_and_extend_match_full_forward(qwen2):
         sampled_at = list(range(n_prompt, n_prompt + n_first)) + list(
             range(n_prompt + n_first + len(tool), len(seq)))
         np.testing.assert_allclose(first_lp[slot] + second_lp[slot], ref[np.array(sampled_at) - 1], atol=1e-4)
+
+
+def test_decode_windows_sample_what_the_whole_cache_samples(qwen2):
+    """With `decode_windows`, `generate` attends over the smallest window holding every slot's cache
+    (slots of 5-17 prompt tokens, then a tool span and more tokens, cross the windows): the same
+    tokens and log-probs as attending over the whole cache, a stopped slot's cache kept intact."""
+    _, model, _ = qwen2
+    params = nnx.state(model)
+    runs = {}
+    for windows in ((), (24, 48)):
+        engine = Engine(model, dataclasses.replace(CONFIG, decode_windows=windows))
+        state = engine.warmup(params)
+        for slot, prompt in enumerate(PROMPTS):
+            state = engine.insert(engine.prefill(params, prompt), state, slot, seed=10 + slot,
+                                  sampling=SamplingParams(temperature=1.0), budget=7 + slot)
+        state, first, first_lp = run_to_completion(engine, params, state, 4)
+        tools = [list(np.random.default_rng(s).integers(1, 256, 3 + 4 * s)) for s in range(3)]
+        state = engine.extend(params, state, [0, 1, 2], tools, [9, 5, 12])
+        state, second, second_lp = run_to_completion(engine, params, state, 4)
+        runs[windows] = (first, second, first_lp + second_lp, dict(engine.compile_counts))
+    (a_first, a_second, a_lp, counts), (b_first, b_second, b_lp, windowed) = runs.values()
+    assert (a_first, a_second) == (b_first, b_second)
+    np.testing.assert_allclose(np.concatenate([np.asarray(x) for x in b_lp]),
+                               np.concatenate([np.asarray(x) for x in a_lp]), atol=1e-6)
+    assert counts["generate"] == 1 and windowed["generate"] == 3  # windows 24, 48 and the whole 96
 
 
 def test_prefix_sharing_and_per_slot_prng(qwen2):

@@ -41,12 +41,20 @@ class EngineConfig:
     extend_buckets: tuple[int, ...] = (32, 64, 128, 256, 512)
     extend_group: int = 4  # slots extended per `extend` call
     decode_steps: int = 8  # tokens sampled per `generate` call
+    # Cache lengths a `generate` call may attend over: the smallest that holds every slot's cached
+    # tokens plus `decode_steps`, else the whole cache. () = always the whole cache (one program);
+    # each window is one more compiled program, and decode reads what the slots hold, not max_cache_len.
+    decode_windows: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("prefill_buckets", "extend_buckets"):
             buckets = getattr(self, name)
             if not buckets or list(buckets) != sorted(buckets) or buckets[-1] > self.max_cache_len:
                 raise ValueError(f"EngineConfig.{name}={buckets} must be ascending and <= max_cache_len")
+        windows = self.decode_windows
+        if list(windows) != sorted(set(windows)) or any(not 0 < w <= self.max_cache_len for w in windows):
+            raise ValueError(f"EngineConfig.decode_windows={windows} must be ascending, distinct and in "
+                             f"(0, max_cache_len={self.max_cache_len}]")
         if min(self.num_slots, self.extend_group, self.decode_steps) < 1:
             raise ValueError("EngineConfig.num_slots, extend_group and decode_steps must be >= 1")
 

@@ -72,7 +72,8 @@ class Engine:
         self._extend = jax.jit(self._extend_fn, donate_argnums=1, out_shardings=shardings)
         # The host reads every StepOutput: replicated, each process holds all of it (multi-host).
         replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
-        self._generate = jax.jit(self._generate_fn, donate_argnums=1,
+        self._needed = jax.jit(self._needed_fn, out_shardings=replicated)
+        self._generate = jax.jit(self._generate_fn, static_argnums=2, donate_argnums=1,
                                  out_shardings=None if shardings is None else (shardings, replicated))
 
     # -- public API -------------------------------------------------------------------------------
@@ -133,14 +134,25 @@ class Engine:
         for bucket in self.config.prefill_buckets:
             prefix = self.prefill(params, [0] * bucket)
             state = self.insert(prefix, state, 0, seed=0, sampling=SamplingParams(), budget=1)
-        state, _ = self.generate(params, state)
+        for window in self._windows():
+            state, _ = self._generate(params, state, window)
         for bucket in self.config.extend_buckets:
             state = self.extend(params, state, [0], [[0] * bucket], [1])
         return self.init_decode_state()
 
     def generate(self, params: nnx.State, state: DecodeState) -> tuple[DecodeState, StepOutput]:
-        """Sample `decode_steps` tokens in every active slot."""
-        return self._generate(params, state)
+        """Sample `decode_steps` tokens in every active slot, attending over the smallest
+        `decode_windows` entry that holds every slot's cache (one small device read), else all of it."""
+        window = self.config.max_cache_len
+        if self.config.decode_windows:
+            needed = int(jax.device_get(self._needed(state)))
+            window = next((w for w in self._windows() if w >= needed), window)
+        return self._generate(params, state, window)
+
+    def _windows(self) -> tuple[int, ...]:
+        """Every window `generate` may compile for, the whole cache last."""
+        return tuple(w for w in self.config.decode_windows if w < self.config.max_cache_len) + (
+            self.config.max_cache_len,)
 
     def abstract_decode_state(self) -> DecodeState:
         """`init_decode_state`'s shapes, dtypes and shardings, with nothing allocated."""
@@ -149,7 +161,7 @@ class Engine:
     def lower_generate(self, params: nnx.State, state: DecodeState) -> jax.stages.Lowered:
         """`generate` lowered but not run; params and state may be `jax.ShapeDtypeStruct`s with
         shardings, so `ssp_jax.aot` can compile it for a TPU topology without weights or a cache."""
-        return self._generate.lower(params, state)
+        return self._generate.lower(params, state, self.config.max_cache_len)
 
     # -- compiled bodies --------------------------------------------------------------------------
 
@@ -226,8 +238,19 @@ class Engine:
             stop_state=put(state.stop_state, 0), stop_reason=put(state.stop_reason, RUNNING),
             stop_index=put(state.stop_index, -1))
 
-    def _generate_fn(self, params: nnx.State, state: DecodeState) -> tuple[DecodeState, StepOutput]:
-        self._traced("generate", self.config.decode_steps)
+    def _needed_fn(self, state: DecodeState) -> jax.Array:
+        """Cache positions the next `generate` may touch: the longest slot's plus `decode_steps`.
+        Every slot counts, not only the active ones: a stopped slot waiting for its tool output
+        must keep its cache, and a step writes (masked) at every slot's length."""
+        return jnp.max(state.cache.length) + self.config.decode_steps
+
+    def _generate_fn(self, params: nnx.State, state: DecodeState, window: int) -> tuple[DecodeState, StepOutput]:
+        self._traced("generate", self.config.decode_steps, window)
+        full = state.cache
+        if window < full.max_len:  # attend over the first `window` positions; written back below
+            cut = lambda x: x[:, :window]  # noqa: E731
+            state = dataclasses.replace(state, cache=KVCache(k=tuple(map(cut, full.k)), v=tuple(map(cut, full.v)),
+                                                             valid=cut(full.valid), length=full.length))
 
         def step(carry: tuple[nnx.State, DecodeState], _: None) -> tuple[tuple, tuple[jax.Array, ...]]:
             # The weights ride in the carry, unchanged: under `nnx.remat` (model.remat=True) a module
@@ -259,6 +282,12 @@ class Engine:
 
         (_, state), (tokens, logprobs, emitted) = jax.lax.scan(step, (params, state), None,
                                                                length=self.config.decode_steps)
+        if window < full.max_len:
+            put = lambda buf, part: jax.lax.dynamic_update_slice_in_dim(buf, part, 0, axis=1)  # noqa: E731
+            cache = state.cache
+            state = dataclasses.replace(state, cache=KVCache(k=tuple(map(put, full.k, cache.k)),
+                                                             v=tuple(map(put, full.v, cache.v)),
+                                                             valid=put(full.valid, cache.valid), length=cache.length))
         return state, StepOutput(tokens=tokens, logprobs=logprobs, emitted=emitted)
 
     def _state_shardings(self) -> DecodeState | None:
