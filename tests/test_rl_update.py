@@ -196,6 +196,20 @@ def test_state_restore_and_no_recompile_across_updates():
             batch, mini_batches=4)
 
 
+@pytest.mark.slow
+def test_bf16_parameters_update_in_bf16():
+    """`model.param_dtype="bfloat16"`: AdamW's moments are made from the parameters, so the fp32
+    accumulated gradients are applied in bf16 (they used to promote the moments inside the loop,
+    which failed to trace)."""
+    cfg = dataclasses.replace(TINY, dtype="bfloat16", param_dtype="bfloat16")
+    learner = Learner(Decoder(cfg, rngs=nnx.Rngs(0)), dataclasses.replace(CFG, lr=1e-2))
+    before = host_params(learner)
+    metrics = learner.update(make_batch(learner), mini_batches=2)
+    assert np.isfinite(metrics["loss"])
+    assert {x.dtype for x in jax.tree.leaves(learner.params)} == {jnp.dtype(jnp.bfloat16)}
+    assert any(not np.array_equal(a, b) for a, b in zip(before, host_params(learner)))
+
+
 def test_reference_params_are_a_frozen_copy(full_batch_run):
     learner, batch, before, _, _ = full_batch_run
     for got, want in zip(jax.tree.leaves(learner.reference_params), before):

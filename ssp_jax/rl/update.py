@@ -180,7 +180,9 @@ class LearnerSteps:
             (grads, sums), _ = jax.lax.scan(accumulate, (zeros, no_metrics), mini)
             lr = self._schedule(optimizer.step[...])
             grad_norm = optax.global_norm(grads)
-            optimizer.update(model, grads)
+            # Accumulated in fp32, applied in the parameters' own dtype: AdamW's moments were made
+            # from the parameters, and fp32 gradients would promote bf16 moments inside the loop.
+            optimizer.update(model, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params))
             return nnx.state((model, optimizer)), {**sums, "grad_norm": grad_norm, "lr": lr}
 
         def epoch(state: nnx.State, _: None) -> tuple[nnx.State, dict]:
