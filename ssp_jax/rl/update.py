@@ -22,14 +22,14 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from ssp_jax.models.decoder import Decoder, token_logprobs
 from ssp_jax.models.shapes import batch_shards
 from ssp_jax.models.sharding import (
     DEFAULT_RULES,
     Rules,
-    logical_to_spec,
+    constrain,
     shard_batch,
     state_shardings,
     traced_with_activation_sharding,
@@ -155,7 +155,7 @@ class LearnerSteps:
             # (groups stay together); micro-batch j takes every n_micro-th row of its block, so a
             # device's rows stay on it and no micro-batch lands on a subset of devices.
             x = x.reshape(mini_batches, micro, mini // micro, *x.shape[1:]).swapaxes(1, 2)
-            return self._constrain(x, (None, None, "batch", "length")[:x.ndim])
+            return constrain(x, (None, None, "batch", "length")[:x.ndim])  # traced under activation_sharding
 
         minis = jax.tree.map(split, batch)
 
@@ -195,12 +195,6 @@ class LearnerSteps:
         return state, metrics
 
     # -- layout constraints (inside jit) ------------------------------------------------------------
-
-    def _constrain(self, x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
-        if self.mesh is None:
-            return x
-        spec = logical_to_spec(axes, self.rules, x.shape, self.mesh)
-        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
     def _constrain_params(self, tree: nnx.State) -> nnx.State:
         if self.mesh is None:
