@@ -191,20 +191,29 @@ def test_no_recompilation_after_warmup(qwen2):
 
 @pytest.mark.slow
 def test_sharded_engine_matches_single_device(qwen2):
+    """Prefill, decode and extend on a mesh equal one device. The extend group (4 slots) splits over
+    the 4 devices of the batch axes: each computes its own slot's span (the activation pins)."""
     _, model, path = qwen2
     mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
     sharded, _ = load_hf_decoder(path, mesh=mesh)
+    config = dataclasses.replace(CONFIG, extend_group=4)
+    spans = [list(np.random.default_rng(slot).integers(1, 256, 4 + 3 * slot)) for slot in range(4)]
     results = []
-    for engine, params in ((Engine(model, CONFIG), nnx.state(model)),
-                           (Engine(sharded, CONFIG, mesh=mesh), nnx.state(sharded))):
+    for engine, params in ((Engine(model, config), nnx.state(model)),
+                           (Engine(sharded, config, mesh=mesh), nnx.state(sharded))):
         state = engine.init_decode_state()
         for slot, prompt in enumerate(PROMPTS):
             state = engine.insert(engine.prefill(params, prompt), state, slot, seed=slot, sampling=GREEDY,
                                   budget=10)
-        results.append(run_to_completion(engine, params, state, 4)[1])
+        state, first, _ = run_to_completion(engine, params, state, 4)
+        state = engine.extend(params, state, [0, 1, 2, 3], spans, [6] * 4)
+        state, second, logprobs = run_to_completion(engine, params, state, 4)
+        results.append((first, second, logprobs))
         if engine.mesh is not None:
             assert state.cache.k[0].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor", None)
-    assert results[0] == results[1]
+    assert results[0][:2] == results[1][:2]
+    for one, other in zip(results[0][2], results[1][2]):
+        np.testing.assert_allclose(one, other, atol=1e-4)
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ from ssp_jax.engine.sampling import SamplingParams, sample
 from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.models.decoder import Decoder, KVCache
 from ssp_jax.models.shapes import bucket_for
-from ssp_jax.models.sharding import DEFAULT_RULES, Rules, logical_to_spec
+from ssp_jax.models.sharding import DEFAULT_RULES, Rules, logical_to_spec, traced_with_activation_sharding
 
 
 class Engine:
@@ -69,7 +69,13 @@ class Engine:
         self._init = jax.jit(self._init_fn, out_shardings=shardings)
         self._prefill = jax.jit(self._prefill_fn)
         self._insert = jax.jit(self._insert_fn, donate_argnums=1, out_shardings=shardings)
-        self._extend = jax.jit(self._extend_fn, donate_argnums=1, out_shardings=shardings)
+        # Extend runs a group of slots' spans (hundreds of tokens each) against their caches: pinned
+        # to the rules' activation layout, each device computes its own slots' rows instead of every
+        # device computing the whole group (docs/performance.md, "Rollouts"). Prefill (one row)
+        # and decode (a token per slot) are not pinned: moving their few activations is cheaper
+        # than gathering the weights.
+        self._extend = jax.jit(traced_with_activation_sharding(self._extend_fn, mesh, rules), donate_argnums=1,
+                               out_shardings=shardings)
         # The host reads every StepOutput: replicated, each process holds all of it (multi-host).
         replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
         self._needed = jax.jit(self._needed_fn, out_shardings=replicated)
@@ -158,10 +164,26 @@ class Engine:
         """`init_decode_state`'s shapes, dtypes and shardings, with nothing allocated."""
         return jax.eval_shape(self._init)
 
-    def lower_generate(self, params: nnx.State, state: DecodeState) -> jax.stages.Lowered:
-        """`generate` lowered but not run; params and state may be `jax.ShapeDtypeStruct`s with
-        shardings, so `ssp_jax.aot` can compile it for a TPU topology without weights or a cache."""
-        return self._generate.lower(params, state, self.config.max_cache_len)
+    def lower_generate(self, params: nnx.State, state: DecodeState, window: int = 0) -> jax.stages.Lowered:
+        """`generate` over `window` cache positions (0: the whole cache; else one of `decode_windows`)
+        lowered but not run; params and state may be `jax.ShapeDtypeStruct`s with shardings, so
+        `ssp_jax.aot` can compile it for a TPU topology without weights or a cache."""
+        window = window or self.config.max_cache_len
+        if window not in self._windows():
+            raise ValueError(f"decode window {window} is not one of the engine's {self._windows()} "
+                             "(engine.decode_windows and max_cache_len)")
+        return self._generate.lower(params, state, window)
+
+    def lower_prefill(self, params: nnx.State, bucket: int) -> jax.stages.Lowered:
+        """`prefill` of a `bucket`-token prompt, lowered but not run (as `lower_generate`)."""
+        return self._prefill.lower(params, jax.ShapeDtypeStruct((1, bucket), jnp.int32),
+                                   jax.ShapeDtypeStruct((), jnp.int32))
+
+    def lower_extend(self, params: nnx.State, state: DecodeState, bucket: int) -> jax.stages.Lowered:
+        """One `extend` call (a group of slots, `bucket`-token spans), lowered but not run."""
+        group = self.config.extend_group
+        rows = jax.ShapeDtypeStruct((group,), jnp.int32)
+        return self._extend.lower(params, state, rows, jax.ShapeDtypeStruct((group, bucket), jnp.int32), rows, rows)
 
     # -- compiled bodies --------------------------------------------------------------------------
 
