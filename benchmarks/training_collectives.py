@@ -26,18 +26,20 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 
 from benchmarks.microworld_bottlenecks import config_file
-from ssp_jax.aot import GiB, _abstract_batch, _Plan, collectives
+from ssp_jax.aot import GiB, Plan, abstract_batch
 from ssp_jax.config import Config
+from ssp_jax.projection import collectives
 
 
 def measure(config: Config, topology: str, layers: int, rows: int, length: int) -> dict[str, dict[str, float]]:
     """ICI, activation and temp bytes per device of one micro-batch of each pass, at `layers` layers."""
     model = dataclasses.replace(config.model, init={**config.model.init, "num_hidden_layers": layers})
-    plan = _Plan(dataclasses.replace(config, model=model), topology, hbm_bytes=None)
-    batch = _abstract_batch(rows, length, plan.mesh, plan.rules)
-    lowered = {"update": plan.steps.update.lower(plan.state, batch, 1),
+    plan = Plan(dataclasses.replace(config, model=model), topology, hbm_bytes=None)
+    batch = abstract_batch(rows, length, plan.mesh, plan.rules)
+    lowered = {"update": plan.steps.accumulate.lower(plan.params, plan.carry(batch), batch, jnp.float32(1)),
                "logprobs": plan.steps.logprobs.lower(plan.params, batch.tokens, batch.attention_mask)}
     report = {}
     for name, step in lowered.items():

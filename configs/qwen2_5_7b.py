@@ -47,6 +47,10 @@ def get_config():
     # (one compiled program per window; the AOT check compiles the whole-cache one, the largest).
     config.engine.decode_windows = (2048, 4096, 8192)
     config.rl.micro_batch_size = 64  # 16 x 4 rows of <= 12288 tokens per accumulation step
+    # Each micro-batch pads to the bucket of its own longest row (rows sorted by length within a
+    # mini-batch), so steps of 1-2k tokens keep padding small; each bucket is one more compiled
+    # program for the log-prob pass and one for the update.
+    config.rl.length_buckets = (2048, 3072, 4096, 5120, 6144, 8192, 10240, 12288)
     config.rl.logprob_chunk = 1024  # never materialise [rows, 12288, 152k] logits
     config.train.steps = 200
     config.train.save_every = 10

@@ -3,12 +3,13 @@
 `python -m ssp_jax.aot --config configs/<x>.py --topology v5p:4x4x4`
 
 With `libtpu` installed (requirements-tpu.txt), jax describes any TPU slice
-(`get_topology_desc`) and compiles for it on a CPU host. The RL update, the reference log-prob
-pass and the engine's decode step are lowered on `jax.ShapeDtypeStruct`s laid out on the config's
-mesh over those devices, so no weight is read or allocated. XLA's memory analysis then gives each
-device's argument, output and scratch bytes; `check_fits` compares them, plus the long-lived state
-each step does not take as an argument, with the chip's HBM, and refuses a config that cannot fit
-before a slice is ever booked. The trainer runs it at start-up when `config.aot_topology` is set.
+(`get_topology_desc`) and compiles for it on a CPU host. The RL update (a micro-batch's
+gradient accumulation and the optimizer step), the reference log-prob pass and the engine's decode
+step are lowered on `jax.ShapeDtypeStruct`s laid out on the config's mesh over those devices, so
+no weight is read or allocated. XLA's memory analysis then gives each device's argument, output
+and scratch bytes; `check_fits` compares them, plus the long-lived state each step does not take as
+an argument, with the chip's HBM, and refuses a config that cannot fit before a slice is ever
+booked. The trainer runs it at start-up when `config.aot_topology` is set.
 
 XLA's TPU compiler rematerialises to fit HBM and refuses a step that cannot fit at all; the report
 records that refusal with XLA's byte counts. XLA's cost analysis counts a loop body once, whatever
@@ -21,7 +22,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -34,11 +34,14 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from ssp_jax.config import Config
+from ssp_jax.engine.api import EngineConfig
 from ssp_jax.engine.engine import Engine
 from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.models.decoder import Decoder, DecoderConfig
 from ssp_jax.models.hf_import import decoder_config_from_hf, read_hf_config
+from ssp_jax.models.shapes import bucket_for
 from ssp_jax.models.sharding import Rules, batch_sharding, make_mesh
+from ssp_jax.projection import CHIP_SPECS, Call, Cost, Projection
 from ssp_jax.rl.batch import RLBatch
 from ssp_jax.rl.update import LearnerSteps, make_optimizer
 from ssp_jax.wiring import config_from_flags, one_line_errors, parse_flags
@@ -97,40 +100,6 @@ def model_config(config: Config) -> DecoderConfig:
                                   source=f"{model.hf_path}/config.json" if model.hf_path else "config.model.init")
 
 
-_COLLECTIVE = re.compile(r"= (.+?) (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
-                         r"(?:-start)?\((.*)$", re.M)
-_ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
-
-
-@dataclasses.dataclass(frozen=True)
-class Collective:
-    """One cross-device collective of a compiled (SPMD-partitioned) HLO module: its op and the
-    per-device shapes of its result and operands, e.g. ("f32", (8, 40, 64))."""
-
-    op: str
-    arrays: tuple[tuple[str, tuple[int, ...]], ...]
-
-    @property
-    def bytes(self) -> int:
-        """Bytes of its largest array per device: what one device sends or receives, within a factor
-        of two whatever the algorithm (ring all-reduce moves about twice its size)."""
-        return max((math.prod(dims) * _dtype_bytes(dtype) for dtype, dims in self.arrays), default=0)
-
-    def has_dim(self, size: int) -> bool:
-        return any(size in dims for _, dims in self.arrays)
-
-
-def _dtype_bytes(dtype: str) -> int:
-    return 1 if dtype == "pred" else 2 if dtype == "bf16" else int(dtype[1:]) // 8
-
-
-def collectives(hlo_text: str) -> list[Collective]:
-    """The collectives of `compiled.as_text()`, in program order (a loop body's once per body)."""
-    return [Collective(op, tuple((dtype, tuple(int(d) for d in dims.split(",") if d))
-                                 for dtype, dims in _ARRAY.findall(result + " " + operands.split("),")[0])))
-            for result, op, operands in _COLLECTIVE.findall(hlo_text)]
-
-
 def _per_device_bytes(tree: Any) -> int:
     """Bytes one device holds of a pytree of sharded `jax.ShapeDtypeStruct`s (the largest shard)."""
     return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
@@ -142,7 +111,7 @@ def _with_shardings(state: nnx.State, shardings: nnx.State) -> nnx.State:
                         state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def _abstract_batch(rows: int, length: int, mesh: Mesh, rules: Rules) -> RLBatch:
+def abstract_batch(rows: int, length: int, mesh: Mesh, rules: Rules) -> RLBatch:
     def array(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, rules, len(shape)))
 
@@ -259,15 +228,18 @@ def _compile(name: str, shape: str, lowered: jax.stages.Lowered, resident_bytes:
                       compile_seconds=seconds)
 
 
-class _Plan:
+class Plan:
     """The config's model, mesh and batch shapes over a topology, as abstract state."""
 
-    def __init__(self, config: Config, topology: str, hbm_bytes: int | None):
+    def __init__(self, config: Config, topology: str, hbm_bytes: int | None, *, layers: int = 0):
         self.config, self.topology = config, topology
         devices = tpu_topology_devices(topology)
         self.device_kind = devices[0].device_kind
+        self.devices_per_chip = len(devices) // len({tuple(d.coords) for d in devices})
         self.hbm_bytes = hbm_bytes or hbm_per_device(devices)
         self.model_cfg = model_config(config)
+        if layers:  # the model cut to its first `layers` layers (per-layer costs, `project`)
+            self.model_cfg = dataclasses.replace(self.model_cfg, num_layers=layers)
         self.rl, self.engine_cfg = config.rl, config.engine
         self.mesh = make_mesh(config.mesh, devices)
         self.rules: Rules = config.sharding_rules
@@ -284,13 +256,25 @@ class _Plan:
         self.resident = {"params": params_bytes, "optimizer": _per_device_bytes(self.state) - params_bytes,
                          "reference": params_bytes}
         self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.params))
-        # The solver batch, the larger of the two updates, padded as Trainer._batches pads it.
+        # The solver batch, the larger of the two updates.
         selfplay = config.selfplay
         self.mini_batches = self.rl.solver_mini_batches
-        multiple = self.mini_batches * math.lcm(self.rl.micro_batch_size or 1, self.steps.batch_shards())
-        self.rows = -(-selfplay.batch_size * selfplay.solver_samples // multiple) * multiple
+        self.rows = self.padded_rows(selfplay.batch_size * selfplay.solver_samples, self.mini_batches)
         self.length = max(self.rl.length_buckets)
+        self.micro_rows = self.rl.micro_batch_size or self.rows // self.mini_batches
         self.steps.check_update(self.rows, self.mini_batches)
+
+    def padded_rows(self, trajectories: int, mini_batches: int) -> int:
+        """A role's update rows, padded as `rl.game_batches` pads them."""
+        multiple = mini_batches * math.lcm(self.rl.micro_batch_size or 1, self.steps.batch_shards())
+        return -(-trajectories // multiple) * multiple
+
+    def engine(self, cfg: EngineConfig) -> Engine:
+        """An engine of `cfg` over the abstract model. Its stop strings run over a vocabulary of
+        empty tokens: the tables' [vocab] shape is real and their [states, classes] part is a few
+        hundred bytes either way, so no tokenizer is loaded."""
+        stops = StopAutomaton.for_strings(self.config.rollout.stop_strings, [], self.model.cfg.vocab_size)
+        return Engine(self.model, cfg, stops=stops, eos_ids=[0], mesh=self.mesh, rules=self.rules)
 
     def memory_precheck(self) -> None:
         """Weights, AdamW moments and the reference copy alone: no compile needed to refuse these."""
@@ -302,42 +286,51 @@ class _Plan:
                              f"({_size(self.hbm_bytes)}) are available ({parts}); add devices, shard more "
                              "(config.mesh) or use bf16 params")
 
-    def update(self) -> StepReport:
+    def accumulate(self) -> StepReport:
+        """One micro-batch's forward and backward at the longest length bucket: the update's peak."""
         start = time.perf_counter()
-        batch = _abstract_batch(self.rows, self.length, self.mesh, self.rules)
-        lowered = self.steps.update.lower(self.state, batch, self.mini_batches)
-        return _compile("update", f"{self.rows}x{self.length}, {self.mini_batches} minis", lowered,
-                        self.resident["reference"], start)
+        micro = abstract_batch(self.micro_rows, self.length, self.mesh, self.rules)
+        lowered = self.steps.accumulate.lower(self.params, self.carry(micro), micro, jnp.float32(1))
+        return _compile("accumulate", f"{self.micro_rows}x{self.length}", lowered,
+                        self.resident["optimizer"] + self.resident["reference"], start)
+
+    def apply(self) -> StepReport:
+        start = time.perf_counter()
+        micro = abstract_batch(self.micro_rows, self.length, self.mesh, self.rules)
+        lowered = self.steps.apply.lower(self.state, *self.carry(micro))
+        return _compile("apply", f"{self.mini_batches} per update", lowered, self.resident["reference"], start)
+
+    def carry(self, micro: RLBatch) -> Any:
+        """The abstract (fp32 gradients, loss metrics) that `accumulate` adds a micro-batch to."""
+        grads, sums = jax.eval_shape(self.steps.zero_carry, self.params, micro)
+        return _with_shardings(grads, self.steps.param_shardings), sums
 
     def reference_logprobs(self) -> StepReport:
         start = time.perf_counter()
-        batch = _abstract_batch(self.rows, self.length, self.mesh, self.rules)
-        lowered = self.steps.logprobs.lower(self.params, batch.tokens, batch.attention_mask)
-        return _compile("reference_logprobs", f"{self.rows}x{self.length}", lowered,
+        micro = abstract_batch(self.micro_rows, self.length, self.mesh, self.rules)
+        lowered = self.steps.logprobs.lower(self.params, micro.tokens, micro.attention_mask)
+        return _compile("reference_logprobs", f"{self.micro_rows}x{self.length}", lowered,
                         self.resident["params"] + self.resident["optimizer"], start)
 
     def generate(self) -> StepReport:
         start = time.perf_counter()
-        # The stop strings over a vocabulary of empty tokens: the tables' [vocab] shape is real and
-        # their [states, classes] part is a few hundred bytes either way, so no tokenizer is loaded.
-        stops = StopAutomaton.for_strings(self.config.rollout.stop_strings, [], self.model.cfg.vocab_size)
-        engine = Engine(self.model, self.engine_cfg, stops=stops, eos_ids=[0], mesh=self.mesh, rules=self.rules)
+        engine = self.engine(self.engine_cfg)
         lowered = engine.lower_generate(self.params, engine.abstract_decode_state())
         cfg = self.engine_cfg
         return _compile("generate", f"{cfg.num_slots} slots x {cfg.max_cache_len}, {cfg.decode_steps} steps",
                         lowered, self.resident["optimizer"] + self.resident["reference"], start)
 
     def update_flops(self) -> float:
-        """All devices' FLOPs of one update. XLA counts a loop body once, so this compiles one
-        accumulation step of one row per batch shard with every scan of length 1 (and the vocabulary
-        projection unchunked), then scales to the update's rows and epochs."""
+        """All devices' FLOPs of one update: one micro-batch of one row per batch shard at the
+        longest bucket (the vocabulary projection unchunked, so no loop hides FLOPs from XLA's
+        count), scaled to the update's rows and epochs. The optimizer step is left out (O(params))."""
         rows = self.steps.batch_shards()
-        rl = dataclasses.replace(self.rl, ppo_epochs=1, micro_batch_size=0, logprob_chunk=0)
+        rl = dataclasses.replace(self.rl, logprob_chunk=0)
         steps = LearnerSteps(self.model, self.optimizer, rl, mesh=self.mesh, rules=self.rules)
         start = time.perf_counter()
-        batch = _abstract_batch(rows, self.length, self.mesh, self.rules)
-        compiled = steps.update.lower(self.state, batch, 1).compile()
-        logging.info("aot: compiled the loop-free update (%dx%d) in %.1f s", rows, self.length,
+        micro = abstract_batch(rows, self.length, self.mesh, self.rules)
+        compiled = steps.accumulate.lower(self.params, self.carry(micro), micro, jnp.float32(1)).compile()
+        logging.info("aot: compiled the loop-free micro-batch (%dx%d) in %.1f s", rows, self.length,
                      time.perf_counter() - start)
         per_step = float(compiled.cost_analysis()["flops"]) * self.mesh.devices.size
         return per_step * self.rl.ppo_epochs * self.rows / rows
@@ -345,9 +338,128 @@ class _Plan:
     def report(self, count_flops: bool) -> FitReport:
         return FitReport(topology=self.topology, device_kind=self.device_kind, num_devices=self.mesh.devices.size,
                          mesh=dict(self.mesh.shape), hbm_bytes=self.hbm_bytes, num_params=self.num_params,
-                         resident=self.resident, steps=(self.update(), self.reference_logprobs(), self.generate()),
+                         resident=self.resident,
+                         steps=(self.accumulate(), self.apply(), self.reference_logprobs(), self.generate()),
                          update_tokens=self.rl.ppo_epochs * self.rows * self.length,
                          update_flops=self.update_flops() if count_flops else None)
+
+
+def _program_costs(config: Config, topology: str, layers: int) -> dict[str, tuple[str, Cost]]:
+    """Every program one SSP step runs, compiled with the model cut to `layers` layers and without
+    loops over what a step repeats (one decode step per call, the vocabulary projection unchunked),
+    so XLA's cost analysis counts one call: name -> (shape, cost per device of one call)."""
+    plan = Plan(config, topology, None, layers=layers)
+    work, rl, selfplay = config.projection, config.rl, config.selfplay
+    costs: dict[str, tuple[str, Cost]] = {}
+
+    def add(name: str, shape: str, lowered: jax.stages.Lowered) -> None:
+        start = time.perf_counter()
+        compiled = lowered.compile()
+        costs[name] = (shape, Cost.of(compiled.cost_analysis(), compiled.as_text()))
+        logging.info("aot: compiled %s (%s, %d layers) in %.1f s", name, shape, layers, time.perf_counter() - start)
+
+    engines = [("rollout", config.engine, work.prompt_tokens)]
+    if selfplay.rag_reader == "read":
+        engines.append(("reader", config.reader_engine, work.prompt_tokens + work.retrieved_tokens))
+    for phase, cfg, prompt in engines:
+        engine = plan.engine(dataclasses.replace(cfg, decode_steps=1))
+        bucket = bucket_for(prompt, cfg.prefill_buckets, f"the projected {phase} prompt")
+        add(f"{phase}/prefill", f"1x{bucket}", engine.lower_prefill(plan.params, bucket))
+        window = work.decode_window if phase == "rollout" else 0
+        add(f"{phase}/decode", f"{cfg.num_slots} slots x {window or cfg.max_cache_len}",
+            engine.lower_generate(plan.params, engine.abstract_decode_state(), window))
+        if phase == "rollout":
+            span = bucket_for(-(-work.retrieved_tokens // work.turns), cfg.extend_buckets, "the projected tool output")
+            add("rollout/extend", f"{cfg.extend_group}x{span}",
+                engine.lower_extend(plan.params, engine.abstract_decode_state(), span))
+    steps = LearnerSteps(plan.model, plan.optimizer, dataclasses.replace(rl, logprob_chunk=0), mesh=plan.mesh,
+                         rules=plan.rules)
+    for _, _, micro_rows, width in _training_batches(config, plan):
+        micro = abstract_batch(micro_rows, width, plan.mesh, plan.rules)
+        shape = f"{micro_rows}x{width}"
+        if f"training/logprobs {shape}" not in costs:
+            add(f"training/logprobs {shape}", shape, steps.logprobs.lower(plan.params, micro.tokens,
+                                                                         micro.attention_mask))
+            add(f"training/accumulate {shape}", shape,
+                steps.accumulate.lower(plan.params, plan.carry(micro), micro, jnp.float32(1)))
+    add("training/apply", "optimizer step", steps.apply.lower(plan.state, *plan.carry(micro)))
+    return costs
+
+
+def _training_batches(config: Config, plan: Plan) -> list[tuple[int, int, int, int]]:
+    """(rows, mini-batches, micro-batch rows, width) of the proposer's and the solver's update, with
+    rows of the projected mean length."""
+    rl, selfplay = config.rl, config.selfplay
+    width = bucket_for(config.projection.total_tokens, rl.length_buckets, "the projected trajectory")
+    out = []
+    for trajectories, minis in ((selfplay.batch_size, rl.proposer_mini_batches),
+                                (selfplay.batch_size * selfplay.solver_samples, rl.solver_mini_batches)):
+        rows = plan.padded_rows(trajectories, minis)
+        out.append((rows, minis, rl.micro_batch_size or rows // minis, width))
+    return out
+
+
+def project(config: Config, topology: str) -> Projection:
+    """One SSP step of `config` on `topology`, projected from its programs' compiled costs at 1 and
+    2 layers, extrapolated to the model's depth (`ssp_jax.projection` has the arithmetic)."""
+    layers = model_config(config).num_layers
+    one, two = (_program_costs(config, topology, n) for n in (1, 2))
+    devices = tpu_topology_devices(topology)
+    kind = devices[0].device_kind
+    if kind not in CHIP_SPECS:
+        raise ValueError(f"no peak FLOP/s and bandwidths known for device kind {kind!r}; known: {sorted(CHIP_SPECS)}")
+    work, rl, selfplay, engine = config.projection, config.rl, config.selfplay, config.engine
+    plan_rows = Plan(config, topology, None, layers=1)
+    questions, solvers = selfplay.batch_size, selfplay.batch_size * selfplay.solver_samples
+    trajectories = questions + solvers  # one proposer trajectory per answer
+    waves = -(-questions // engine.num_slots) + -(-solvers // engine.num_slots)
+    counts: dict[str, float] = {
+        "rollout/prefill": questions + questions,  # the proposer prompts, then one per question (shared)
+        "rollout/extend": -(-trajectories * work.turns // engine.extend_group),
+        "rollout/decode": waves * work.generated_tokens,
+    }
+    if selfplay.rag_reader == "read":
+        counts["reader/prefill"] = questions
+        counts["reader/decode"] = -(-questions // config.reader_engine.num_slots) * selfplay.reader_max_tokens
+    passes = 2 if rl.behaviour_logprobs == "recompute" else 1
+    batches = _training_batches(config, plan_rows)
+    for rows, minis, micro_rows, width in batches:
+        shape = f"{micro_rows}x{width}"
+        for name, n in ((f"training/logprobs {shape}", passes * rows // micro_rows),
+                        (f"training/accumulate {shape}", rl.ppo_epochs * rows // micro_rows)):
+            counts[name] = counts.get(name, 0) + n
+        counts["training/apply"] = counts.get("training/apply", 0) + rl.ppo_epochs * minis
+    calls = tuple(Call(phase=key.split("/")[0], name=key.split("/")[1].split(" ")[0], shape=one[key][0],
+                       count=count, cost=Cost.extrapolate(one[key][1], two[key][1], layers))
+                  for key, count in counts.items())
+    mesh = " ".join(f"{k}={v}" for k, v in plan_rows.mesh.shape.items())
+    chip = CHIP_SPECS[kind]
+    assumptions = (
+        f"workload per trajectory (config.projection): {work.prompt_tokens} prompt + {work.generated_tokens} "
+        f"generated + {work.retrieved_tokens} retrieved tokens over {work.turns} tool calls",
+        f"{questions} proposer + {solvers} solver trajectories; {engine.num_slots} slots stay full, each "
+        f"wave of slots lasting {work.generated_tokens} decode steps ({waves} waves)",
+        f"prefill: one per proposer prompt and one per question (its {selfplay.solver_samples} solver samples "
+        "share it); extend: one per tool call, "
+        f"{engine.extend_group} slots per call, spans of {-(-work.retrieved_tokens // work.turns)} tokens",
+        (f"decode attends over a {work.decode_window}-position window of the {engine.max_cache_len}-token cache "
+         "(config.projection.decode_window: every slot in the batch holds fewer tokens)" if work.decode_window else
+         f"decode attends over the whole {engine.max_cache_len}-token cache (a batch's window is its longest "
+         "slot's; config.projection.decode_window assumes a smaller one)"),
+        ("RAG check: the reader prefills the question with the proposer's documents and decodes "
+         f"{selfplay.reader_max_tokens} tokens" if selfplay.rag_reader == "read" else
+         f"RAG check: selfplay.rag_reader={selfplay.rag_reader!r} runs no reader program"),
+        f"training rows of the mean length: every micro-batch pads to the {batches[0][3]}-token bucket; "
+        "log-prob passes over every row: " + ("behaviour and reference" if passes == 2 else
+                                              "reference only (behaviour log-probs from the engine)"),
+        f"chip {kind}: {chip.peak_flops / 1e12:.0f} TFLOP/s bf16, HBM {chip.hbm_bandwidth / 1e9:.0f} GB/s, "
+        f"ICI {chip.ici_bandwidth / 1e9:.0f} GB/s per chip; {len(devices)} devices, mesh {mesh}",
+        f"each call takes max(FLOPs / peak, HBM bytes / bandwidth, ICI bytes / bandwidth) / {work.efficiency} "
+        "(collectives overlapped with compute; the largest array of each collective counts once)",
+        "phases run one after another: no overlap of rollout and training; host and retrieval time excluded",
+    )
+    return Projection(topology=topology, device_kind=kind, devices_per_chip=plan_rows.devices_per_chip,
+                      layers=layers, calls=calls, assumptions=assumptions, efficiency=work.efficiency)
 
 
 def fit_report(config: Config, topology: str, *, hbm_bytes: int | None = None,
@@ -355,14 +467,14 @@ def fit_report(config: Config, topology: str, *, hbm_bytes: int | None = None,
     """Compile the update, reference log-prob and generate steps of `config` for `topology` and
     report per-device memory; never raises for not fitting (see `check_fits`). `hbm_bytes`
     overrides the chip table."""
-    return _Plan(config, topology, hbm_bytes).report(count_flops)
+    return Plan(config, topology, hbm_bytes).report(count_flops)
 
 
 def check_fits(config: Config, topology: str, *, hbm_bytes: int | None = None,
                count_flops: bool = False) -> FitReport:
     """`fit_report`, raising ValueError naming each step that needs more bytes per device than the
     chip has. Resident state that alone exceeds HBM is refused before anything compiles."""
-    plan = _Plan(config, topology, hbm_bytes)
+    plan = Plan(config, topology, hbm_bytes)
     plan.memory_precheck()
     report = plan.report(count_flops)
     over = report.over_budget()
@@ -382,6 +494,9 @@ def main(argv: list[str]) -> None:
     args = flags.FLAGS
     with one_line_errors("ssp_jax.aot"):
         config = config_from_flags()
+    if args.project:
+        print(project(config, args.topology).format())
+        return
     report = fit_report(config, args.topology, hbm_bytes=int(args.hbm_gib * GiB) or None, count_flops=args.flops)
     print(report.format())
     sys.exit(1 if report.over_budget() else 0)
@@ -392,6 +507,8 @@ def _define_flags() -> None:
     ssp_jax.wiring's."""
     flags.DEFINE_string("topology", "v5p:4x4x4", "TPU slice to compile for, e.g. v5p:4x4x4, v5e:2x2, v6e:4x4")
     flags.DEFINE_float("hbm_gib", 0.0, "HBM per device in GiB; 0 = the table entry of the topology's chip")
+    flags.DEFINE_bool("project", False, "instead of the fit check, project one SSP step's time on the slice from "
+                      "the compiled programs' costs (ssp_jax.projection; workload: config.projection)")
     flags.DEFINE_bool("flops", True, "also compile one loop-free accumulation step to count the update's FLOPs")
     flags.mark_flags_as_required(["config"])
 

@@ -27,6 +27,7 @@ from ssp_jax.data.wiki_offline import WikiOfflineConfig
 from ssp_jax.engine.api import EngineConfig
 from ssp_jax.models.policy import ModelConfig
 from ssp_jax.models.sharding import DEFAULT_RULES, MeshConfig
+from ssp_jax.projection import ProjectionConfig
 from ssp_jax.rl.config import RLConfig
 from ssp_jax.selfplay.judge import JudgeConfig
 from ssp_jax.selfplay.step import SelfPlayConfig
@@ -129,7 +130,8 @@ class Config:
     """Every section of a run, typed. Sections mirror the layers: `model` (what policy to load),
     `mesh` and `sharding_rules` (how to lay it out), `engine`, `rollout` and `reader_engine`
     (sampling), `retrieval`, `data` (the answer list), `selfplay` (the game), `prompts`, `judge`
-    (eval's optional LLM judge), `rl` (the update) and `train` (the loop)."""
+    (eval's optional LLM judge), `rl` (the update), `train` (the loop) and `projection` (the workload
+    the step-time projection assumes)."""
 
     seed: int = 0
     # TPU slice to compile the update, reference log-probs and decode step for at start-up, e.g.
@@ -150,6 +152,7 @@ class Config:
     judge: JudgeConfig = JudgeConfig()
     rl: RLConfig = RLConfig()
     train: TrainConfig = TrainConfig()
+    projection: ProjectionConfig = ProjectionConfig()  # the workload `python -m ssp_jax.aot --project` assumes
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -1,8 +1,9 @@
 """Ahead-of-time compilation for TPU slices this CPU host does not have (ssp_jax/aot.py).
 
-The tiny config's update, reference log-prob and decode steps compile for v5e:2x2 with positive
-per-device memory and update FLOPs near 6*N*tokens; a config that cannot fit is refused naming the
-step and the bytes; installing libtpu leaves ordinary CPU jax alone.
+The tiny config's update (micro-batch and optimizer steps), reference log-prob and decode steps
+compile for v5e:2x2 with positive per-device memory and update FLOPs near 6*N*tokens; a config
+that cannot fit is refused naming the step and the bytes; installing libtpu leaves ordinary CPU
+jax alone.
 """
 
 import dataclasses
@@ -62,20 +63,25 @@ def test_tiny_config_compiles_for_v5e_with_positive_memory(tiny_report):
     report = tiny_report
     assert (report.device_kind, report.num_devices, report.hbm_bytes) == ("TPU v5 lite", 4, 16 * GiB)
     assert report.mesh == {"data": 1, "fsdp": 4, "tensor": 1}
-    assert [s.name for s in report.steps] == ["update", "reference_logprobs", "generate"]
+    assert [s.name for s in report.steps] == ["accumulate", "apply", "reference_logprobs", "generate"]
     for step in report.steps:  # (scratch this small stays in on-chip memory: temp_bytes may be 0)
         assert step.argument_bytes > 0 and step.output_bytes > 0 and step.temp_bytes >= 0, step
         assert step.flops > 0 and 0 < step.total_bytes < report.hbm_bytes, step
-    update, logprobs, generate = report.steps
+    accumulate, apply, logprobs, generate = report.steps
     # fp32 weights split 4 ways (norm scales replicated); AdamW holds two moments per weight.
     params = report.resident["params"]
     assert report.num_params * 4 / 4 <= params < report.num_params * 4 / 2
     assert 2 * params <= report.resident["optimizer"] < 2 * params + 1024
-    assert update.argument_bytes >= params + report.resident["optimizer"]
-    assert update.alias_bytes >= params and generate.alias_bytes > 0  # donated state is updated in place
-    assert update.resident_bytes == report.resident["reference"]
-    assert logprobs.argument_bytes >= params and logprobs.output_bytes == 8 * 128 * 4 // 4
-    assert "update" in report.format() and "6*N*tokens" in report.format()
+    # The micro-batch step adds to fp32 gradients (laid out like the params) in place; the optimizer
+    # step updates the donated params and moments in place.
+    assert accumulate.argument_bytes >= 2 * params and accumulate.alias_bytes >= params
+    assert accumulate.resident_bytes == report.resident["optimizer"] + report.resident["reference"]
+    assert apply.argument_bytes >= 2 * params + report.resident["optimizer"]
+    assert apply.alias_bytes >= params + report.resident["optimizer"] and generate.alias_bytes > 0
+    assert apply.resident_bytes == report.resident["reference"]
+    # One micro-batch (8 rows / 2 mini-batches) of 128 fp32 log-probs, over 4 devices.
+    assert logprobs.argument_bytes >= params and logprobs.output_bytes == 4 * 128 * 4 // 4
+    assert "accumulate" in report.format() and "6*N*tokens" in report.format()
 
 
 def test_update_flops_are_close_to_six_n_tokens(tiny_report):
@@ -105,7 +111,7 @@ def test_activations_that_cannot_fit_are_refused_naming_the_step():
     long_rows = short_config(length=16384, rows=32)
     long_rows.model.attention = "xla"  # the materialised scores; splash (the TPU default) needs no such scratch
     with pytest.raises(ValueError, match=r"does not fit v5e:2x2 \(TPU v5 lite, 17179869184 bytes = 16\.00 GiB HBM "
-                                         r"per device\): update cannot be compiled to fit: "
+                                         r"per device\): accumulate cannot be compiled to fit: "
                                          r"RESOURCE_EXHAUSTED: .*required for HLO temporaries \(\d+\.\d+G\) "
                                          r"exceeds available HBM") as refused:
         check_fits(load_config(long_rows), "v5e:2x2")
@@ -117,11 +123,11 @@ def test_compiled_steps_over_the_budget_are_named_with_their_bytes(tiny_report):
     update = tiny_report.steps[0]
     small_chip = dataclasses.replace(tiny_report, hbm_bytes=update.total_bytes - 1)
     assert update in small_chip.over_budget()
-    assert small_chip.shortfall(update) == (f"update needs {update.total_bytes} bytes "
+    assert small_chip.shortfall(update) == (f"accumulate needs {update.total_bytes} bytes "
                                             f"({update.total_bytes / 2**20:.2f} MiB) per device, "
                                             f"{update.total_bytes - 1} ({(update.total_bytes - 1) / 2**20:.2f} MiB) "
                                             "available")
-    assert "DOES NOT FIT: update needs" in small_chip.format()
+    assert "DOES NOT FIT: accumulate needs" in small_chip.format()
 
 
 def test_trainer_runs_the_check_when_config_names_a_topology(tmp_path):

@@ -107,7 +107,7 @@ def test_auto_compiles_splash_for_a_tpu_slice():
     import sys
     from pathlib import Path
 
-    from ssp_jax.aot import _abstract_batch, _Plan
+    from ssp_jax.aot import Plan, abstract_batch
     from ssp_jax.config import load_config
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
@@ -120,8 +120,8 @@ def test_auto_compiles_splash_for_a_tpu_slice():
         config.rl.length_buckets, config.engine.max_cache_len = (1024,), 1024
         config.engine.prefill_buckets, config.engine.extend_buckets = (512,), (256,)
         config.selfplay.batch_size, config.selfplay.solver_samples, config.rl.micro_batch_size = 4, 2, 4
-        plan = _Plan(load_config(config), "v5e:2x2", hbm_bytes=None)
-        batch = _abstract_batch(4, 1024, plan.mesh, plan.rules)
+        plan = Plan(load_config(config), "v5e:2x2", hbm_bytes=None)
+        batch = abstract_batch(4, 1024, plan.mesh, plan.rules)
         text = plan.steps.logprobs.lower(plan.params, batch.tokens, batch.attention_mask).compile().as_text()
         kernels[backend] = text.count("tpu_custom_call")
     assert kernels["xla"] == 0 and kernels["auto"] > 0, kernels

@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("selfplay",),
     ("rl",),
     ("worlds", "report"),  # the micro-world wing (the world, its warm start, the controls); run summaries
-    ("config", "aot", "wiring"),  # wiring: the flags and builders every entry point shares
+    ("config", "aot", "projection", "wiring"),  # wiring: the flags and builders every entry point shares
     ENTRY_POINTS,
 )
 

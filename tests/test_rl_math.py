@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ssp_jax.rl.advantages import ADVANTAGES, get_advantage, grpo, reinforce
-from ssp_jax.rl.batch import RLBatch, pack_batch
+from ssp_jax.rl.batch import MicroBatch, RLBatch, pack_batch, plan_micro_batches, take_rows
 from ssp_jax.rl.config import RLConfig
 from ssp_jax.rl.losses import LOSSES, get_loss, ppo_clip
 from ssp_jax.rl.update import learning_rate
@@ -176,6 +176,30 @@ def test_pack_batch_errors(kwargs, message):
                 length_buckets=(8,), batch_multiple=1)
     with pytest.raises(ValueError, match=message):
         pack_batch(**{**args, **kwargs})
+
+
+def test_micro_batch_plan_groups_rows_by_length_inside_each_mini_batch():
+    lengths = np.array([3, 30, 9, 17, 0, 12, 5, 31])  # rows 0-3 and 4-7 are the two mini-batches
+    plan = plan_micro_batches(lengths, blocks=2, micro=2, length_buckets=(4, 8, 16, 24, 64), max_width=32)
+    assert [[m.rows.tolist() for m in block] for block in plan] == [[[1, 3], [2, 0]], [[7, 5], [6, 4]]]
+    assert [[m.width for m in block] for block in plan] == [[32, 16], [32, 8]]  # 64 is capped at 32
+    # One micro-batch per block: row order kept, width from the block's longest row.
+    whole = plan_micro_batches(lengths, blocks=2, micro=4, length_buckets=(8, 16), max_width=32)
+    assert [m.rows.tolist() for block in whole for m in block] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [m.width for block in whole for m in block] == [32, 32]
+    # All padding rows: the smallest bucket.
+    assert plan_micro_batches(np.zeros(2, int), 1, 2, (8, 16), 16)[0][0].width == 8
+    with pytest.raises(ValueError, match="8 rows do not split into 3 blocks"):
+        plan_micro_batches(lengths, blocks=3, micro=1, length_buckets=(8,), max_width=8)
+
+
+def test_take_rows_cuts_a_micro_batch_to_its_width():
+    batch = pack_batch([[5, 6, 7], [8, 9, 10, 11, 12]], [[0, 1, 1], [0, 0, 1, 0, 1]], None, [1.0, -1.0],
+                       length_buckets=(4, 8), batch_multiple=1)
+    micro = take_rows(batch, MicroBatch(rows=np.array([0]), width=4))
+    np.testing.assert_array_equal(micro.tokens, [[5, 6, 7, 0]])
+    np.testing.assert_array_equal(micro.loss_mask, [[0, 1, 1, 0]])
+    np.testing.assert_array_equal(micro.advantages, [1.0])
 
 
 def test_warmup_schedule():

@@ -69,3 +69,47 @@ def pack_batch(sequences: Sequence[Sequence[int]], loss_masks: Sequence[Sequence
         adv[i] = advantages[i]
     return RLBatch(tokens=tokens, attention_mask=attention, loss_mask=loss_mask, old_logprobs=old,
                    ref_logprobs=np.zeros_like(old), advantages=adv)
+
+
+@dataclasses.dataclass(frozen=True)
+class MicroBatch:
+    """Rows of a batch that run together, and the width they pad to: the smallest length bucket that
+    holds the longest of them, not the batch's."""
+
+    rows: np.ndarray  # [micro] int: indices into the batch
+    width: int
+
+
+def plan_micro_batches(lengths: np.ndarray, blocks: int, micro: int, length_buckets: Sequence[int],
+                       max_width: int) -> list[list[MicroBatch]]:
+    """Split rows into `blocks` contiguous blocks (mini-batches: GRPO groups stay together), and each
+    block into micro-batches of `micro` rows, longest rows first, each with its own width.
+
+    Sorting by length inside a block puts rows of similar length together, so few micro-batches
+    pad to the longest row; it cannot change a mini-batch's loss, which divides every micro-batch
+    by the whole mini-batch's token count. A block that is one micro-batch keeps its row order.
+    Widths are `length_buckets` capped at `max_width` (the batch's own padded width).
+    lengths: [rows] real tokens per row.
+    """
+    rows = len(lengths)
+    if blocks < 1 or rows % blocks or micro < 1 or (rows // blocks) % micro:
+        raise ValueError(f"{rows} rows do not split into {blocks} blocks of micro-batches of {micro} rows")
+    widths = sorted({b for b in length_buckets if b < max_width} | {max_width})
+    size = rows // blocks
+    plan = []
+    for start in range(0, rows, size):
+        block = np.arange(start, start + size)
+        if size > micro:
+            block = block[np.argsort(-lengths[block], kind="stable")]
+        plan.append([MicroBatch(rows=part, width=bucket_for(max(int(lengths[part].max()), 1), widths))
+                     for part in np.split(block, size // micro)])
+    return plan
+
+
+def take_rows(batch: RLBatch, micro: MicroBatch) -> RLBatch:
+    """The micro-batch's rows of a host batch, cut to its width (only padding lies beyond it)."""
+    def take(x: np.ndarray | jax.Array) -> np.ndarray:
+        rows = np.asarray(x)[micro.rows]
+        return rows[:, :micro.width] if rows.ndim == 2 else rows
+
+    return jax.tree.map(take, batch)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import numpy as np
 
 from ssp_jax.models.shapes import batch_shards
@@ -44,5 +43,4 @@ def game_batches(game: GameResult, learner: Learner, *, train_proposer: bool) ->
     with_logprobs = [None if batch is None else dataclasses.replace(
         batch, old_logprobs=batch.old_logprobs if from_engine else learner.logprobs(learner.params, batch),
         ref_logprobs=learner.logprobs(learner.reference_params, batch)) for batch in batches]
-    jax.block_until_ready(with_logprobs)  # so the caller's timer does not bill them to the update
     return with_logprobs[0], with_logprobs[1]

@@ -1,15 +1,18 @@
-"""The learner: one compiled, sharded update per batch (mini-batch steps x micro-batch accumulation).
+"""The learner: compiled, sharded steps that run one update per batch (mini-batch optimizer steps
+over micro-batch gradient accumulation).
 
 Per update, `ppo_epochs` passes run over `mini_batches` contiguous row blocks; each block is one
-AdamW step whose gradient is summed over micro-batches with `lax.scan`. Every micro-batch loss is
-normalised by the whole mini-batch's masked-token count, so the summed gradient is exactly the
-gradient of the mini-batch token-mean, whatever `micro_batch_size` is.
+AdamW step (`apply`) on the fp32 gradient summed over its micro-batches (`accumulate`). Every
+micro-batch loss is normalised by the whole mini-batch's masked-token count, so the summed gradient
+is exactly the gradient of the mini-batch token-mean, whatever `micro_batch_size` is and however
+the block's rows are grouped. So the host groups rows of similar length (`plan_micro_batches`) and
+pads each micro-batch only to its own length bucket, not every row to the batch's longest.
 
-Params and optimizer state are laid out by the logical-axis rules and donated to the update;
-batches split over the "batch" rule. Shapes are static per (rows, length, mini_batches), so a
-fixed padded shape compiles once (`compile_counts`). The compiled functions live in `LearnerSteps`,
-which needs only the model's structure, so `ssp_jax.aot` can compile them for a TPU topology
-without materialising weights.
+Params and optimizer state are laid out by the logical-axis rules and donated to `apply`; batches
+split over the "batch" rule. `accumulate` compiles once per (micro-batch rows, length bucket) and
+`apply` once (`compile_counts`). The compiled functions live in `LearnerSteps`, which needs only
+the model's structure, so `ssp_jax.aot` can compile them for a TPU topology without
+materialising weights.
 """
 
 from __future__ import annotations
@@ -20,23 +23,24 @@ from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from ssp_jax.distributed import host_value
 from ssp_jax.models.decoder import Decoder, token_logprobs
 from ssp_jax.models.shapes import batch_shards
 from ssp_jax.models.sharding import (
     DEFAULT_RULES,
     Rules,
-    constrain,
     shard_batch,
     state_shardings,
     traced_with_activation_sharding,
 )
-from ssp_jax.rl.batch import RLBatch
+from ssp_jax.rl.batch import RLBatch, plan_micro_batches, take_rows
 from ssp_jax.rl.config import RLConfig
-from ssp_jax.rl.losses import get_loss, token_count
+from ssp_jax.rl.losses import get_loss
 
 
 def learning_rate(cfg: RLConfig) -> optax.Schedule:
@@ -79,9 +83,11 @@ class LearnerSteps:
         self.compile_counts: collections.Counter[str] = collections.Counter()
         # Traced under the rules' activation layout (models/sharding.py: why it matters).
         self.logprobs = jax.jit(traced_with_activation_sharding(self._logprobs_fn, mesh, rules))
-        self.update = jax.jit(traced_with_activation_sharding(self._update_fn, mesh, rules), static_argnums=2,
-                              donate_argnums=0,
-                              out_shardings=(self.state_shardings, None))
+        self.accumulate = jax.jit(traced_with_activation_sharding(self._accumulate_fn, mesh, rules),
+                                  donate_argnums=1, out_shardings=(self.param_shardings, None))
+        self.apply = jax.jit(self._apply_fn, donate_argnums=0, out_shardings=(self.state_shardings, None))
+        self._zero_grads = jax.jit(self._zero_grads_fn, out_shardings=self.param_shardings)
+        self._metric_names: tuple[str, ...] | None = None
 
     def batch_shards(self) -> int:
         """Devices a batch's rows are split over (the mesh axes of the "batch" rule)."""
@@ -117,23 +123,10 @@ class LearnerSteps:
         logging.info("learner: compiling %s %s (#%d)", name, shape, self.compile_counts[name])
 
     def _logprobs_fn(self, params: nnx.State, tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        """Log-probs [rows, T], `micro_batch_size` rows at a time (`lax.scan`), so that the activations
-        of a forward pass without gradients never exceed those of one accumulation step."""
+        """Log-probs [rows, T] of one micro-batch (`Learner.logprobs` splits a batch into them)."""
         self._traced("logprobs", *tokens.shape)
-        rows = tokens.shape[0]
-        micro = self.cfg.micro_batch_size or rows
-        n = rows // micro
-
-        def forward(carried: nnx.State, chunk: tuple[jax.Array, jax.Array]) -> tuple[nnx.State, jax.Array]:
-            # The weights ride in the carry, not the closure: NNX refuses Variables of an outer trace.
-            model = nnx.merge(self._model_graphdef, carried, self._model_rest)
-            return carried, cast(jax.Array, token_logprobs(model, *chunk, self.cfg.logprob_chunk))  # [micro, T]
-
-        # [rows, T] -> [n, micro, T]: chunk j takes every n-th row, as the update's micro-batches do,
-        # so each device keeps its own rows.
-        split = lambda x: x.reshape(micro, n, *x.shape[1:]).swapaxes(0, 1)  # noqa: E731
-        _, out = jax.lax.scan(forward, params, (split(tokens), split(attention_mask)))  # [n, micro, T]
-        return out.swapaxes(0, 1).reshape(rows, -1)
+        model = nnx.merge(self._model_graphdef, params, self._model_rest)
+        return cast(jax.Array, token_logprobs(model, tokens, attention_mask, self.cfg.logprob_chunk))
 
     def _micro_loss(self, params: nnx.State, micro: RLBatch, num_tokens: jax.Array):
         model = nnx.merge(self._model_graphdef, params, self._model_rest)
@@ -144,55 +137,38 @@ class LearnerSteps:
         entropy = jnp.sum(jax.lax.stop_gradient(entropy) * micro.loss_mask) / num_tokens
         return loss, {**metrics, "loss": loss, "entropy": entropy}
 
-    def _update_fn(self, state: nnx.State, batch: RLBatch, mini_batches: int) -> tuple[nnx.State, dict]:
-        rows, length = batch.tokens.shape
-        self._traced("update", rows, length, mini_batches)
-        mini = rows // mini_batches
-        micro = self.cfg.micro_batch_size or mini
+    def zero_carry(self, params: nnx.State, micro: RLBatch) -> tuple[nnx.State, dict[str, jax.Array]]:
+        """(fp32 zero gradients laid out like the params, zero loss metrics): what `accumulate` starts
+        each mini-batch from. `micro` (any micro-batch) names the loss's metrics, traced once."""
+        if self._metric_names is None:
+            self._metric_names = tuple(jax.eval_shape(self._micro_loss, params, micro, jnp.float32(1))[1])
+        return self._zero_grads(params), {name: jnp.zeros((), jnp.float32) for name in self._metric_names}
 
-        def split(x: jax.Array) -> jax.Array:
-            # [rows, ...] -> [mini_batches, n_micro, micro, ...]. Mini-batches are contiguous blocks
-            # (groups stay together); micro-batch j takes every n_micro-th row of its block, so a
-            # device's rows stay on it and no micro-batch lands on a subset of devices.
-            x = x.reshape(mini_batches, micro, mini // micro, *x.shape[1:]).swapaxes(1, 2)
-            return constrain(x, (None, None, "batch", "length")[:x.ndim])  # traced under activation_sharding
+    def _zero_grads_fn(self, params: nnx.State) -> nnx.State:
+        return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
 
-        minis = jax.tree.map(split, batch)
+    def _accumulate_fn(self, params: nnx.State, carry: tuple[nnx.State, dict], micro: RLBatch,
+                       num_tokens: jax.Array) -> tuple[nnx.State, dict]:
+        """Add one micro-batch's gradient (fp32) and loss metrics to the carry. Every micro-batch
+        divides by its mini-batch's token count, so the sum is the mini-batch token-mean's gradient."""
+        self._traced("accumulate", *micro.tokens.shape)
+        grads, sums = carry
+        (_, metrics), g = jax.value_and_grad(self._micro_loss, has_aux=True)(self._constrain_params(params),
+                                                                             micro, num_tokens)
+        grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
+        return self._constrain_params(grads), jax.tree.map(jnp.add, sums, metrics)
 
-        def optimizer_step(state: nnx.State, mini: RLBatch) -> tuple[nnx.State, dict]:
-            # Pin the loop carry to the rules' layout (propagation alone re-shards e.g. norm scales).
-            model, optimizer = nnx.merge(self._graphdef, self._constrain_state(state))
-            params = nnx.state(model, nnx.Param)
-            num_tokens = token_count(mini.loss_mask)  # the whole mini-batch's count
-
-            def accumulate(carry, micro_batch: RLBatch):
-                grads, sums = carry
-                (_, metrics), g = jax.value_and_grad(self._micro_loss, has_aux=True)(
-                    params, micro_batch, num_tokens)
-                grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
-                return (self._constrain_params(grads), jax.tree.map(jnp.add, sums, metrics)), None
-
-            zeros = self._constrain_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
-            # Loss metrics are normalised by num_tokens (the loss contract), so they sum over micro-batches.
-            _, metric_shapes = jax.eval_shape(self._micro_loss, params, jax.tree.map(lambda x: x[0], mini),
-                                              num_tokens)
-            no_metrics = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes)
-            (grads, sums), _ = jax.lax.scan(accumulate, (zeros, no_metrics), mini)
-            lr = self._schedule(optimizer.step[...])
-            grad_norm = optax.global_norm(grads)
-            # Accumulated in fp32, applied in the parameters' own dtype: AdamW's moments were made
-            # from the parameters, and fp32 gradients would promote bf16 moments inside the loop.
-            optimizer.update(model, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params))
-            return nnx.state((model, optimizer)), {**sums, "grad_norm": grad_norm, "lr": lr}
-
-        def epoch(state: nnx.State, _: None) -> tuple[nnx.State, dict]:
-            return jax.lax.scan(optimizer_step, state, minis)
-
-        state, per_step = jax.lax.scan(epoch, state, None, length=self.cfg.ppo_epochs)  # [epochs, minis]
-        metrics = {k: v.mean() for k, v in per_step.items()}
-        metrics["lr"] = per_step["lr"][-1, -1]
-        metrics["tokens"] = jnp.sum(batch.loss_mask)
-        return state, metrics
+    def _apply_fn(self, state: nnx.State, grads: nnx.State, sums: dict) -> tuple[nnx.State, dict]:
+        """One AdamW step with the accumulated gradients; the metrics of the step."""
+        self._traced("apply")
+        model, optimizer = nnx.merge(self._graphdef, self._constrain_state(state))
+        params = nnx.state(model, nnx.Param)
+        lr = self._schedule(optimizer.step[...])
+        grad_norm = optax.global_norm(grads)
+        # Accumulated in fp32, applied in the parameters' own dtype: AdamW's moments were made
+        # from the parameters, and fp32 gradients would promote bf16 moments.
+        optimizer.update(model, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params))
+        return nnx.state((model, optimizer)), {**sums, "grad_norm": grad_norm, "lr": lr}
 
     # -- layout constraints (inside jit) ------------------------------------------------------------
 
@@ -239,24 +215,64 @@ class Learner:
         """Optimizer steps taken so far."""
         return int(self.optimizer.step[...])
 
-    def logprobs(self, params_or_model: nnx.State | Decoder, batch: RLBatch) -> jax.Array:
-        """Per-token log-probs [B, T] of `batch.tokens` under the given weights (behaviour or reference)."""
+    def logprobs(self, params_or_model: nnx.State | Decoder, batch: RLBatch) -> np.ndarray:
+        """Per-token log-probs [B, T] of `batch.tokens` under the given weights (behaviour or reference).
+
+        Rows run `micro_batch_size` at a time, longest first, each micro-batch padded only to the
+        length bucket of its own longest row; all-padding micro-batches are not run (their
+        log-probs are 0, as on any padding)."""
         params = nnx.state(params_or_model, nnx.Param) if isinstance(params_or_model, nnx.Module) else params_or_model
-        self._steps.check_rows(batch.tokens.shape[0])
-        tokens, mask = self._place_batch((batch.tokens, batch.attention_mask))
-        return self._steps.logprobs(params, tokens, mask)
+        rows, width = batch.tokens.shape
+        self._steps.check_rows(rows)
+        tokens, mask = host_value(batch.tokens), host_value(batch.attention_mask)
+        lengths = mask.sum(axis=1)  # [rows]
+        plan = plan_micro_batches(lengths, 1, self.cfg.micro_batch_size or rows, self.cfg.length_buckets, width)[0]
+        runs = [(m, self._steps.logprobs(params, *self._place_batch((tokens[m.rows, :m.width],
+                                                                      mask[m.rows, :m.width]))))
+                for m in plan if lengths[m.rows].any()]
+        out = np.zeros((rows, width), np.float32)
+        for m, logp in runs:  # all dispatched before the first is read
+            out[m.rows, :m.width] = host_value(logp)
+        return out
 
     def update(self, batch: RLBatch, *, mini_batches: int = 1) -> dict[str, float]:
         """`ppo_epochs` x `mini_batches` optimizer steps on `batch`; returns metrics averaged over steps.
 
-        Metrics: loss, pg_loss, kl, clip_frac, dual_clip_frac, ratio, entropy (token-means), grad_norm
-        (before clipping), lr (of the last step), tokens (trained tokens in the batch).
+        Each mini-batch (a contiguous block of rows) runs as micro-batches of `micro_batch_size`
+        rows, longest first, each padded to its own length bucket (`plan_micro_batches`); a
+        micro-batch with no trained token is skipped (its gradient is zero). Metrics: loss,
+        pg_loss, kl, clip_frac, dual_clip_frac, ratio, entropy (token-means), grad_norm (before
+        clipping), lr (of the last step), tokens (trained tokens in the batch), pad_frac (the share
+        of the positions the forward passes computed that were padding).
         """
-        self._steps.check_update(batch.tokens.shape[0], mini_batches)
-        state = nnx.state((self.model, self.optimizer))
-        new_state, metrics = self._steps.update(state, self._place_batch(batch), mini_batches)
-        nnx.update((self.model, self.optimizer), new_state)
-        return {k: float(v) for k, v in jax.device_get(metrics).items()}
+        rows, width = batch.tokens.shape
+        self._steps.check_update(rows, mini_batches)
+        host = jax.tree.map(host_value, batch)
+        lengths = host.attention_mask.sum(axis=1)  # [rows]
+        plan = plan_micro_batches(lengths, mini_batches, self.cfg.micro_batch_size or rows // mini_batches,
+                                  self.cfg.length_buckets, width)
+        minis, computed, real = [], 0, 0
+        for block in plan:
+            kept = [m for m in block if host.loss_mask[m.rows].any()] or block[:1]
+            num_tokens = np.float32(max(sum(host.loss_mask[m.rows].sum() for m in block), 1.0))
+            minis.append((num_tokens, [self._place_batch(take_rows(host, m)) for m in kept]))
+            computed += sum(len(m.rows) * m.width for m in kept)
+            real += sum(int(lengths[m.rows].sum()) for m in kept)
+        per_step = []
+        for _ in range(self.cfg.ppo_epochs):
+            for num_tokens, micros in minis:
+                params = self.params
+                carry = self._steps.zero_carry(params, micros[0])
+                for micro in micros:
+                    carry = self._steps.accumulate(params, carry, micro, num_tokens)
+                new_state, metrics = self._steps.apply(nnx.state((self.model, self.optimizer)), *carry)
+                nnx.update((self.model, self.optimizer), new_state)
+                per_step.append(metrics)
+        per_step = jax.device_get(per_step)
+        out = {k: float(np.mean([m[k] for m in per_step])) for k in per_step[0]}
+        out.update(lr=float(per_step[-1]["lr"]), tokens=float(host.loss_mask.sum()),
+                   pad_frac=1.0 - real / computed)
+        return out
 
     def state(self) -> dict[str, Any]:
         """Checkpointable pure-dict pytree: policy params, optimizer state (with step), reference params."""
