@@ -366,8 +366,21 @@ def _program_costs(config: Config, topology: str, layers: int) -> dict[str, tupl
         bucket = bucket_for(prompt, cfg.prefill_buckets, f"the projected {phase} prompt")
         add(f"{phase}/prefill", f"1x{bucket}", engine.lower_prefill(plan.params, bucket))
         window = work.decode_window if phase == "rollout" else 0
-        add(f"{phase}/decode", f"{cfg.num_slots} slots x {window or cfg.max_cache_len}",
-            engine.lower_generate(plan.params, engine.abstract_decode_state(), window))
+        if window:
+            # A windowed `generate` copies the window out of the cache and back once per call of
+            # `decode_steps` steps. The step itself is priced on a cache of the window's length; the
+            # copy is what the one-step windowed program costs beyond that step.
+            small = plan.engine(dataclasses.replace(cfg, decode_steps=1, max_cache_len=window, decode_windows=(),
+                                                    prefill_buckets=(window,), extend_buckets=(window,)))
+            add(f"{phase}/decode", f"{cfg.num_slots} slots x {window}",
+                small.lower_generate(plan.params, small.abstract_decode_state()))
+            add(f"{phase}/window", f"{window} of {cfg.max_cache_len}, in and out",
+                engine.lower_generate(plan.params, engine.abstract_decode_state(), window))
+            shape, whole = costs[f"{phase}/window"]
+            costs[f"{phase}/window"] = (shape, whole.minus(costs[f"{phase}/decode"][1]))
+        else:
+            add(f"{phase}/decode", f"{cfg.num_slots} slots x {cfg.max_cache_len}",
+                engine.lower_generate(plan.params, engine.abstract_decode_state()))
         if phase == "rollout":
             span = bucket_for(-(-work.retrieved_tokens // work.turns), cfg.extend_buckets, "the projected tool output")
             add("rollout/extend", f"{cfg.extend_group}x{span}",
@@ -418,6 +431,8 @@ def project(config: Config, topology: str) -> Projection:
         "rollout/extend": -(-trajectories * work.turns // engine.extend_group),
         "rollout/decode": waves * work.generated_tokens,
     }
+    if work.decode_window:
+        counts["rollout/window"] = -(-waves * work.generated_tokens // engine.decode_steps)
     if selfplay.rag_reader == "read":
         counts["reader/prefill"] = questions
         counts["reader/decode"] = -(-questions // config.reader_engine.num_slots) * selfplay.reader_max_tokens
@@ -443,7 +458,8 @@ def project(config: Config, topology: str) -> Projection:
         "share it); extend: one per tool call, "
         f"{engine.extend_group} slots per call, spans of {-(-work.retrieved_tokens // work.turns)} tokens",
         (f"decode attends over a {work.decode_window}-position window of the {engine.max_cache_len}-token cache "
-         "(config.projection.decode_window: every slot in the batch holds fewer tokens)" if work.decode_window else
+         "(config.projection.decode_window: every slot in the batch holds fewer tokens), copied out and back "
+         f"once per generate call of {engine.decode_steps} steps" if work.decode_window else
          f"decode attends over the whole {engine.max_cache_len}-token cache (a batch's window is its longest "
          "slot's; config.projection.decode_window assumes a smaller one)"),
         ("RAG check: the reader prefills the question with the proposer's documents and decodes "

@@ -129,6 +129,10 @@ class Cost:
         difference (every layer of a decoder costs the same)."""
         return Cost(*(a + (b - a) * (layers - 1) for a, b in zip(dataclasses.astuple(one), dataclasses.astuple(two))))
 
+    def minus(self, other: Cost) -> Cost:
+        """What this program costs beyond `other` (each term at least 0)."""
+        return Cost(*(max(a - b, 0.0) for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
     def seconds(self, chip: ChipSpec, devices_per_chip: int, efficiency: float) -> float:
         share = 1 / devices_per_chip  # a v4 device is one of its chip's two TensorCores
         return max(self.flops / (chip.peak_flops * share), self.hbm_bytes / (chip.hbm_bandwidth * share),

@@ -25,6 +25,7 @@ def test_cost_extrapolates_from_one_and_two_layers():
     one, two = Cost(10.0, 100.0, 4.0), Cost(16.0, 130.0, 6.0)
     assert Cost.extrapolate(one, two, 28) == Cost(10 + 6 * 27, 100 + 30 * 27, 4 + 2 * 27)
     assert Cost.extrapolate(one, two, 1) == one
+    assert two.minus(one) == Cost(6.0, 30.0, 2.0) and one.minus(two) == Cost(0.0, 0.0, 0.0)
 
 
 def test_each_call_takes_its_largest_roofline_term_over_the_efficiency():
@@ -67,18 +68,25 @@ def test_bad_workload_is_named(field, value, message):
         ProjectionConfig(**{field: value})
 
 
-@pytest.mark.slow  # 16 small compiles through libtpu
-def test_project_prints_the_step_of_the_tiny_config_on_v5e():
-    pytest.importorskip("libtpu")
-    # configs/tiny.py: 4 answers x 2 solver samples, 8 slots, extend groups of 4, 2 solver mini-batches.
+def project_tiny(*overrides: str) -> tuple[str, dict[tuple[str, str], list[str]]]:
+    """`python -m ssp_jax.aot --project` on configs/tiny.py for v5e:2x2: stdout and its rows by
+    (phase, program)."""
     workload = ["--config.projection.prompt_tokens=200", "--config.projection.generated_tokens=300",
-                "--config.projection.retrieved_tokens=400", "--config.projection.turns=2"]
+                "--config.projection.retrieved_tokens=400", "--config.projection.turns=2", *overrides]
     out = subprocess.run([sys.executable, "-m", "ssp_jax.aot", "--config", "configs/tiny.py", "--topology",
                           "v5e:2x2", "--project", *workload], cwd=REPO, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {tuple(line.split()[:2]): line.split() for line in out.stdout.splitlines()
             if line.split()[:1] in (["rollout"], ["reader"], ["training"])}
+    return out.stdout, rows
+
+
+@pytest.mark.slow  # 16 small compiles through libtpu
+def test_project_prints_the_step_of_the_tiny_config_on_v5e():
+    pytest.importorskip("libtpu")
+    # configs/tiny.py: 4 answers x 2 solver samples, 8 slots, extend groups of 4, 2 solver mini-batches.
+    stdout, rows = project_tiny()
     calls = {key: float(row[-7]) for key, row in rows.items()}
     assert calls == {
         ("rollout", "prefill"): 4 + 4,  # 4 proposer prompts, 4 questions shared by their 2 samples
@@ -87,7 +95,16 @@ def test_project_prints_the_step_of_the_tiny_config_on_v5e():
         ("reader", "prefill"): 4, ("reader", "decode"): 1 * 16,  # selfplay.reader_max_tokens
         ("training", "logprobs"): 2 * (1 + 2),  # behaviour + reference; proposer 1, solver 2 micro-batches
         ("training", "accumulate"): 1 + 2, ("training", "apply"): 1 + 2,
-    }, out.stdout
-    assert all(float(row[-2]) > 0 for row in rows.values()), out.stdout  # ms per call
-    assert "one SSP step" in out.stdout and "assumptions:" in out.stdout
-    assert "200 prompt + 300 generated + 400 retrieved tokens over 2 tool calls" in out.stdout
+    }, stdout
+    assert all(float(row[-2]) > 0 for row in rows.values()), stdout  # ms per call
+    assert "one SSP step" in stdout and "assumptions:" in stdout
+    assert "200 prompt + 300 generated + 400 retrieved tokens over 2 tool calls" in stdout
+
+
+@pytest.mark.slow  # 18 small compiles through libtpu
+def test_projected_decode_window_prices_the_step_and_the_copy_per_call():
+    pytest.importorskip("libtpu")
+    stdout, rows = project_tiny("--config.engine.decode_windows=(1024,)", "--config.projection.decode_window=1024")
+    assert rows[("rollout", "decode")][2:6] == ["8", "slots", "x", "1024"]
+    assert float(rows[("rollout", "window")][-7]) == -(-600 // 16)  # one copy per generate call of 16 steps
+    assert "copied out and back once per generate call of 16 steps" in stdout
