@@ -14,10 +14,10 @@ Mesh (64 chips, 95 GB HBM each), chosen as follows:
   ~2.8 GB per chip with slots over data x fsdp and KV heads over tensor).
 
 Checked without a TPU (`python -m ssp_jax.aot --config configs/qwen2_5_7b.py --topology v5p:4x4x4`,
-XLA's per-chip figures, 2026-11-22): the solver update (1280 x 12288 tokens) needs 72.1 GiB of 95 GiB,
-mostly attention scratch of the 64-row micro-batches; the behaviour/reference log-prob pass 19.3 GiB
-(it runs `rl.micro_batch_size` rows at a time; over the whole batch at once it needed 340 GiB); the
-decode step 10.0 GiB. docs/training-at-scale.md, "Will it fit?", has the table.
+XLA's per-chip figures, 2026-12-05): one 64 x 12288-token update micro-batch needs 85.1 GiB of 95 GiB,
+mostly the backward pass's layer state; the optimizer step 2.3 GiB; a behaviour/reference log-prob
+micro-batch 5.5 GiB; the decode step 10.0 GiB. `--project` projects one SSP step from the same
+compiled programs. docs/training-at-scale.md, "Will it fit?" and "How fast?", has the tables.
 """
 
 from ssp_jax.config import base_config
