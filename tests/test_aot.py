@@ -84,6 +84,18 @@ def test_tiny_config_compiles_for_v5e_with_positive_memory(tiny_report):
     assert "accumulate" in report.format() and "6*N*tokens" in report.format()
 
 
+def test_learner_xla_options_reach_the_tpu_compiler():
+    """`rl.xla_options` go to XLA with the learner's programs: a TPU option compiles; a misspelt one
+    is refused by name."""
+    config = short_config()
+    config.rl.xla_options = (("xla_tpu_enable_latency_hiding_scheduler", "false"),)
+    report = check_fits(load_config(config), "v5e:2x2")
+    assert [s.name for s in report.steps][:3] == ["accumulate", "apply", "reference_logprobs"]
+    config.rl.xla_options = (("xla_tpu_enable_latency_hiding_schedulerr", "false"),)
+    with pytest.raises(Exception, match="xla_tpu_enable_latency_hiding_schedulerr"):
+        check_fits(load_config(config), "v5e:2x2")
+
+
 def test_update_flops_are_close_to_six_n_tokens(tiny_report):
     assert tiny_report.update_tokens == 8 * 128
     ratio = tiny_report.update_flops / tiny_report.analytic_update_flops

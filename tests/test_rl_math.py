@@ -227,6 +227,8 @@ def test_rl_config_defaults_are_ssp():
     (dict(ppo_epochs=1.5), TypeError, r"RLConfig\.ppo_epochs must be int"),
     (dict(kl_coef="0.1"), TypeError, r"RLConfig\.kl_coef must be float"),
     (dict(warmup_steps=True), TypeError, r"RLConfig\.warmup_steps must be int"),
+    (dict(xla_options=(("xla_tpu_enable_latency_hiding_scheduler",),)), ValueError,
+     r"RLConfig\.xla_options=.* must be \(name, value\) pairs of strings"),
 ])
 def test_rl_config_errors_name_the_field(kwargs, error, message):
     with pytest.raises(error, match=message):

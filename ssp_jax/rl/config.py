@@ -51,6 +51,11 @@ class RLConfig:
     # Padded sequence lengths of the log-prob and update passes; a batch pads to the smallest that
     # holds its longest trajectory, so the largest must reach engine.max_cache_len.
     length_buckets: tuple[int, ...] = (1024, 2048, 4096, 8192, 12288)
+    # XLA compiler options of the learner's programs (log-probs, micro-batch, optimizer step), as
+    # (name, value) pairs. On TPU, ("xla_tpu_enable_latency_hiding_scheduler", "false") stops the
+    # scheduler from running every layer's rematerialised forward early, which kept all layers'
+    # activations alive (docs/training-at-scale.md, "Will it fit?"). () = XLA's defaults.
+    xla_options: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -83,6 +88,9 @@ class RLConfig:
         if not self.length_buckets or any(b < 1 for b in self.length_buckets) or \
                 list(self.length_buckets) != sorted(self.length_buckets):
             raise ValueError(f"RLConfig.length_buckets={self.length_buckets!r} must be positive, ascending, non-empty")
+        if any(len(pair) != 2 or not all(isinstance(x, str) for x in pair) for pair in self.xla_options):
+            raise ValueError(f"RLConfig.xla_options={self.xla_options!r} must be (name, value) pairs of strings, "
+                             'e.g. (("xla_tpu_enable_latency_hiding_scheduler", "false"),)')
         if self.loss not in LOSSES:
             raise ValueError(f"RLConfig.loss={self.loss!r} is not registered; known: {LOSSES.names()}")
         for name in ("solver_advantage", "proposer_advantage"):

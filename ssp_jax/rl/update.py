@@ -82,10 +82,14 @@ class LearnerSteps:
         self.param_shardings = None if mesh is None else state_shardings(params, mesh, rules)
         self.compile_counts: collections.Counter[str] = collections.Counter()
         # Traced under the rules' activation layout (models/sharding.py: why it matters).
-        self.logprobs = jax.jit(traced_with_activation_sharding(self._logprobs_fn, mesh, rules))
+        options = dict(cfg.xla_options) or None
+        self.logprobs = jax.jit(traced_with_activation_sharding(self._logprobs_fn, mesh, rules),
+                                compiler_options=options)
         self.accumulate = jax.jit(traced_with_activation_sharding(self._accumulate_fn, mesh, rules),
-                                  donate_argnums=1, out_shardings=(self.param_shardings, None))
-        self.apply = jax.jit(self._apply_fn, donate_argnums=0, out_shardings=(self.state_shardings, None))
+                                  donate_argnums=1, out_shardings=(self.param_shardings, None),
+                                  compiler_options=options)
+        self.apply = jax.jit(self._apply_fn, donate_argnums=0, out_shardings=(self.state_shardings, None),
+                             compiler_options=options)
         self._zero_grads = jax.jit(self._zero_grads_fn, out_shardings=self.param_shardings)
         self._metric_names: tuple[str, ...] | None = None
 
