@@ -210,7 +210,7 @@ def test_sharded_engine_matches_single_device(qwen2):
         state, second, logprobs = run_to_completion(engine, params, state, 4)
         results.append((first, second, logprobs))
         if engine.mesh is not None:
-            assert state.cache.k[0].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor", None)
+            assert state.cache.k[0].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), "tensor", None, None)
     assert results[0][:2] == results[1][:2]
     for one, other in zip(results[0][2], results[1][2]):
         np.testing.assert_allclose(one, other, atol=1e-4)
@@ -245,6 +245,10 @@ def test_sample_filters_by_hand():
     draws, _ = sample(jnp.repeat(logits[:1], n, 0), jax.random.split(jax.random.key(1), n), jnp.ones(n),
                       jnp.full(n, 2), jnp.ones(n))
     assert set(draws.tolist()) == {0, 1} and 0.55 < float((draws == 0).mean()) < 0.7  # renormalised 0.625
+    # An all-greedy step (evaluation) takes the branch that draws no random bits: the same argmax.
+    greedy, greedy_logprobs = sample(logits[::-1], keys, jnp.zeros(4), jnp.zeros(4, jnp.int32), jnp.ones(4))
+    assert greedy.tolist() == [0, 0, 0, 0]
+    np.testing.assert_allclose(greedy_logprobs, np.log([0.5] * 4), rtol=1e-6)
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0.0)
 

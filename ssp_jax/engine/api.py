@@ -64,8 +64,8 @@ class EngineConfig:
 class Prefix:
     """A prefilled prompt, insertable into any number of slots."""
 
-    k: tuple[jax.Array, ...]  # per layer: [1, bucket, kv_heads, head_dim]
-    v: tuple[jax.Array, ...]  # per layer: [1, bucket, kv_heads, head_dim]
+    k: tuple[jax.Array, ...]  # per layer: [1, kv_heads, bucket, head_dim]
+    v: tuple[jax.Array, ...]  # per layer: [1, kv_heads, bucket, head_dim]
     valid: jax.Array  # [1, bucket] bool
     length: jax.Array  # [] int32: cached tokens (the prompt minus its last token)
     last_token: jax.Array  # [] int32: the pending token

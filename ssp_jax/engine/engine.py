@@ -270,9 +270,9 @@ class Engine:
         self._traced("generate", self.config.decode_steps, window)
         full = state.cache
         if window < full.max_len:  # attend over the first `window` positions; written back below
-            cut = lambda x: x[:, :window]  # noqa: E731
+            cut = lambda x: x[:, :, :window]  # noqa: E731
             state = dataclasses.replace(state, cache=KVCache(k=tuple(map(cut, full.k)), v=tuple(map(cut, full.v)),
-                                                             valid=cut(full.valid), length=full.length))
+                                                             valid=full.valid[:, :window], length=full.length))
 
         def step(carry: tuple[nnx.State, DecodeState], _: None) -> tuple[tuple, tuple[jax.Array, ...]]:
             # The weights ride in the carry, unchanged: under `nnx.remat` (model.remat=True) a module
@@ -305,11 +305,13 @@ class Engine:
         (_, state), (tokens, logprobs, emitted) = jax.lax.scan(step, (params, state), None,
                                                                length=self.config.decode_steps)
         if window < full.max_len:
-            put = lambda buf, part: jax.lax.dynamic_update_slice_in_dim(buf, part, 0, axis=1)  # noqa: E731
+            put = lambda buf, part: jax.lax.dynamic_update_slice_in_dim(buf, part, 0, axis=2)  # noqa: E731
             cache = state.cache
             state = dataclasses.replace(state, cache=KVCache(k=tuple(map(put, full.k, cache.k)),
                                                              v=tuple(map(put, full.v, cache.v)),
-                                                             valid=put(full.valid, cache.valid), length=cache.length))
+                                                             valid=jax.lax.dynamic_update_slice_in_dim(
+                                                                 full.valid, cache.valid, 0, axis=1),
+                                                             length=cache.length))
         return state, StepOutput(tokens=tokens, logprobs=logprobs, emitted=emitted)
 
     def _state_shardings(self) -> DecodeState | None:
@@ -327,7 +329,7 @@ class Engine:
         def per_slot(x: jax.ShapeDtypeStruct) -> Any:
             return spec(("batch",) + (None,) * (x.ndim - 1), x.shape)
 
-        kv = lambda x: spec(("batch", "cache_length", "kv_heads", "head_dim"), x.shape)  # noqa: E731
+        kv = lambda x: spec(("batch", "kv_heads", "cache_length", "head_dim"), x.shape)  # noqa: E731
         cache = KVCache(k=tuple(map(kv, abstract.cache.k)), v=tuple(map(kv, abstract.cache.v)),
                         valid=spec(("batch", "cache_length"), abstract.cache.valid.shape),
                         length=per_slot(abstract.cache.length))

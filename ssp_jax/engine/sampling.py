@@ -57,10 +57,16 @@ def sample(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: ja
     the RL importance ratio needs, whatever the sampling settings were.
     """
     greedy = temperature <= 0
-    scaled = logits / jnp.where(greedy, 1.0, temperature)[:, None]
-    needs_filter = jnp.any((top_k > 0) | (top_p < 1))
-    scaled = jax.lax.cond(needs_filter, _filter_top_k_top_p, lambda s, k, p: s, scaled, top_k, top_p)
-    sampled = jax.vmap(jax.random.categorical)(keys, scaled)
-    tokens = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
+    best = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [slots]
+
+    def draw() -> jax.Array:
+        scaled = logits / jnp.where(greedy, 1.0, temperature)[:, None]
+        needs_filter = jnp.any((top_k > 0) | (top_p < 1))
+        scaled = jax.lax.cond(needs_filter, _filter_top_k_top_p, lambda s, k, p: s, scaled, top_k, top_p)
+        sampled = jax.vmap(jax.random.categorical)(keys, scaled)
+        return jnp.where(greedy, best, sampled).astype(jnp.int32)
+
+    # All-greedy steps (evaluation) skip the [slots, vocab] of random bits a draw costs.
+    tokens = jax.lax.cond(jnp.all(greedy), lambda: best, draw)
     logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1)[:, 0]
     return tokens, logprobs

@@ -38,15 +38,28 @@ MIN_BLOCKED_LEN = 256
 SPLASH_BLOCKS = (512, 256, 128)  # splash block sizes tried, largest first; one must divide the length
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, heads_major: bool = False) -> jax.Array:
     """Grouped-query attention with an fp32 softmax.
 
-    q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
-    mask: [batch, q_len, kv_len] bool. Returns [batch, q_len, heads, head_dim].
+    q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim], or with
+    `heads_major` [batch, kv_heads, kv_len, head_dim] (the KV cache's layout); mask: [batch, q_len,
+    kv_len] bool. Returns [batch, q_len, heads, head_dim].
     """
     batch, q_len, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)  # [b, t, kv, group, d]
+    kv_heads = k.shape[1] if heads_major else k.shape[2]
+    group = heads // kv_heads
+    if heads_major:
+        # A KV head's group x q_len queries as one matrix, so both matmuls are plain batched ones
+        # over (batch, KV head) that read the cache as stored (XLA:CPU otherwise transposed the
+        # probabilities and ran the second matmul outside its fast path: decode 2x slower).
+        qm = q.reshape(batch, q_len, kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
+        qm = qm.reshape(batch, kv_heads, group * q_len, head_dim)  # [b, kv, group * t, d]
+        scores = jnp.einsum("bkmd,bksd->bkms", qm, k, preferred_element_type=jnp.float32)
+        scores = jnp.where(jnp.tile(mask, (1, group, 1))[:, None], scores * head_dim ** -0.5, _NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # [b, kv, group * t, s]
+        out = jnp.einsum("bkms,bksd->bkmd", probs, v).reshape(batch, kv_heads, group, q_len, head_dim)
+        return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim)
+    q = q.reshape(batch, q_len, kv_heads, group, head_dim)  # [b, t, kv, group, d]
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = scores * (head_dim ** -0.5)  # [b, kv, group, t, s]
     scores = jnp.where(mask[:, None, None], scores, _NEG_INF)

@@ -112,17 +112,21 @@ class KVCache:
     """Preallocated per-row key/value cache; rows advance independently (continuous batching).
 
     One buffer per layer (not one stacked array), so each decode step updates every buffer in
-    place instead of rebuilding a [layers, ...] array.
+    place instead of rebuilding a [layers, ...] array. Keys and values are stored heads-major
+    ([batch, kv_heads, max_len, head_dim]): attention contracts over positions within a head, so
+    this is the layout its matmuls read without a transpose, and the one a decode kernel blocks
+    positions in (a [batch, max_len, kv_heads, ...] cache made XLA:CPU transpose the whole cache
+    in every layer of every decode step).
     """
 
-    k: tuple[jax.Array, ...]  # per layer: [batch, max_len, kv_heads, head_dim]
-    v: tuple[jax.Array, ...]  # per layer: [batch, max_len, kv_heads, head_dim]
+    k: tuple[jax.Array, ...]  # per layer: [batch, kv_heads, max_len, head_dim]
+    v: tuple[jax.Array, ...]  # per layer: [batch, kv_heads, max_len, head_dim]
     valid: jax.Array  # [batch, max_len] bool: the slot holds a real token
     length: jax.Array  # [batch] int32: next write offset of each row
 
     @classmethod
     def create(cls, cfg: DecoderConfig, batch: int, max_len: int) -> KVCache:
-        shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
         return cls(
             k=tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_layers)),
             v=tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_layers)),
@@ -190,9 +194,9 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def _write_rows(buf: jax.Array, new: np.ndarray | jax.Array, start: jax.Array) -> jax.Array:
-    """Write new[b] into buf[b] at offset start[b] along axis 1. buf: [batch, max_len, ...]."""
-    return jax.vmap(lambda b, n, s: jax.lax.dynamic_update_slice_in_dim(b, n, s, axis=0))(buf, new, start)
+def _write_rows(buf: jax.Array, new: np.ndarray | jax.Array, start: jax.Array, axis: int = 1) -> jax.Array:
+    """Write new[b] into buf[b] at offset start[b] along `axis` (of buf, whose axis 0 is the batch)."""
+    return jax.vmap(lambda b, n, s: jax.lax.dynamic_update_slice_in_dim(b, n, s, axis=axis - 1))(buf, new, start)
 
 
 class Attention(nnx.Module):
@@ -224,7 +228,7 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array, mask: jax.Array,
                  kv: tuple[jax.Array, jax.Array] | None, write_at: jax.Array | None,
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """x: [batch, seq, embed]. With `kv` (this layer's cache, [batch, max_len, kv_heads, head_dim]
+        """x: [batch, seq, embed]. With `kv` (this layer's cache, [batch, kv_heads, max_len, head_dim]
         each), the new keys/values are written at `write_at` [batch] and attention spans the cache
         under `mask` [batch, seq, max_len]; without, `mask` is the [batch, seq] attention mask of a
         causal pass, run by the configured kernel."""
@@ -235,9 +239,10 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
         if kv is not None:
             assert write_at is not None  # the model passes both or neither
-            k = _write_rows(kv[0], k.astype(kv[0].dtype), write_at)
-            v = _write_rows(kv[1], v.astype(kv[1].dtype), write_at)
-            out = attend(q, k, v, mask)  # [batch, seq, heads, head_dim]
+            heads_major = lambda x: x.transpose(0, 2, 1, 3).astype(kv[0].dtype)  # noqa: E731
+            k = _write_rows(kv[0], heads_major(k), write_at, axis=2)  # [batch, kv_heads, max_len, head_dim]
+            v = _write_rows(kv[1], heads_major(v), write_at, axis=2)
+            out = attend(q, k, v, mask, heads_major=True)  # [batch, seq, heads, head_dim]
         else:
             out = causal_attention(q, k, v, mask, self.cfg.attention)
         out = constrain(out, BLH)
