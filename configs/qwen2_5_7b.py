@@ -44,9 +44,8 @@ def get_config():
     config.selfplay.batch_size = 256
     config.selfplay.solver_samples = 5
     config.engine.num_slots = 256
-    # Decode attends over the smallest window holding every slot's cache, not all 12,288 positions
-    # (one compiled program per window; the AOT check compiles the whole-cache one, the largest).
-    config.engine.decode_windows = (2048, 4096, 8192)
+    # No decode windows: on TPU (model.attention "auto") a decode step runs the ragged Pallas kernel,
+    # which reads each slot's cache only as far as it is filled; a window would only add a copy.
     config.rl.micro_batch_size = 64  # 16 x 4 rows of <= 12288 tokens per accumulation step
     # Each micro-batch pads to the bucket of its own longest row (rows sorted by length within a
     # mini-batch), so steps of 1-2k tokens keep padding small; each bucket is one more compiled

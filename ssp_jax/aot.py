@@ -37,10 +37,12 @@ from ssp_jax.config import Config
 from ssp_jax.engine.api import EngineConfig
 from ssp_jax.engine.engine import Engine
 from ssp_jax.engine.stops import StopAutomaton
+from ssp_jax.models.attention import resolve_backend
+from ssp_jax.models.decode_attention import DECODE_BLOCKS
 from ssp_jax.models.decoder import Decoder, DecoderConfig
 from ssp_jax.models.hf_import import decoder_config_from_hf, read_hf_config
 from ssp_jax.models.shapes import bucket_for
-from ssp_jax.models.sharding import Rules, batch_sharding, make_mesh
+from ssp_jax.models.sharding import Rules, activation_sharding, batch_sharding, make_mesh
 from ssp_jax.projection import CHIP_SPECS, Call, Cost, Projection
 from ssp_jax.rl.batch import RLBatch
 from ssp_jax.rl.update import LearnerSteps, make_optimizer
@@ -361,17 +363,31 @@ def _program_costs(config: Config, topology: str, layers: int) -> dict[str, tupl
     engines = [("rollout", config.engine, work.prompt_tokens)]
     if selfplay.rag_reader == "read":
         engines.append(("reader", config.reader_engine, work.prompt_tokens + work.retrieved_tokens))
+    ragged = decode_is_ragged(plan)
     for phase, cfg, prompt in engines:
         engine = plan.engine(dataclasses.replace(cfg, decode_steps=1))
+
+        def over(length: int, cfg: EngineConfig = cfg) -> Engine:
+            """The engine cut to a `length`-position cache (a decode step priced at that length)."""
+            return plan.engine(dataclasses.replace(cfg, decode_steps=1, max_cache_len=length, decode_windows=(),
+                                                   prefill_buckets=(length,), extend_buckets=(length,)))
+
         bucket = bucket_for(prompt, cfg.prefill_buckets, f"the projected {phase} prompt")
         add(f"{phase}/prefill", f"1x{bucket}", engine.lower_prefill(plan.params, bucket))
         window = work.decode_window if phase == "rollout" else 0
-        if window:
+        if ragged:
+            # The ragged kernel reads what each slot holds, so a step costs what a cache of the mean
+            # held length costs (rounded up to the kernel's 512-position blocks).
+            held = work.mean_context if phase == "rollout" else prompt
+            length = -(-held // DECODE_BLOCKS[0]) * DECODE_BLOCKS[0]
+            small = over(length)
+            add(f"{phase}/decode", f"{cfg.num_slots} slots x {length} held",
+                small.lower_generate(plan.params, small.abstract_decode_state()))
+        elif window:
             # A windowed `generate` copies the window out of the cache and back once per call of
             # `decode_steps` steps. The step itself is priced on a cache of the window's length; the
             # copy is what the one-step windowed program costs beyond that step.
-            small = plan.engine(dataclasses.replace(cfg, decode_steps=1, max_cache_len=window, decode_windows=(),
-                                                    prefill_buckets=(window,), extend_buckets=(window,)))
+            small = over(window)
             add(f"{phase}/decode", f"{cfg.num_slots} slots x {window}",
                 small.lower_generate(plan.params, small.abstract_decode_state()))
             add(f"{phase}/window", f"{window} of {cfg.max_cache_len}, in and out",
@@ -397,6 +413,13 @@ def _program_costs(config: Config, topology: str, layers: int) -> dict[str, tupl
                 steps.accumulate.lower(plan.params, plan.carry(micro), micro, jnp.float32(1)))
     add("training/apply", "optimizer step", steps.apply.lower(plan.state, *plan.carry(micro)))
     return costs
+
+
+def decode_is_ragged(plan: Plan) -> bool:
+    """Whether the plan's decode steps run the ragged kernel (`attention` resolving to `splash` on
+    the plan's devices), which reads each slot's cache only as far as it is filled."""
+    with activation_sharding(plan.mesh, plan.rules, pin=False):
+        return resolve_backend(plan.model_cfg.attention) == "splash"
 
 
 def _training_batches(config: Config, plan: Plan) -> list[tuple[int, int, int, int]]:
@@ -431,7 +454,8 @@ def project(config: Config, topology: str) -> Projection:
         "rollout/extend": -(-trajectories * work.turns // engine.extend_group),
         "rollout/decode": waves * work.generated_tokens,
     }
-    if work.decode_window:
+    ragged = decode_is_ragged(plan_rows)
+    if work.decode_window and not ragged:
         counts["rollout/window"] = -(-waves * work.generated_tokens // engine.decode_steps)
     if selfplay.rag_reader == "read":
         counts["reader/prefill"] = questions
@@ -457,7 +481,11 @@ def project(config: Config, topology: str) -> Projection:
         f"prefill: one per proposer prompt and one per question (its {selfplay.solver_samples} solver samples "
         "share it); extend: one per tool call, "
         f"{engine.extend_group} slots per call, spans of {-(-work.retrieved_tokens // work.turns)} tokens",
-        (f"decode attends over a {work.decode_window}-position window of the {engine.max_cache_len}-token cache "
+        (f"decode runs the ragged kernel (model.attention={plan_rows.model_cfg.attention!r}), which reads each "
+         f"slot's cache as far as it is filled: a step is priced on a cache of the mean held length, "
+         f"{work.mean_context} tokens (prompt + half of the generated and retrieved tokens), rounded up to "
+         f"{DECODE_BLOCKS[0]}" if ragged else
+         f"decode attends over a {work.decode_window}-position window of the {engine.max_cache_len}-token cache "
          "(config.projection.decode_window: every slot in the batch holds fewer tokens), copied out and back "
          f"once per generate call of {engine.decode_steps} steps" if work.decode_window else
          f"decode attends over the whole {engine.max_cache_len}-token cache (a batch's window is its longest "

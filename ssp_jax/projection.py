@@ -31,8 +31,9 @@ class ProjectionConfig:
     generated_tokens: int = 2000  # mean tokens the policy samples over all its turns
     retrieved_tokens: int = 1500  # mean tool-output tokens appended over all turns
     turns: int = 4  # mean tool calls (extends) per trajectory
-    # Cache positions a decode step attends over: 0 = the whole cache (`engine.max_cache_len`), as
-    # when some slot in the batch is near the cap; else one of `engine.decode_windows`.
+    # Cache positions a decode step attends over without the ragged kernel (`model.attention` not
+    # resolving to `splash`): 0 = the whole cache (`engine.max_cache_len`), as when some slot in the
+    # batch is near the cap; else one of `engine.decode_windows`.
     decode_window: int = 0
     efficiency: float = 0.4  # fraction of the roofline bound each program reaches
 
@@ -45,6 +46,12 @@ class ProjectionConfig:
                              f"{self.retrieved_tokens} and {self.decode_window}")
         if not 0 < self.efficiency <= 1:
             raise ValueError(f"projection.efficiency must be in (0, 1], got {self.efficiency}")
+
+    @property
+    def mean_context(self) -> int:
+        """Mean positions a slot's cache holds over its decode steps: the prompt, and on average half
+        of what the trajectory generates and retrieves (tool outputs arrive along the way)."""
+        return self.prompt_tokens + (self.generated_tokens + self.retrieved_tokens) // 2
 
     @property
     def total_tokens(self) -> int:

@@ -39,7 +39,7 @@ def short_config(length: int = 128, rows: int = 8):
     config.selfplay.batch_size = rows // config.selfplay.solver_samples
     config.rl.length_buckets = (length,)
     config.engine.max_cache_len = length
-    config.engine.prefill_buckets = (length // 2,)
+    config.engine.prefill_buckets = (128,)  # on TPU a prefill runs splash: multiples of 128
     config.engine.extend_buckets = (length // 4,)
     return config
 

@@ -35,9 +35,17 @@ from ssp_jax.engine.api import (
 )
 from ssp_jax.engine.sampling import SamplingParams, sample
 from ssp_jax.engine.stops import StopAutomaton
+from ssp_jax.models.attention import SPLASH_BLOCKS, resolve_backend
+from ssp_jax.models.decode_attention import DECODE_BLOCKS
 from ssp_jax.models.decoder import Decoder, KVCache
 from ssp_jax.models.shapes import bucket_for
-from ssp_jax.models.sharding import DEFAULT_RULES, Rules, logical_to_spec, traced_with_activation_sharding
+from ssp_jax.models.sharding import (
+    DEFAULT_RULES,
+    Rules,
+    activation_sharding,
+    logical_to_spec,
+    traced_with_activation_sharding,
+)
 
 
 class Engine:
@@ -64,10 +72,13 @@ class Engine:
         self.eos_ids = list(eos_ids)
         self._eos = jnp.asarray(self.eos_ids or [-2], jnp.int32)
         self.mesh, self.rules = mesh, rules
+        _check_kernel_shapes(model.cfg.attention, config, mesh, rules)
         self.compile_counts: collections.Counter[str] = collections.Counter()
         shardings = self._state_shardings()
         self._init = jax.jit(self._init_fn, out_shardings=shardings)
-        self._prefill = jax.jit(self._prefill_fn)
+        # Prefill and decode are traced for the mesh without pinning (below), so their per-device
+        # kernels (splash, the ragged decode attention) know where they run.
+        self._prefill = jax.jit(traced_with_activation_sharding(self._prefill_fn, mesh, rules, pin=False))
         self._insert = jax.jit(self._insert_fn, donate_argnums=1, out_shardings=shardings)
         # Extend runs a group of slots' spans (hundreds of tokens each) against their caches: pinned
         # to the rules' activation layout, each device computes its own slots' rows instead of every
@@ -79,7 +90,8 @@ class Engine:
         # The host reads every StepOutput: replicated, each process holds all of it (multi-host).
         replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
         self._needed = jax.jit(self._needed_fn, out_shardings=replicated)
-        self._generate = jax.jit(self._generate_fn, static_argnums=2, donate_argnums=1,
+        self._generate = jax.jit(traced_with_activation_sharding(self._generate_fn, mesh, rules, pin=False),
+                                 static_argnums=2, donate_argnums=1,
                                  out_shardings=None if shardings is None else (shardings, replicated))
 
     # -- public API -------------------------------------------------------------------------------
@@ -211,9 +223,8 @@ class Engine:
     def _prefill_fn(self, params: nnx.State, tokens: jax.Array, true_length: jax.Array) -> Prefix:
         bucket = tokens.shape[1]
         self._traced("prefill", bucket)
-        cache = KVCache.create(self.model_config, 1, bucket)
         mask = jnp.arange(bucket)[None] < true_length - 1  # all but the last (pending) token
-        _, cache = self._model(params)(tokens, jnp.arange(bucket)[None], mask, cache)
+        _, cache = self._model(params).prefill(tokens, jnp.arange(bucket)[None], mask)
         return Prefix(k=cache.k, v=cache.v, valid=cache.valid, length=cache.length[0],
                       last_token=tokens[0, true_length - 1])
 
@@ -336,6 +347,23 @@ class Engine:
         rest = {f.name: per_slot(getattr(abstract, f.name)) for f in dataclasses.fields(DecodeState)
                 if f.name != "cache"}
         return DecodeState(cache=cache, **rest)
+
+
+def _check_kernel_shapes(attention: str, config: EngineConfig, mesh: Mesh | None, rules: Rules) -> None:
+    """Refuse, at construction, shapes the Pallas kernels cannot block: under `splash` a prefill runs
+    splash attention (blocks of 128 positions) and a decode step the ragged kernel (blocks of 8+)."""
+    with activation_sharding(mesh, rules, pin=False):
+        if resolve_backend(attention) != "splash":
+            return
+    prefill = [b for b in config.prefill_buckets if b % SPLASH_BLOCKS[-1]]
+    if prefill:
+        raise ValueError(f"engine.prefill_buckets={config.prefill_buckets}: with model.attention={attention!r} on this "
+                         f"platform a prefill runs splash attention, which needs multiples of {SPLASH_BLOCKS[-1]} "
+                         f"({prefill} are not)")
+    caches = [n for n in (config.max_cache_len, *config.decode_windows) if n % DECODE_BLOCKS[-1]]
+    if caches:
+        raise ValueError(f"engine.max_cache_len={config.max_cache_len}, decode_windows={config.decode_windows}: the "
+                         f"ragged decode kernel needs multiples of {DECODE_BLOCKS[-1]} ({caches} are not)")
 
 
 def _sampling_arrays(sampling: SamplingParams) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -13,8 +13,10 @@ batch, four ways.
 - `auto`: `splash` on TPU, `cudnn` on GPU, else `xla`, by the platform of the mesh the pass is
   traced for (so an AOT compile for a TPU slice on a CPU host picks `splash`).
 
-These cover the cache-free passes (training, log-probs, scoring). The sampling engine's cached
-attention is `attend` whatever the setting.
+These cover the cache-free passes (training, log-probs, scoring). Over the sampling engine's KV
+cache (`cached_attention`), a decode step under `splash` runs the ragged Pallas decode kernel
+(`decode_attention.py`: each slot's cache read only as far as it is filled); everything else,
+prefill and extend chunks included, is `attend`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from ssp_jax.models.decode_attention import ragged_decode_attention
 from ssp_jax.models.sharding import activation_context, logical_to_spec
 
 ATTENTION_BACKENDS = ("auto", "xla", "splash", "cudnn")
@@ -108,6 +111,36 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: j
     return causal_attend(q, k, v, mask)
 
 
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, backend: str = "xla") -> jax.Array:
+    """Attention over a KV cache. q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_heads,
+    max_len, head_dim]; mask: [batch, q_len, max_len], each row's filled prefix up to its query.
+    A decode step (q_len 1) under `splash` reads each row's cache only as far as the mask reaches."""
+    if q.shape[1] == 1 and resolve_backend(backend) == "splash":
+        return _ragged_decode(q, k, v, mask[:, 0].sum(-1, dtype=jnp.int32))
+    return attend(q, k, v, mask, heads_major=True)
+
+
+def _ragged_decode(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array) -> jax.Array:
+    """The ragged decode kernel on [batch, 1, heads, head_dim] queries, per device when traced for
+    a mesh: rows over the cache's batch axes, KV heads over its head axis."""
+    batch, _, heads, head_dim = q.shape
+    kv_heads = k.shape[1]
+    grouped = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)  # [b, kv, group, d]
+    context = activation_context()
+    interpret = (context[0].devices.flat[0].platform if context else jax.default_backend()) != "tpu"
+    kernel = functools.partial(ragged_decode_attention, interpret=interpret)
+    if context is None:
+        out = kernel(grouped, k, v, lengths)
+    else:
+        mesh, rules = context
+        cache = logical_to_spec(("batch", "kv_heads", "cache_length", "head_dim"), rules, k.shape, mesh)
+        rows = PartitionSpec(cache[0] if len(cache) else None)
+        group = PartitionSpec(*cache[:2])
+        out = jax.shard_map(kernel, mesh=mesh, in_specs=(group, cache, cache, rows), out_specs=group,
+                            check_vma=False)(grouped, k, v, lengths)
+    return out.reshape(batch, 1, heads, head_dim)
+
+
 def _splash(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Array) -> jax.Array:
     """Splash attention, over the mesh's shards when the pass is pinned to one."""
     context = activation_context()
@@ -137,7 +170,8 @@ def _splash_local(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.
     block = next((b for b in SPLASH_BLOCKS if seq % b == 0), None)
     if block is None:
         raise ValueError(f"attention 'splash' needs a sequence length that is a multiple of {SPLASH_BLOCKS[-1]}, "
-                         f"got {seq}; use length buckets (rl.length_buckets, sft.length_buckets) that are")
+                         f"got {seq}; use length buckets (rl.length_buckets, sft.length_buckets, "
+                         "engine.prefill_buckets) that are")
     group = heads // kv_heads
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)

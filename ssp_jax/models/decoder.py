@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssp_jax.models.attention import ATTENTION_BACKENDS, attend, causal_attention
+from ssp_jax.models.attention import ATTENTION_BACKENDS, cached_attention, causal_attention
 from ssp_jax.models.sharding import constrain
 
 # Logical activation axes (see models/sharding.py's rules).
@@ -78,7 +78,7 @@ class DecoderConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype
     remat: bool = False  # rematerialise each layer in the backward pass
-    attention: str = "xla"  # kernel of the cache-free passes (models/attention.py)
+    attention: str = "xla"  # kernel of the cache-free passes and of decode steps (models/attention.py)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -242,7 +242,7 @@ class Attention(nnx.Module):
             heads_major = lambda x: x.transpose(0, 2, 1, 3).astype(kv[0].dtype)  # noqa: E731
             k = _write_rows(kv[0], heads_major(k), write_at, axis=2)  # [batch, kv_heads, max_len, head_dim]
             v = _write_rows(kv[1], heads_major(v), write_at, axis=2)
-            out = attend(q, k, v, mask, heads_major=True)  # [batch, seq, heads, head_dim]
+            out = cached_attention(q, k, v, mask, self.cfg.attention)  # [batch, seq, heads, head_dim]
         else:
             out = causal_attention(q, k, v, mask, self.cfg.attention)
         out = constrain(out, BLH)
@@ -310,22 +310,39 @@ class Decoder(nnx.Module):
         of real tokens, so later writes overwrite the padding. The caller keeps
         `cache.length + seq <= cache.max_len`.
         """
-        cfg = self.cfg
         attention_mask = attention_mask.astype(bool)
+        if cache is None:  # the kernel adds causality to the [batch, seq] mask
+            return self._run(tokens, positions, attention_mask, None, None)[0], None
+        write_at = cache.length
+        valid = _write_rows(cache.valid, attention_mask, write_at)  # [batch, max_len]
+        q_slot = write_at[:, None] + jnp.arange(tokens.shape[1])  # [batch, seq]
+        mask = (jnp.arange(cache.max_len)[None, None, :] <= q_slot[:, :, None]) & valid[:, None, :]
+        hidden, k, v = self._run(tokens, positions, mask, cache, write_at)
+        return hidden, KVCache(k=k, v=v, valid=valid, length=cache.length + attention_mask.sum(-1, dtype=jnp.int32))
+
+    def prefill(self, tokens: jax.Array, positions: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, KVCache]:
+        """A right-padded chunk's hidden states and the cache it leaves in an empty cache of its own
+        length, from one cache-free pass: causal attention by the configured kernel (splash on TPU
+        never writes the [seq, seq] scores to HBM) instead of attention over an empty cache."""
+        attention_mask = attention_mask.astype(bool)
+        hidden, k, v = self._run(tokens, positions, attention_mask, None, None)
+        heads_major = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  [batch, kv_heads, seq, head_dim]
+        return hidden, KVCache(k=tuple(map(heads_major, k)), v=tuple(map(heads_major, v)), valid=attention_mask,
+                               length=attention_mask.sum(-1, dtype=jnp.int32))
+
+    def _run(self, tokens: np.ndarray | jax.Array, positions: np.ndarray | jax.Array, mask: np.ndarray | jax.Array,
+             cache: KVCache | None, write_at: jax.Array | None,
+             ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+        """Embedding, the layers and the final norm: (hidden, each layer's keys, values). With a cache,
+        `mask` is [batch, seq, max_len] and the keys/values are the updated cache buffers; without,
+        it is the [batch, seq] attention mask and they are the chunk's own [batch, seq, kv_heads, head_dim]."""
+        cfg = self.cfg
         # The table gathered over its embed shards first (as FSDP gathers every weight), so the lookup
         # stays on each device's rows; a lookup into embed-sharded rows would re-shard its output.
         table = constrain(self.embed[...], ("vocab", None))  # [vocab, embed]
         x = constrain(jnp.take(table, tokens, axis=0).astype(cfg.compute_dtype), BLE)  # [batch, seq, embed]
         angles = positions.astype(jnp.float32)[..., None] * rope_inv_freq(cfg)  # [batch, seq, head_dim/2]
         sin, cos = jnp.sin(angles), jnp.cos(angles)
-        seq = tokens.shape[1]
-        if cache is None:
-            mask, write_at = attention_mask, None  # [batch, seq]: the kernel adds causality
-        else:
-            write_at = cache.length
-            valid = _write_rows(cache.valid, attention_mask, write_at)  # [batch, max_len]
-            q_slot = write_at[:, None] + jnp.arange(seq)  # [batch, seq]
-            mask = (jnp.arange(cache.max_len)[None, None, :] <= q_slot[:, :, None]) & valid[:, None, :]
         block_fn = nnx.remat(Block.__call__) if cfg.remat else Block.__call__
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
@@ -333,12 +350,7 @@ class Decoder(nnx.Module):
             x, (k, v) = block_fn(layer, x, sin, cos, mask, kv, write_at)
             new_k.append(k)
             new_v.append(v)
-        hidden = constrain(self.final_norm(x), BLE)
-        if cache is None:
-            return hidden, None
-        new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid,
-                            length=cache.length + attention_mask.sum(-1, dtype=jnp.int32))
-        return hidden, new_cache
+        return constrain(self.final_norm(x), BLE), tuple(new_k), tuple(new_v)
 
     def _unembed(self) -> jax.Array:
         """The output projection [embed, vocab] (the transposed embedding when tied)."""

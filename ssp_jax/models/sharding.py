@@ -128,14 +128,17 @@ def logical_to_spec(axes: Sequence[str | None], rules: Rules, shape: Sequence[in
     return PartitionSpec(*spec)
 
 
-_ACTIVATIONS: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar("activations", default=None)
+_ACTIVATIONS: contextvars.ContextVar[tuple[Mesh, Rules, bool] | None] = contextvars.ContextVar("activations",
+                                                                                          default=None)
 
 
 @contextlib.contextmanager
-def activation_sharding(mesh: Mesh | None, rules: Rules) -> Iterator[None]:
+def activation_sharding(mesh: Mesh | None, rules: Rules, *, pin: bool = True) -> Iterator[None]:
     """While tracing inside this block, `constrain` pins activations to `rules` on `mesh`; with no
-    mesh (one device) it changes nothing. Enter it around the traced body of a jitted function."""
-    token = _ACTIVATIONS.set(None if mesh is None else (mesh, rules))
+    mesh (one device) it changes nothing. Enter it around the traced body of a jitted function.
+    With `pin=False` nothing is pinned, and kernels that run per device (Pallas, under
+    `shard_map`) still learn the mesh and its platform from `activation_context`."""
+    token = _ACTIVATIONS.set(None if mesh is None else (mesh, rules, pin))
     try:
         yield
     finally:
@@ -144,15 +147,17 @@ def activation_sharding(mesh: Mesh | None, rules: Rules) -> Iterator[None]:
 
 def activation_context() -> tuple[Mesh, Rules] | None:
     """The (mesh, rules) of the enclosing `activation_sharding`, or None outside one."""
-    return _ACTIVATIONS.get()
+    context = _ACTIVATIONS.get()
+    return None if context is None else context[:2]
 
 
-def traced_with_activation_sharding(fn: Callable[..., Any], mesh: Mesh | None, rules: Rules) -> Callable[..., Any]:
-    """`fn`, traced under `activation_sharding(mesh, rules)`: wrap a function before `jax.jit`."""
+def traced_with_activation_sharding(fn: Callable[..., Any], mesh: Mesh | None, rules: Rules, *,
+                                    pin: bool = True) -> Callable[..., Any]:
+    """`fn`, traced under `activation_sharding(mesh, rules, pin=pin)`: wrap a function before `jax.jit`."""
 
     @functools.wraps(fn)
     def traced(*args: Any, **kwargs: Any) -> Any:
-        with activation_sharding(mesh, rules):
+        with activation_sharding(mesh, rules, pin=pin):
             return fn(*args, **kwargs)
 
     return traced
@@ -163,9 +168,9 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     enclosing `activation_sharding`; unchanged outside one. A dimension the mesh axes do not divide
     is left replicated, as for parameters."""
     context = _ACTIVATIONS.get()
-    if context is None:
+    if context is None or not context[2]:
         return x
-    mesh, rules = context
+    mesh, rules, _ = context
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(axes, rules, x.shape, mesh)))
 
 
