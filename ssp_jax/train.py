@@ -143,8 +143,8 @@ class Trainer:
         runner = RolloutRunner(self.engine, tokenizer, retriever, rollout_cfg)
         reader = self._reader(policy, engine_cfg, rollout_cfg)
         self.game = SelfPlayGame(self.selfplay, tokenizer, chat, runner, reader, templates)
-        self._evaluate = lambda params, progress=False: evaluate(runner, tokenizer, chat, params, self.eval_items,
-                                                                 templates, progress=progress)
+        self._evaluate = lambda params, progress=False: evaluate(
+            runner, tokenizer, chat, self.learner.rollout_params(params), self.eval_items, templates, progress=progress)
         self.eval_items = self._eval_items() if config.train.eval_every or config.train.eval_at_ends else []
         self.pool = QuestionPool(self.selfplay.pool_clear_every)
         self._oracle: OracleQuestions | None = None
@@ -321,8 +321,9 @@ class Trainer:
             self.pool.maybe_clear(self.step)
         answers = answers_for_step(self.answers, self.step, self.selfplay.batch_size, self.config.data.shuffle_seed)
         rng = np.random.default_rng([seed, self.step])
-        params = self.learner.params
-        proposer_params = params if mode == "selfplay" else self.learner.reference_params
+        params = self.learner.rollout_params(self.learner.params)
+        proposer_params = (params if mode == "selfplay" else
+                           self.learner.rollout_params(self.learner.reference_params))
         reader_params = self.reader_params(proposer_params)
         game = self.game.play(params, reader_params, answers, self.pool, rng, seed=seed * 100_003 + self.step,
                               proposer_params=proposer_params, fixed=mode in ("fixed", "oracle"))

@@ -99,12 +99,18 @@ def test_project_prints_the_step_of_the_tiny_config_on_v5e():
     assert all(float(row[-2]) > 0 for row in rows.values()), stdout  # ms per call
     assert "one SSP step" in stdout and "assumptions:" in stdout
     assert "200 prompt + 300 generated + 400 retrieved tokens over 2 tool calls" in stdout
+    # `auto` on TPU: decode runs the ragged kernel, priced on a cache of the mean held length,
+    # 200 + (300 + 400) / 2 = 550 positions, in 512-position blocks.
+    assert rows[("rollout", "decode")][2:7] == ["8", "slots", "x", "1024", "held"]
+    assert "decode runs the ragged kernel (model.attention='auto')" in stdout and "550 tokens" in stdout
 
 
 @pytest.mark.slow  # 18 small compiles through libtpu
 def test_projected_decode_window_prices_the_step_and_the_copy_per_call():
     pytest.importorskip("libtpu")
-    stdout, rows = project_tiny("--config.engine.decode_windows=(1024,)", "--config.projection.decode_window=1024")
+    # Windows price decode where the ragged kernel does not run (`xla`).
+    stdout, rows = project_tiny("--config.model.attention=xla", "--config.engine.decode_windows=(1024,)",
+                                "--config.projection.decode_window=1024")
     assert rows[("rollout", "decode")][2:6] == ["8", "slots", "x", "1024"]
     assert float(rows[("rollout", "window")][-7]) == -(-600 // 16)  # one copy per generate call of 16 steps
     assert "copied out and back once per generate call of 16 steps" in stdout

@@ -240,6 +240,36 @@ def test_bf16_parameters_update_in_bf16():
     assert any(not np.array_equal(a, b) for a, b in zip(before, host_params(learner)))
 
 
+def test_rollout_params_sample_exactly_what_the_master_weights_sample():
+    """fp32 master weights with bf16 compute: `rollout_params` casts once (sharded as the params), and
+    the engine samples the same tokens with the same log-probs from the cast weights, since every
+    use casts them anyway. With weights stored in the compute dtype it is the params themselves."""
+    from ssp_jax.engine.engine import Engine, EngineConfig
+    from ssp_jax.engine.sampling import SamplingParams
+
+    mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
+    cfg = dataclasses.replace(TINY, dtype="bfloat16")
+    learner = Learner(Decoder(cfg, rngs=nnx.Rngs(0)), CFG, mesh=mesh)
+    rollout = learner.rollout_params(learner.params)
+    assert {x.dtype for x in jax.tree.leaves(rollout)} == {jnp.dtype(jnp.bfloat16)}
+    assert [x.sharding for x in jax.tree.leaves(rollout)] == [x.sharding for x in jax.tree.leaves(learner.params)]
+    engine = Engine(learner.model, EngineConfig(num_slots=2, max_cache_len=32, prefill_buckets=(8,),
+                                                extend_buckets=(8,), decode_steps=8), mesh=mesh)
+    outputs = []
+    for params in (learner.params, rollout):
+        state = engine.init_decode_state()
+        for slot, prompt in enumerate(([3, 4, 5], [9, 8, 7, 6, 5])):
+            state = engine.insert(engine.prefill(params, prompt), state, slot, seed=slot,
+                                  sampling=SamplingParams(temperature=1.0), budget=8)
+        _, out = engine.generate(params, state)
+        outputs.append((np.asarray(out.tokens), np.asarray(out.logprobs)))
+    np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+    np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
+    plain = Learner(Decoder(TINY, rngs=nnx.Rngs(0)), CFG)
+    assert all(a is b for a, b in zip(jax.tree.leaves(plain.rollout_params(plain.params)),
+                                      jax.tree.leaves(plain.params)))
+
+
 def test_reference_params_are_a_frozen_copy(full_batch_run):
     learner, batch, before, _, _ = full_batch_run
     for got, want in zip(jax.tree.leaves(learner.reference_params), before):

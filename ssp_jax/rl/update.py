@@ -91,6 +91,8 @@ class LearnerSteps:
         self.apply = jax.jit(self._apply_fn, donate_argnums=0, out_shardings=(self.state_shardings, None),
                              compiler_options=options)
         self._zero_grads = jax.jit(self._zero_grads_fn, out_shardings=self.param_shardings)
+        self.compute_dtype = model.cfg.compute_dtype
+        self.rollout_params = jax.jit(self._rollout_params_fn, out_shardings=self.param_shardings)
         self._metric_names: tuple[str, ...] | None = None
 
     def batch_shards(self) -> int:
@@ -147,6 +149,14 @@ class LearnerSteps:
         if self._metric_names is None:
             self._metric_names = tuple(jax.eval_shape(self._micro_loss, params, micro, jnp.float32(1))[1])
         return self._zero_grads(params), {name: jnp.zeros((), jnp.float32) for name in self._metric_names}
+
+    def _rollout_params_fn(self, params: nnx.State) -> nnx.State:
+        """The weights in the compute dtype. Every use casts them to it anyway, so sampling from
+        these is exact; cast once per rollout phase, a decode step reads half the bytes of fp32
+        master weights (docs/performance.md, "Projected SSP step")."""
+        self._traced("rollout_params")
+        floating = lambda x: jnp.issubdtype(x.dtype, jnp.floating)  # noqa: E731
+        return jax.tree.map(lambda x: x.astype(self.compute_dtype) if floating(x) else x, params)
 
     def _zero_grads_fn(self, params: nnx.State) -> nnx.State:
         return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
@@ -213,6 +223,14 @@ class Learner:
     @property
     def params(self) -> nnx.State:
         return nnx.state(self.model, nnx.Param)
+
+    def rollout_params(self, params: nnx.State) -> nnx.State:
+        """`params` (the policy's or the reference's) as the engine samples with them: in the model's
+        compute dtype, laid out as the params are; `params` itself when they are stored in it."""
+        if all(x.dtype == self._steps.compute_dtype or not jnp.issubdtype(x.dtype, jnp.floating)
+               for x in jax.tree.leaves(params)):
+            return params
+        return self._steps.rollout_params(params)
 
     @property
     def step(self) -> int:

@@ -14,6 +14,9 @@ booked. The trainer runs it at start-up when `config.aot_topology` is set.
 XLA's TPU compiler rematerialises to fit HBM and refuses a step that cannot fit at all; the report
 records that refusal with XLA's byte counts. XLA's cost analysis counts a loop body once, whatever
 its trip count, so the update's FLOPs come from a separate loop-free compile (`count_flops=True`).
+
+`ssp_jax.aot.project` (`--project`) prices one SSP step from the same kind of compiles; the
+command line is `__main__.py`.
 """
 
 from __future__ import annotations
@@ -22,14 +25,12 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -37,16 +38,11 @@ from ssp_jax.config import Config
 from ssp_jax.engine.api import EngineConfig
 from ssp_jax.engine.engine import Engine
 from ssp_jax.engine.stops import StopAutomaton
-from ssp_jax.models.attention import resolve_backend
-from ssp_jax.models.decode_attention import DECODE_BLOCKS
 from ssp_jax.models.decoder import Decoder, DecoderConfig
 from ssp_jax.models.hf_import import decoder_config_from_hf, read_hf_config
-from ssp_jax.models.shapes import bucket_for
-from ssp_jax.models.sharding import Rules, activation_sharding, batch_sharding, make_mesh
-from ssp_jax.projection import CHIP_SPECS, Call, Cost, Projection
+from ssp_jax.models.sharding import Rules, batch_sharding, make_mesh
 from ssp_jax.rl.batch import RLBatch
 from ssp_jax.rl.update import LearnerSteps, make_optimizer
-from ssp_jax.wiring import config_from_flags, one_line_errors, parse_flags
 
 GiB = 1 << 30
 # HBM per chip by `device_kind` (both the names jax devices report and the marketing names).
@@ -254,6 +250,9 @@ class Plan:
         self.steps = LearnerSteps(self.model, self.optimizer, self.rl, mesh=self.mesh, rules=self.rules)
         self.state = _with_shardings(nnx.state((self.model, self.optimizer)), self.steps.state_shardings)
         self.params = _with_shardings(nnx.state(self.model, nnx.Param), self.steps.param_shardings)
+        # What the engine samples with: the weights in the compute dtype (`Learner.rollout_params`).
+        self.rollout_params = _with_shardings(jax.eval_shape(self.steps.rollout_params, self.params),
+                                              self.steps.param_shardings)
         params_bytes = _per_device_bytes(self.params)
         self.resident = {"params": params_bytes, "optimizer": _per_device_bytes(self.state) - params_bytes,
                          "reference": params_bytes}
@@ -315,12 +314,16 @@ class Plan:
                         self.resident["params"] + self.resident["optimizer"], start)
 
     def generate(self) -> StepReport:
+        """A decode call on the rollout weights; master weights of another dtype stay resident beside them."""
         start = time.perf_counter()
         engine = self.engine(self.engine_cfg)
-        lowered = engine.lower_generate(self.params, engine.abstract_decode_state())
+        lowered = engine.lower_generate(self.rollout_params, engine.abstract_decode_state())
         cfg = self.engine_cfg
+        cast = any(a.dtype != b.dtype
+                   for a, b in zip(jax.tree.leaves(self.rollout_params), jax.tree.leaves(self.params)))
+        resident = self.resident["optimizer"] + self.resident["reference"] + (self.resident["params"] if cast else 0)
         return _compile("generate", f"{cfg.num_slots} slots x {cfg.max_cache_len}, {cfg.decode_steps} steps",
-                        lowered, self.resident["optimizer"] + self.resident["reference"], start)
+                        lowered, resident, start)
 
     def update_flops(self) -> float:
         """All devices' FLOPs of one update: one micro-batch of one row per batch shard at the
@@ -346,166 +349,6 @@ class Plan:
                          update_flops=self.update_flops() if count_flops else None)
 
 
-def _program_costs(config: Config, topology: str, layers: int) -> dict[str, tuple[str, Cost]]:
-    """Every program one SSP step runs, compiled with the model cut to `layers` layers and without
-    loops over what a step repeats (one decode step per call, the vocabulary projection unchunked),
-    so XLA's cost analysis counts one call: name -> (shape, cost per device of one call)."""
-    plan = Plan(config, topology, None, layers=layers)
-    work, rl, selfplay = config.projection, config.rl, config.selfplay
-    costs: dict[str, tuple[str, Cost]] = {}
-
-    def add(name: str, shape: str, lowered: jax.stages.Lowered) -> None:
-        start = time.perf_counter()
-        compiled = lowered.compile()
-        costs[name] = (shape, Cost.of(compiled.cost_analysis(), compiled.as_text()))
-        logging.info("aot: compiled %s (%s, %d layers) in %.1f s", name, shape, layers, time.perf_counter() - start)
-
-    engines = [("rollout", config.engine, work.prompt_tokens)]
-    if selfplay.rag_reader == "read":
-        engines.append(("reader", config.reader_engine, work.prompt_tokens + work.retrieved_tokens))
-    ragged = decode_is_ragged(plan)
-    for phase, cfg, prompt in engines:
-        engine = plan.engine(dataclasses.replace(cfg, decode_steps=1))
-
-        def over(length: int, cfg: EngineConfig = cfg) -> Engine:
-            """The engine cut to a `length`-position cache (a decode step priced at that length)."""
-            return plan.engine(dataclasses.replace(cfg, decode_steps=1, max_cache_len=length, decode_windows=(),
-                                                   prefill_buckets=(length,), extend_buckets=(length,)))
-
-        bucket = bucket_for(prompt, cfg.prefill_buckets, f"the projected {phase} prompt")
-        add(f"{phase}/prefill", f"1x{bucket}", engine.lower_prefill(plan.params, bucket))
-        window = work.decode_window if phase == "rollout" else 0
-        if ragged:
-            # The ragged kernel reads what each slot holds, so a step costs what a cache of the mean
-            # held length costs (rounded up to the kernel's 512-position blocks).
-            held = work.mean_context if phase == "rollout" else prompt
-            length = -(-held // DECODE_BLOCKS[0]) * DECODE_BLOCKS[0]
-            small = over(length)
-            add(f"{phase}/decode", f"{cfg.num_slots} slots x {length} held",
-                small.lower_generate(plan.params, small.abstract_decode_state()))
-        elif window:
-            # A windowed `generate` copies the window out of the cache and back once per call of
-            # `decode_steps` steps. The step itself is priced on a cache of the window's length; the
-            # copy is what the one-step windowed program costs beyond that step.
-            small = over(window)
-            add(f"{phase}/decode", f"{cfg.num_slots} slots x {window}",
-                small.lower_generate(plan.params, small.abstract_decode_state()))
-            add(f"{phase}/window", f"{window} of {cfg.max_cache_len}, in and out",
-                engine.lower_generate(plan.params, engine.abstract_decode_state(), window))
-            shape, whole = costs[f"{phase}/window"]
-            costs[f"{phase}/window"] = (shape, whole.minus(costs[f"{phase}/decode"][1]))
-        else:
-            add(f"{phase}/decode", f"{cfg.num_slots} slots x {cfg.max_cache_len}",
-                engine.lower_generate(plan.params, engine.abstract_decode_state()))
-        if phase == "rollout":
-            span = bucket_for(-(-work.retrieved_tokens // work.turns), cfg.extend_buckets, "the projected tool output")
-            add("rollout/extend", f"{cfg.extend_group}x{span}",
-                engine.lower_extend(plan.params, engine.abstract_decode_state(), span))
-    steps = LearnerSteps(plan.model, plan.optimizer, dataclasses.replace(rl, logprob_chunk=0), mesh=plan.mesh,
-                         rules=plan.rules)
-    for _, _, micro_rows, width in _training_batches(config, plan):
-        micro = abstract_batch(micro_rows, width, plan.mesh, plan.rules)
-        shape = f"{micro_rows}x{width}"
-        if f"training/logprobs {shape}" not in costs:
-            add(f"training/logprobs {shape}", shape, steps.logprobs.lower(plan.params, micro.tokens,
-                                                                         micro.attention_mask))
-            add(f"training/accumulate {shape}", shape,
-                steps.accumulate.lower(plan.params, plan.carry(micro), micro, jnp.float32(1)))
-    add("training/apply", "optimizer step", steps.apply.lower(plan.state, *plan.carry(micro)))
-    return costs
-
-
-def decode_is_ragged(plan: Plan) -> bool:
-    """Whether the plan's decode steps run the ragged kernel (`attention` resolving to `splash` on
-    the plan's devices), which reads each slot's cache only as far as it is filled."""
-    with activation_sharding(plan.mesh, plan.rules, pin=False):
-        return resolve_backend(plan.model_cfg.attention) == "splash"
-
-
-def _training_batches(config: Config, plan: Plan) -> list[tuple[int, int, int, int]]:
-    """(rows, mini-batches, micro-batch rows, width) of the proposer's and the solver's update, with
-    rows of the projected mean length."""
-    rl, selfplay = config.rl, config.selfplay
-    width = bucket_for(config.projection.total_tokens, rl.length_buckets, "the projected trajectory")
-    out = []
-    for trajectories, minis in ((selfplay.batch_size, rl.proposer_mini_batches),
-                                (selfplay.batch_size * selfplay.solver_samples, rl.solver_mini_batches)):
-        rows = plan.padded_rows(trajectories, minis)
-        out.append((rows, minis, rl.micro_batch_size or rows // minis, width))
-    return out
-
-
-def project(config: Config, topology: str) -> Projection:
-    """One SSP step of `config` on `topology`, projected from its programs' compiled costs at 1 and
-    2 layers, extrapolated to the model's depth (`ssp_jax.projection` has the arithmetic)."""
-    layers = model_config(config).num_layers
-    one, two = (_program_costs(config, topology, n) for n in (1, 2))
-    devices = tpu_topology_devices(topology)
-    kind = devices[0].device_kind
-    if kind not in CHIP_SPECS:
-        raise ValueError(f"no peak FLOP/s and bandwidths known for device kind {kind!r}; known: {sorted(CHIP_SPECS)}")
-    work, rl, selfplay, engine = config.projection, config.rl, config.selfplay, config.engine
-    plan_rows = Plan(config, topology, None, layers=1)
-    questions, solvers = selfplay.batch_size, selfplay.batch_size * selfplay.solver_samples
-    trajectories = questions + solvers  # one proposer trajectory per answer
-    waves = -(-questions // engine.num_slots) + -(-solvers // engine.num_slots)
-    counts: dict[str, float] = {
-        "rollout/prefill": questions + questions,  # the proposer prompts, then one per question (shared)
-        "rollout/extend": -(-trajectories * work.turns // engine.extend_group),
-        "rollout/decode": waves * work.generated_tokens,
-    }
-    ragged = decode_is_ragged(plan_rows)
-    if work.decode_window and not ragged:
-        counts["rollout/window"] = -(-waves * work.generated_tokens // engine.decode_steps)
-    if selfplay.rag_reader == "read":
-        counts["reader/prefill"] = questions
-        counts["reader/decode"] = -(-questions // config.reader_engine.num_slots) * selfplay.reader_max_tokens
-    passes = 2 if rl.behaviour_logprobs == "recompute" else 1
-    batches = _training_batches(config, plan_rows)
-    for rows, minis, micro_rows, width in batches:
-        shape = f"{micro_rows}x{width}"
-        for name, n in ((f"training/logprobs {shape}", passes * rows // micro_rows),
-                        (f"training/accumulate {shape}", rl.ppo_epochs * rows // micro_rows)):
-            counts[name] = counts.get(name, 0) + n
-        counts["training/apply"] = counts.get("training/apply", 0) + rl.ppo_epochs * minis
-    calls = tuple(Call(phase=key.split("/")[0], name=key.split("/")[1].split(" ")[0], shape=one[key][0],
-                       count=count, cost=Cost.extrapolate(one[key][1], two[key][1], layers))
-                  for key, count in counts.items())
-    mesh = " ".join(f"{k}={v}" for k, v in plan_rows.mesh.shape.items())
-    chip = CHIP_SPECS[kind]
-    assumptions = (
-        f"workload per trajectory (config.projection): {work.prompt_tokens} prompt + {work.generated_tokens} "
-        f"generated + {work.retrieved_tokens} retrieved tokens over {work.turns} tool calls",
-        f"{questions} proposer + {solvers} solver trajectories; {engine.num_slots} slots stay full, each "
-        f"wave of slots lasting {work.generated_tokens} decode steps ({waves} waves)",
-        f"prefill: one per proposer prompt and one per question (its {selfplay.solver_samples} solver samples "
-        "share it); extend: one per tool call, "
-        f"{engine.extend_group} slots per call, spans of {-(-work.retrieved_tokens // work.turns)} tokens",
-        (f"decode runs the ragged kernel (model.attention={plan_rows.model_cfg.attention!r}), which reads each "
-         f"slot's cache as far as it is filled: a step is priced on a cache of the mean held length, "
-         f"{work.mean_context} tokens (prompt + half of the generated and retrieved tokens), rounded up to "
-         f"{DECODE_BLOCKS[0]}" if ragged else
-         f"decode attends over a {work.decode_window}-position window of the {engine.max_cache_len}-token cache "
-         "(config.projection.decode_window: every slot in the batch holds fewer tokens), copied out and back "
-         f"once per generate call of {engine.decode_steps} steps" if work.decode_window else
-         f"decode attends over the whole {engine.max_cache_len}-token cache (a batch's window is its longest "
-         "slot's; config.projection.decode_window assumes a smaller one)"),
-        ("RAG check: the reader prefills the question with the proposer's documents and decodes "
-         f"{selfplay.reader_max_tokens} tokens" if selfplay.rag_reader == "read" else
-         f"RAG check: selfplay.rag_reader={selfplay.rag_reader!r} runs no reader program"),
-        f"training rows of the mean length: every micro-batch pads to the {batches[0][3]}-token bucket; "
-        "log-prob passes over every row: " + ("behaviour and reference" if passes == 2 else
-                                              "reference only (behaviour log-probs from the engine)"),
-        f"chip {kind}: {chip.peak_flops / 1e12:.0f} TFLOP/s bf16, HBM {chip.hbm_bandwidth / 1e9:.0f} GB/s, "
-        f"ICI {chip.ici_bandwidth / 1e9:.0f} GB/s per chip; {len(devices)} devices, mesh {mesh}",
-        f"each call takes max(FLOPs / peak, HBM bytes / bandwidth, ICI bytes / bandwidth) / {work.efficiency} "
-        "(collectives overlapped with compute; the largest array of each collective counts once)",
-        "phases run one after another: no overlap of rollout and training; host and retrieval time excluded",
-    )
-    return Projection(topology=topology, device_kind=kind, devices_per_chip=plan_rows.devices_per_chip,
-                      layers=layers, calls=calls, assumptions=assumptions, efficiency=work.efficiency)
-
-
 def fit_report(config: Config, topology: str, *, hbm_bytes: int | None = None,
                count_flops: bool = False) -> FitReport:
     """Compile the update, reference log-prob and generate steps of `config` for `topology` and
@@ -527,36 +370,3 @@ def check_fits(config: Config, topology: str, *, hbm_bytes: int | None = None,
                          f"{_size(report.hbm_bytes)} HBM per device): "
                          + "; ".join(report.shortfall(s) for s in over) + "\n" + report.format())
     return report
-
-
-def main(argv: list[str]) -> None:
-    del argv
-    # Compile-only: never claim this host's accelerators (a TPU VM may be training right now).
-    if "JAX_PLATFORMS" not in os.environ:
-        jax.config.update("jax_platforms", "cpu")
-    logging.getLogger().setLevel(logging.INFO)
-    args = flags.FLAGS
-    with one_line_errors("ssp_jax.aot"):
-        config = config_from_flags()
-    if args.project:
-        print(project(config, args.topology).format())
-        return
-    report = fit_report(config, args.topology, hbm_bytes=int(args.hbm_gib * GiB) or None, count_flops=args.flops)
-    print(report.format())
-    sys.exit(1 if report.over_budget() else 0)
-
-
-def _define_flags() -> None:
-    """CLI flags, defined only when run as a program (the trainer imports this module); --config is
-    ssp_jax.wiring's."""
-    flags.DEFINE_string("topology", "v5p:4x4x4", "TPU slice to compile for, e.g. v5p:4x4x4, v5e:2x2, v6e:4x4")
-    flags.DEFINE_float("hbm_gib", 0.0, "HBM per device in GiB; 0 = the table entry of the topology's chip")
-    flags.DEFINE_bool("project", False, "instead of the fit check, project one SSP step's time on the slice from "
-                      "the compiled programs' costs (ssp_jax.projection; workload: config.projection)")
-    flags.DEFINE_bool("flops", True, "also compile one loop-free accumulation step to count the update's FLOPs")
-    flags.mark_flags_as_required(["config"])
-
-
-if __name__ == "__main__":
-    _define_flags()
-    app.run(main, flags_parser=parse_flags)
