@@ -16,7 +16,7 @@ Mesh (64 chips, 95 GB HBM each), chosen as follows:
 Checked without a TPU (`python -m ssp_jax.aot --config configs/qwen2_5_7b.py --topology v5p:4x4x4`,
 XLA's per-chip figures, 2026-12-05): one 64 x 12288-token update micro-batch needs 17.0 GiB of 95 GiB
 (85.1 GiB with TPU's latency-hiding scheduler on; see rl.xla_options below); the optimizer step
-2.3 GiB; a behaviour/reference log-prob micro-batch 5.9 GiB; the decode step 10.0 GiB. `--project`
+2.3 GiB; a behaviour/reference log-prob micro-batch 5.9 GiB; the decode step 4.7 GiB. `--project`
 projects one SSP step from the same compiled programs. docs/training-at-scale.md, "Will it fit?" and
 "How fast?", has the tables.
 """
