@@ -23,6 +23,7 @@ BATCH, KV_HEADS, GROUP, HEAD_DIM, MAX_LEN = 5, 2, 3, 32, 64
 TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
 
 
+@pytest.mark.slow  # over 2 s
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_kernel_matches_attend_over_the_filled_prefix(dtype):
     """Slots of length 0 (zeros), 1, inside a block, on a block edge and full; 3 queries per KV head

@@ -97,6 +97,7 @@ def test_sampled_logprobs_and_extend_match_full_forward(qwen2):
         np.testing.assert_allclose(first_lp[slot] + second_lp[slot], ref[np.array(sampled_at) - 1], atol=1e-4)
 
 
+@pytest.mark.slow  # over 2 s
 def test_decode_windows_sample_what_the_whole_cache_samples(qwen2):
     """With `decode_windows`, `generate` attends over the smallest window holding every slot's cache
     (slots of 5-17 prompt tokens, then a tool span and more tokens, cross the windows): the same

@@ -8,6 +8,7 @@ from ssp_jax.selfplay.filters import (
     NO_QUESTION,
     REPEATED_QUERY,
     TOO_FEW_SEARCHES,
+    TOO_LONG,
     TOO_SHORT,
     ProposalCheck,
     check_proposal,
@@ -71,10 +72,26 @@ def test_min_words_is_configurable():
     ("Which engineer, later called ADA LOVELACE, founded the company that built the bridge?", GOLD),
     ("Which engineer, later called Ada Lovelace, founded the company that built the bridge?",
      ["Augusta Ada King", "Ada Lovelace"]),  # any alias of a list gold
-    ("Which engineer in Canada founded the company that built the longest bridge there?", "Ada"),  # plain substring
+    ("Which engineer in the US founded the company that built the longest bridge there?", ["United States", "US"]),
+    ("Which compiler for C++ did the engineer who built the longest bridge there write?", "C++"),
 ])
 def test_leaked_answers(question, gold):
     assert failures(question, gold=gold) == (LEAKS_ANSWER,)
+
+
+@pytest.mark.parametrize("question, gold", [
+    ("Which engineer in Canada founded the company that built the longest bridge there?", "Ada"),
+    ("Which famous engineer founded the company that built the longest bridge in Vantor?", ["United States", "US"]),
+])
+def test_an_alias_inside_a_word_is_no_leak(question, gold):
+    """Aliases match on word boundaries: the reference's substring test rejected these."""
+    assert failures(question, gold=gold) == ()
+
+
+def test_questions_over_the_length_cap_fail():
+    long = QUESTION + " " + "And which of its bridges is older than the rest?" * 20  # > 1,000 characters
+    assert failures(long) == (TOO_LONG,)
+    assert failures(QUESTION, max_chars=len(QUESTION)) == () and failures(QUESTION, max_chars=20) == (TOO_LONG,)
 
 
 def test_list_gold_without_a_leak_passes():
@@ -112,5 +129,5 @@ def test_every_failure_is_recorded():
 
 
 def test_failure_names_are_distinct_metric_keys():
-    assert len(set(FAILURES)) == 5
-    assert FAILURES == ("no_question", "too_short", "leaks_answer", "too_few_searches", "repeated_query")
+    assert len(set(FAILURES)) == 6
+    assert FAILURES == ("no_question", "too_short", "too_long", "leaks_answer", "too_few_searches", "repeated_query")

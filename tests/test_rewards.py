@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from ssp_jax.data.gold import as_answer_list
 from ssp_jax.selfplay.rewards import (
     PROPOSER_REWARD_SHAPES,
+    SOLVE_RATES,
     exact_match,
     f1_score,
     generated_text,
@@ -18,7 +19,7 @@ from ssp_jax.selfplay.rewards import (
     proposer_reward,
     solver_reward,
 )
-from ssp_jax.selfplay.step import reader_answer
+from ssp_jax.selfplay.step import SelfPlayConfig, reader_answer
 
 
 @pytest.mark.parametrize("raw, normalized", [
@@ -197,3 +198,14 @@ def test_proposer_reward_is_in_unit_interval(valid, solve_rate, shape):
 ])
 def test_reader_answer(response, answer):
     assert reader_answer(response) == answer
+
+
+def test_solve_rate_counts_as_the_reference_or_as_the_mean():
+    """Four solver rollouts: correct, a spammed correct answer (0.25), wrong, wrong. The reference
+    counts the spammed one as solved (s = 2/4); the mean reward counts a quarter (s = 1.25/4)."""
+    rewards = np.array([[1.0, 0.25, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    np.testing.assert_allclose(SOLVE_RATES.get("solved")(rewards), [0.5, 0.0])
+    np.testing.assert_allclose(SOLVE_RATES.get("mean_reward")(rewards), [0.3125, 0.0])
+    assert SelfPlayConfig().solve_rate == "solved"
+    with pytest.raises(ValueError, match="selfplay.solve_rate='share'"):
+        SelfPlayConfig(solve_rate="share")

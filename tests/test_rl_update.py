@@ -240,6 +240,7 @@ def test_bf16_parameters_update_in_bf16():
     assert any(not np.array_equal(a, b) for a, b in zip(before, host_params(learner)))
 
 
+@pytest.mark.slow  # over 2 s
 def test_rollout_params_sample_exactly_what_the_master_weights_sample():
     """fp32 master weights with bf16 compute: `rollout_params` casts once (sharded as the params), and
     the engine samples the same tokens with the same log-probs from the cast weights, since every
@@ -268,6 +269,23 @@ def test_rollout_params_sample_exactly_what_the_master_weights_sample():
     plain = Learner(Decoder(TINY, rngs=nnx.Rngs(0)), CFG)
     assert all(a is b for a, b in zip(jax.tree.leaves(plain.rollout_params(plain.params)),
                                       jax.tree.leaves(plain.params)))
+
+
+@pytest.mark.slow  # over 2 s
+def test_nonfinite_gradients_are_skipped_and_counted():
+    """The reference skips an update whose gradients are not finite: a NaN advantage in one of two
+    mini-batches leaves that step's params, moments and step counter as they were; the other applies."""
+    learner = new_learner()
+    batch = make_batch(learner)
+    before, step = host_params(learner), learner.step
+    bad = np.asarray(batch.advantages).copy()
+    bad[:ROWS // 2] = np.nan  # the first mini-batch's rows
+    metrics = learner.update(dataclasses.replace(batch, advantages=jnp.asarray(bad)), mini_batches=2)
+    assert metrics["skipped_nonfinite"] == 0.5 and learner.step == step + 1
+    assert all(np.isfinite(x).all() for x in host_params(learner))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, host_params(learner)))
+    clean = new_learner()
+    np.testing.assert_equal(clean.update(make_batch(clean), mini_batches=2)["skipped_nonfinite"], 0.0)
 
 
 def test_reference_params_are_a_frozen_copy(full_batch_run):

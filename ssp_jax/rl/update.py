@@ -173,16 +173,25 @@ class LearnerSteps:
         return self._constrain_params(grads), jax.tree.map(jnp.add, sums, metrics)
 
     def _apply_fn(self, state: nnx.State, grads: nnx.State, sums: dict) -> tuple[nnx.State, dict]:
-        """One AdamW step with the accumulated gradients; the metrics of the step."""
+        """One AdamW step with the accumulated gradients; the metrics of the step. Gradients with a
+        NaN or an infinity are not applied (as the reference skips them): the state, the step
+        counter included, stays as it was, and `skipped_nonfinite` counts it."""
         self._traced("apply")
-        model, optimizer = nnx.merge(self._graphdef, self._constrain_state(state))
-        params = nnx.state(model, nnx.Param)
-        lr = self._schedule(optimizer.step[...])
+        state = self._constrain_state(state)
         grad_norm = optax.global_norm(grads)
-        # Accumulated in fp32, applied in the parameters' own dtype: AdamW's moments were made
-        # from the parameters, and fp32 gradients would promote bf16 moments.
-        optimizer.update(model, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params))
-        return nnx.state((model, optimizer)), {**sums, "grad_norm": grad_norm, "lr": lr}
+        finite = jnp.isfinite(grad_norm)
+
+        def step(state: nnx.State) -> nnx.State:
+            model, optimizer = nnx.merge(self._graphdef, state)
+            params = nnx.state(model, nnx.Param)
+            # Accumulated in fp32, applied in the parameters' own dtype: AdamW's moments were made
+            # from the parameters, and fp32 gradients would promote bf16 moments.
+            optimizer.update(model, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params))
+            return nnx.state((model, optimizer))
+
+        lr = self._schedule(nnx.merge(self._graphdef, state)[1].step[...])
+        state = jax.lax.cond(finite, step, lambda state: state, state)
+        return state, {**sums, "grad_norm": grad_norm, "lr": lr, "skipped_nonfinite": 1.0 - finite}
 
     # -- layout constraints (inside jit) ------------------------------------------------------------
 
@@ -265,7 +274,8 @@ class Learner:
         micro-batch with no trained token is skipped (its gradient is zero). Metrics: loss,
         pg_loss, kl, clip_frac, dual_clip_frac, ratio, entropy (token-means), grad_norm (before
         clipping), lr (of the last step), tokens (trained tokens in the batch), pad_frac (the share
-        of the positions the forward passes computed that were padding).
+        of the positions the forward passes computed that were padding), skipped_nonfinite (the
+        share of optimizer steps whose gradients held a NaN or an infinity, and were not applied).
         """
         rows, width = batch.tokens.shape
         self._steps.check_update(rows, mini_batches)

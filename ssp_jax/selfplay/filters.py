@@ -7,6 +7,7 @@ filter and show which habit of the proposer is costing it reward.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 
 from ssp_jax.agent.tags import first_tag
@@ -15,10 +16,11 @@ from ssp_jax.selfplay.rewards import generated_text, normalize_answer
 
 NO_QUESTION = "no_question"  # no complete, non-blank <question> span
 TOO_SHORT = "too_short"  # fewer than min_words words
-LEAKS_ANSWER = "leaks_answer"  # a gold answer is a case-insensitive substring of the question
+TOO_LONG = "too_long"  # more than max_chars characters (the reference's cap: 1,000)
+LEAKS_ANSWER = "leaks_answer"  # a gold answer occurs in the question as whole words, any case
 TOO_FEW_SEARCHES = "too_few_searches"  # fewer than min_searches searches made
 REPEATED_QUERY = "repeated_query"  # two queries are equal after normalisation
-FAILURES = (NO_QUESTION, TOO_SHORT, LEAKS_ANSWER, TOO_FEW_SEARCHES, REPEATED_QUERY)
+FAILURES = (NO_QUESTION, TOO_SHORT, TOO_LONG, LEAKS_ANSWER, TOO_FEW_SEARCHES, REPEATED_QUERY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +35,16 @@ class ProposalCheck:
         return not self.failures
 
 
+def mentions(text: str, answer: str) -> bool:
+    """Whether `answer` occurs in `text` as whole words, ignoring case: a gold alias "US" is not in
+    "famous", "C++" is in "written in C++". (The reference's substring test rejects any question
+    holding a short alias inside a word.)"""
+    answer = answer.strip()
+    return bool(answer) and re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", text, re.IGNORECASE) is not None
+
+
 def check_proposal(response_text: str, queries: Sequence[str], gold: Gold, *,
-                   min_words: int = 10, min_searches: int = 2) -> ProposalCheck:
+                   min_words: int = 10, min_searches: int = 2, max_chars: int = 1000) -> ProposalCheck:
     """Apply every rule to a proposer trajectory's response text and issued queries.
 
     The question is the first `<question>` span of the model's own text (retrieved passages are
@@ -49,8 +59,9 @@ def check_proposal(response_text: str, queries: Sequence[str], gold: Gold, *,
     else:
         if len(question.split()) < min_words:
             failures.append(TOO_SHORT)
-        lowered = question.lower()
-        if any(answer.strip().lower() in lowered for answer in as_answer_list(gold)):
+        if len(question) > max_chars:
+            failures.append(TOO_LONG)
+        if any(mentions(question, answer) for answer in as_answer_list(gold)):
             failures.append(LEAKS_ANSWER)
     if len(queries) < min_searches:
         failures.append(TOO_FEW_SEARCHES)

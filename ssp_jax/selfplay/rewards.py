@@ -14,6 +14,8 @@ import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from ssp_jax.agent.tags import count_tags, last_tag
 from ssp_jax.data.gold import Gold, as_answer_list
 from ssp_jax.registry import Registry
@@ -115,6 +117,22 @@ def one_minus_s(solve_rate: float) -> float:
 def four_s_one_minus_s(solve_rate: float) -> float:
     """Questions solved half the time pay most: 4 s (1 - s), 0 when always or never solved."""
     return 4.0 * solve_rate * (1.0 - solve_rate)
+
+
+SOLVE_RATES: Registry[Callable[[np.ndarray], np.ndarray]] = Registry("solve_rate")
+
+
+@SOLVE_RATES.register("solved")
+def share_solved(rewards: np.ndarray) -> np.ndarray:
+    """The share of a question's solver rollouts with a reward above 0, as the reference counts them:
+    a spammed correct answer (capped at `spam_reward`) counts as solved. rewards: [questions, samples]."""
+    return (rewards > 0).mean(axis=-1)
+
+
+@SOLVE_RATES.register("mean_reward")
+def mean_reward(rewards: np.ndarray) -> np.ndarray:
+    """The mean of a question's solver rewards: a spammed correct answer counts `spam_reward`."""
+    return rewards.mean(axis=-1)
 
 
 def proposer_reward(valid: bool, solve_rate: float, shape: str = "one_minus_s") -> float:

@@ -29,7 +29,13 @@ from ssp_jax.selfplay.documents import Fitted, fit_passages, passages_text, prop
 from ssp_jax.selfplay.filters import FAILURES, check_proposal
 from ssp_jax.selfplay.finish import finish_shares, finish_warnings
 from ssp_jax.selfplay.pool import PoolQuestion, QuestionPool, is_dummy
-from ssp_jax.selfplay.rewards import PROPOSER_REWARD_SHAPES, exact_match, proposer_reward, solver_reward
+from ssp_jax.selfplay.rewards import (
+    PROPOSER_REWARD_SHAPES,
+    SOLVE_RATES,
+    exact_match,
+    proposer_reward,
+    solver_reward,
+)
 from ssp_jax.tokenizer import ChatTemplate, Tokenizer
 
 PROPOSER_MODES = ("selfplay", "frozen", "fixed", "oracle")
@@ -66,10 +72,14 @@ class SelfPlayConfig:
     # warning names the budget to raise (selfplay/finish.py).
     finish_warning_share: float = 0.05
     min_question_words: int = 10
+    max_question_chars: int = 1000  # the reference's cap on a question's length
     min_searches: int = 2
     pool_clear_every: int = 10
     pool_max_repeats: int = 0  # slots one pool question may refill per step; 0 = no limit (SSP.md)
     proposer_reward: str = "one_minus_s"  # or "four_s_one_minus_s"
+    # The proposer's s: "solved", the share of solver rollouts rewarded above 0 (the reference's
+    # count), or "mean_reward" (a spammed correct answer counts spam_reward, not 1).
+    solve_rate: str = "solved"
     max_answer_tags: int = 10
     spam_reward: float = 0.25
     num_examples: int = 3  # example questions shown to the proposer
@@ -84,7 +94,7 @@ class SelfPlayConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "solver_samples", "reader_max_tokens", "reader_max_prompt_tokens",
-                     "pool_clear_every"):
+                     "pool_clear_every", "max_question_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"selfplay.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_distractor_blocks < 0 or self.num_examples < 0 or self.pool_max_repeats < 0:
@@ -102,6 +112,8 @@ class SelfPlayConfig:
             raise ValueError(f"selfplay.finish_warning_share must be in [0, 1], got {self.finish_warning_share}")
         if self.fixed_set_size < 1:
             raise ValueError(f"selfplay.fixed_set_size must be >= 1, got {self.fixed_set_size}")
+        if self.solve_rate not in SOLVE_RATES:
+            raise ValueError(f"selfplay.solve_rate={self.solve_rate!r}; known: {SOLVE_RATES.names()}")
         if self.proposer_reward not in PROPOSER_REWARD_SHAPES:
             raise ValueError(f"selfplay.proposer_reward={self.proposer_reward!r}; "
                              f"known: {PROPOSER_REWARD_SHAPES.names()}")
@@ -162,7 +174,8 @@ class SelfPlayGame:
         rollout_s = time.perf_counter() - start
         start = time.perf_counter()
         checks = [check_proposal(t.response_text, t.queries, a.gold, min_words=cfg.min_question_words,
-                                 min_searches=cfg.min_searches) for t, a in zip(trajectories, answers)]
+                                 min_searches=cfg.min_searches, max_chars=cfg.max_question_chars)
+                  for t, a in zip(trajectories, answers)]
         rule_valid = [c.valid for c in checks]
         rag_pass, reader_metrics = (self._rag_check(reader_params, trajectories, answers, checks, rng)
                                     if cfg.rag_check else (rule_valid, {}))
@@ -214,7 +227,7 @@ class SelfPlayGame:
         solver_rewards = np.array([solver_reward(t.response_text, t.meta.gold, max_answer_tags=cfg.max_answer_tags,
                                                  spam_reward=cfg.spam_reward) for t in solver],
                                   np.float32).reshape(len(questions), cfg.solver_samples)
-        solve_rate = solver_rewards.mean(axis=1)  # [batch]; a spammed correct answer counts 0.25
+        solve_rate = SOLVE_RATES.get(cfg.solve_rate)(solver_rewards)  # [batch]
         proposer_rewards = np.array([proposer_reward(q is not None, float(s), cfg.proposer_reward)
                                      for q, s in zip(proposals.questions, solve_rate)] if proposals.trajectories
                                     else [], np.float32)
