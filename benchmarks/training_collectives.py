@@ -39,7 +39,8 @@ def measure(config: Config, topology: str, layers: int, rows: int, length: int) 
     model = dataclasses.replace(config.model, init={**config.model.init, "num_hidden_layers": layers})
     plan = Plan(dataclasses.replace(config, model=model), topology, hbm_bytes=None)
     batch = abstract_batch(rows, length, plan.mesh, plan.rules)
-    lowered = {"update": plan.steps.accumulate.lower(plan.params, plan.carry(batch), batch, jnp.float32(1)),
+    lowered = {"update": plan.steps.accumulate.lower(plan.params, plan.carry(batch), batch,
+                                                     batch.advantages, jnp.float32(1)),  # row weights
                "logprobs": plan.steps.logprobs.lower(plan.params, batch.tokens, batch.attention_mask)}
     report = {}
     for name, step in lowered.items():

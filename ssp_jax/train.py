@@ -333,9 +333,11 @@ class Trainer:
         start = time.perf_counter()
         update = {} if mode != "selfplay" else {
             f"proposer/{k}": v for k, v in
-            self.learner.update(proposer, mini_batches=self.rl.proposer_mini_batches).items()}
+            self.learner.update(proposer, mini_batches=self.rl.proposer_mini_batches,
+                                loss_scale=self.rl.proposer_loss_scale).items()}
         update |= {f"solver/{k}": v for k, v in
-                   self.learner.update(solver, mini_batches=self.rl.solver_mini_batches).items()}
+                   self.learner.update(solver, mini_batches=self.rl.solver_mini_batches,
+                                       loss_scale=self.rl.solver_loss_scale).items()}
         timing["time/update"] = time.perf_counter() - start
         rollout_s = game.metrics.get("time/proposer_rollout", 0.0) + game.metrics["time/solver_rollout"]
         generated = sum(sum(t.loss_mask) for t in game.proposer + game.solver)

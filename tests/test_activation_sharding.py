@@ -48,7 +48,8 @@ def sharded():
 def test_update_moves_weights_and_gradients_only(sharded):
     learner, placed = sharded
     carry = learner._steps.zero_carry(learner.params, placed)
-    ops = collectives(learner._steps.accumulate.lower(learner.params, carry, placed, jnp.float32(1))
+    ops = collectives(learner._steps.accumulate.lower(learner.params, carry, placed, placed.advantages,  # row weights
+                                                      jnp.float32(1))
                       .compile().as_text())
     assert ops, "the FSDP update gathers weights and reduce-scatters gradients"
     assert not [op for op in ops if op.has_dim(LENGTH)]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ssp_jax.rl.advantages import ADVANTAGES, get_advantage, grpo, reinforce
+from ssp_jax.rl.aggregation import AGGREGATIONS
 from ssp_jax.rl.batch import MicroBatch, RLBatch, pack_batch, plan_micro_batches, take_rows
 from ssp_jax.rl.config import RLConfig
 from ssp_jax.rl.losses import LOSSES, get_loss, ppo_clip
@@ -50,7 +51,7 @@ def test_registries_by_name():
     assert ADVANTAGES.register("grpo")(grpo) is grpo
     assert ADVANTAGES.register("grpo")(grpo.__wrapped__) is grpo
     with pytest.raises(ValueError, match="'ppo_clip' is already registered"):
-        LOSSES.register("ppo_clip")(lambda logp, batch, cfg, num_tokens=None: (0.0, {}))
+        LOSSES.register("ppo_clip")(lambda logp, batch, cfg, weights=None: (0.0, {}))
 
 
 def test_registered_functions_are_gin_configurable():
@@ -141,11 +142,38 @@ def test_all_masked_batch_gives_zero():
     np.testing.assert_array_equal(grad, np.zeros((2, 4)))
 
 
-def test_num_tokens_makes_micro_batch_losses_additive():
+def test_mini_batch_weights_make_micro_batch_losses_additive():
     logp, batch = make_batch(RATIOS, KL_D, [1.0, -2.0], MASK)
     rows = [RLBatch(**{k: getattr(batch, k)[i:i + 1] for k in batch.__dataclass_fields__}) for i in range(2)]
-    parts = [ppo_clip(logp[i:i + 1], rows[i], CFG, num_tokens=jnp.float32(5.0))[0] for i in range(2)]
+    parts = [ppo_clip(logp[i:i + 1], rows[i], CFG, weights=jnp.full(1, 1 / 5, jnp.float32))[0] for i in range(2)]
     np.testing.assert_allclose(sum(parts), PG + 0.01 * KL, rtol=1e-5)
+
+
+def test_aggregation_weights_by_hand():
+    """Rows of 3, 2 and 0 trained tokens (the last is padding: weight 0, not counted as a row)."""
+    mask = np.array(MASK + [[0, 0, 0, 0]], np.float32)
+    np.testing.assert_allclose(AGGREGATIONS.get("token_mean")(mask), [1 / 5] * 3)
+    np.testing.assert_allclose(AGGREGATIONS.get("seq_mean_token_mean")(mask), [1 / 6, 1 / 4, 0.0])
+    np.testing.assert_allclose(AGGREGATIONS.get("seq_mean_token_sum")(mask), [1 / 2, 1 / 2, 0.0])
+    assert AGGREGATIONS.get("seq_mean_token_mean")(np.zeros((2, 3))).tolist() == [0.0, 0.0]
+
+
+def test_ppo_clip_aggregated_by_sequence_by_hand():
+    """The reference's effective loss: each sequence's token-mean, averaged over sequences. Row 0's
+    pg terms are -1.1, -1.285, -0.5 and row 1's 1.6, 6.0; k3 0, 0.30685, 0.36788 and 0.71828, 10."""
+    logp, batch = make_batch(RATIOS, KL_D, [1.0, -2.0], MASK)
+    weights = jnp.asarray(AGGREGATIONS.get("seq_mean_token_mean")(np.asarray(MASK, np.float32)))
+    pg = ((-1.1 - 1.285 - 0.5) / 3 + (1.6 + 6.0) / 2) / 2
+    kl = ((0.0 + 0.3068528 + 0.3678794) / 3 + (0.7182818 + 10.0) / 2) / 2
+    loss, metrics = ppo_clip(logp, batch, CFG, weights=weights)
+    np.testing.assert_allclose(loss, pg + 0.01 * kl, rtol=1e-5)
+    np.testing.assert_allclose(metrics["pg_loss"], pg, rtol=1e-5)
+    sums = AGGREGATIONS.get("seq_mean_token_sum")(np.asarray(MASK, np.float32))
+    np.testing.assert_allclose(ppo_clip(logp, batch, CFG, weights=jnp.asarray(sums))[1]["pg_loss"],
+                               ((-1.1 - 1.285 - 0.5) + (1.6 + 6.0)) / 2, rtol=1e-5)
+    assert RLConfig().loss_aggregation == "seq_mean_token_mean" and RLConfig().proposer_loss_scale == 0.4
+    with pytest.raises(ValueError, match="loss_aggregation='seq_mean'"):
+        RLConfig(loss_aggregation="seq_mean")
 
 
 # --- packing, schedule, config ------------------------------------------------------------------

@@ -123,10 +123,12 @@ def test_micro_batched_logprobs_equal_one_pass(full_batch_run):
 
 
 @pytest.mark.slow
-def test_length_bucketed_micro_batches_equal_padding_to_the_longest_row():
+@pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum"])
+def test_length_bucketed_micro_batches_equal_padding_to_the_longest_row(aggregation):
     """Issue 22, item 3: micro-batches of similar-length rows, each padded to its own bucket, give
     the loss, metrics, gradients (params after one step) and log-probs of padding every row to
-    the batch's longest; each mini-batch keeps its rows, so its token-mean is unchanged."""
+    the batch's longest; each mini-batch keeps its rows, so its aggregation (issue 23: every
+    `rl.loss_aggregation`) is unchanged."""
     rng = np.random.default_rng(7)
     lengths = [5, 29, 7, 12, 31, 6, 18, 9]  # two mini-batches of 4, very uneven
     seqs = [[int(t) for t in rng.integers(1, 128, n)] for n in lengths]
@@ -134,8 +136,8 @@ def test_length_bucketed_micro_batches_equal_padding_to_the_longest_row():
     batch = pack_batch(seqs, masks, None, rng.normal(size=len(seqs)), length_buckets=(32,))
 
     def learner(micro: int, buckets: tuple[int, ...]) -> Learner:
-        return Learner(Decoder(TINY, rngs=nnx.Rngs(0)),
-                       dataclasses.replace(CFG, micro_batch_size=micro, length_buckets=buckets))
+        return Learner(Decoder(TINY, rngs=nnx.Rngs(0)), dataclasses.replace(
+            CFG, micro_batch_size=micro, length_buckets=buckets, loss_aggregation=aggregation))
 
     bucketed, padded = learner(2, (8, 16, 32)), learner(0, (32,))
     logp = padded.logprobs(padded.params, batch)
@@ -150,6 +152,11 @@ def test_length_bucketed_micro_batches_equal_padding_to_the_longest_row():
     # Padded, the update computes 8 x 32 positions for 117 tokens; bucketed, 2 x (32 + 8 + 32 + 16).
     assert want["pad_frac"] == pytest.approx(1 - 117 / 256) and got["pad_frac"] == pytest.approx(1 - 117 / 176)
     assert dict(bucketed.compile_counts) == {"logprobs": 3, "accumulate": 3, "apply": 1}  # widths 8, 16, 32
+    # A role's loss scale scales the gradient (so its norm), not the reported loss.
+    scaled = learner(2, (8, 16, 32))
+    halved = scaled.update(batch, mini_batches=2, loss_scale=0.5)
+    np.testing.assert_allclose(halved["loss"], want["loss"], rtol=1e-5)
+    np.testing.assert_allclose(halved["grad_norm"], 0.5 * want["grad_norm"], rtol=1e-4)
 
 
 @pytest.mark.slow

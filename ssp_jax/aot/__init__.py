@@ -291,7 +291,9 @@ class Plan:
         """One micro-batch's forward and backward at the longest length bucket: the update's peak."""
         start = time.perf_counter()
         micro = abstract_batch(self.micro_rows, self.length, self.mesh, self.rules)
-        lowered = self.steps.accumulate.lower(self.params, self.carry(micro), micro, jnp.float32(1))
+        # The row weights: a [rows] float32 laid out as the batch's rows, as `micro.advantages` is.
+        lowered = self.steps.accumulate.lower(self.params, self.carry(micro), micro, micro.advantages,
+                                              jnp.float32(1))
         return _compile("accumulate", f"{self.micro_rows}x{self.length}", lowered,
                         self.resident["optimizer"] + self.resident["reference"], start)
 
@@ -334,7 +336,8 @@ class Plan:
         steps = LearnerSteps(self.model, self.optimizer, rl, mesh=self.mesh, rules=self.rules)
         start = time.perf_counter()
         micro = abstract_batch(rows, self.length, self.mesh, self.rules)
-        compiled = steps.accumulate.lower(self.params, self.carry(micro), micro, jnp.float32(1)).compile()
+        compiled = steps.accumulate.lower(self.params, self.carry(micro), micro, micro.advantages,  # row weights
+                                          jnp.float32(1)).compile()
         logging.info("aot: compiled the loop-free micro-batch (%dx%d) in %.1f s", rows, self.length,
                      time.perf_counter() - start)
         per_step = float(compiled.cost_analysis()["flops"]) * self.mesh.devices.size

@@ -90,7 +90,8 @@ def _program_costs(config: Config, topology: str, layers: int) -> dict[str, tupl
             add(f"training/logprobs {shape}", shape, steps.logprobs.lower(plan.params, micro.tokens,
                                                                          micro.attention_mask))
             add(f"training/accumulate {shape}", shape,
-                steps.accumulate.lower(plan.params, plan.carry(micro), micro, jnp.float32(1)))
+                steps.accumulate.lower(plan.params, plan.carry(micro), micro, micro.advantages,  # row weights
+                                       jnp.float32(1)))
     add("training/apply", "optimizer step", steps.apply.lower(plan.state, *plan.carry(micro)))
     return costs
 

@@ -9,6 +9,7 @@ import dataclasses
 import typing
 
 from ssp_jax.rl.advantages import ADVANTAGES
+from ssp_jax.rl.aggregation import AGGREGATIONS
 from ssp_jax.rl.losses import LOSSES
 
 BEHAVIOUR_LOGPROBS = ("recompute", "engine")
@@ -35,8 +36,16 @@ class RLConfig:
     # k3 KL to the frozen reference, added to the loss.
     kl_coef: float = 0.01
     kl_clamp: float = 10.0
-    # Registered names (see `LOSSES`, `ADVANTAGES`).
+    # Registered names (see `LOSSES`, `ADVANTAGES`, `AGGREGATIONS`).
     loss: str = "ppo_clip"
+    # How a mini-batch's token losses combine (rl/aggregation.py): "seq_mean_token_mean" is what the
+    # reference optimises in effect (a token-mean per sequence, averaged over sequences);
+    # "token_mean" weighs every trained token alike; "seq_mean_token_sum".
+    loss_aggregation: str = "seq_mean_token_mean"
+    # Per-role multipliers of the loss. The reference's proposer loss is scaled by 256 / 640 = 0.4,
+    # from its mini-batch arithmetic (256 proposer rows counted against 640 per update).
+    proposer_loss_scale: float = 0.4
+    solver_loss_scale: float = 1.0
     solver_advantage: str = "grpo"
     proposer_advantage: str = "reinforce"
     # Optimisation schedule: optimizer steps per update = ppo_epochs * mini_batches.
@@ -67,7 +76,7 @@ class RLConfig:
             if not ok:
                 raise TypeError(f"RLConfig.{field.name} must be {kind.__name__}, got {value!r}")
         positive = ("lr", "max_grad_norm", "adam_eps", "log_ratio_clamp", "kl_clamp", "ppo_epochs",
-                    "solver_mini_batches", "proposer_mini_batches")
+                    "solver_mini_batches", "proposer_mini_batches", "proposer_loss_scale", "solver_loss_scale")
         non_negative = ("warmup_steps", "weight_decay", "eps_low", "eps_high", "kl_coef", "micro_batch_size",
                         "logprob_chunk")
         for name in positive:
@@ -91,6 +100,9 @@ class RLConfig:
         if any(len(pair) != 2 or not all(isinstance(x, str) for x in pair) for pair in self.xla_options):
             raise ValueError(f"RLConfig.xla_options={self.xla_options!r} must be (name, value) pairs of strings, "
                              'e.g. (("xla_tpu_enable_latency_hiding_scheduler", "false"),)')
+        if self.loss_aggregation not in AGGREGATIONS:
+            raise ValueError(f"RLConfig.loss_aggregation={self.loss_aggregation!r} is not registered; "
+                             f"known: {AGGREGATIONS.names()}")
         if self.loss not in LOSSES:
             raise ValueError(f"RLConfig.loss={self.loss!r} is not registered; known: {LOSSES.names()}")
         for name in ("solver_advantage", "proposer_advantage"):

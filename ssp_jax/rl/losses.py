@@ -1,9 +1,9 @@
-"""Policy losses over per-token log-probs: `loss(logp, batch, cfg, num_tokens) -> (loss, metrics)`.
+"""Policy losses over per-token log-probs: `loss(logp, batch, cfg, weights) -> (loss, metrics)`.
 
-Losses are token-means over `batch.loss_mask`. `num_tokens` is the normaliser: by default the
-batch's own masked-token count, but gradient accumulation passes the whole mini-batch's count so
-that the micro-batch gradients sum to the gradient of the mini-batch token-mean. Metrics use the
-same normaliser, so they too are additive over micro-batches.
+A loss is sum over rows b and trained tokens t of weights_b * x_bt. `weights` [rows] come from the
+mini-batch's loss aggregation (`rl/aggregation.py`), computed over the whole mini-batch, so the
+micro-batch losses and gradients sum to the mini-batch's; by default (None) they make the
+batch's own token-mean. Metrics use the same weights, so they too are additive over micro-batches.
 
 Entropy needs the full next-token distribution, which `logp` (log p of the taken token only) does
 not carry; it is not reported here.
@@ -65,7 +65,7 @@ def k3_kl(logp: jax.Array, ref_logp: jax.Array, log_clamp: float, kl_clamp: floa
 
 @LOSSES.register("ppo_clip")
 def ppo_clip(logp: jax.Array, batch: RLBatch, cfg: LossParams,
-             num_tokens: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+             weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """PPO-clip with asymmetric clip, dual clip for A < 0, plus `kl_coef` * k3 KL to the reference.
 
     Per token (as veRL `compute_policy_loss` with `clip_ratio_c`):
@@ -75,10 +75,12 @@ def ppo_clip(logp: jax.Array, batch: RLBatch, cfg: LossParams,
     """
     mask = batch.loss_mask.astype(jnp.float32)  # [B, T]
     trained = mask > 0
-    denom = token_count(mask) if num_tokens is None else num_tokens
+    if weights is None:
+        weights = jnp.full(mask.shape[:1], 1.0, jnp.float32) / token_count(mask)  # [B]: the token-mean
+    weighted = mask * weights.astype(jnp.float32)[:, None]  # [B, T]
 
     def mean(x: np.ndarray | jax.Array) -> jax.Array:
-        return jnp.sum(mask * x) / denom
+        return jnp.sum(weighted * x)
 
     # Masked positions are zeroed before exp: their inputs may be arbitrary (padding, tool tokens).
     logp = jnp.where(trained, logp, 0.0)

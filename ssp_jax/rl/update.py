@@ -38,6 +38,7 @@ from ssp_jax.models.sharding import (
     state_shardings,
     traced_with_activation_sharding,
 )
+from ssp_jax.rl.aggregation import AGGREGATIONS
 from ssp_jax.rl.batch import RLBatch, plan_micro_batches, take_rows
 from ssp_jax.rl.config import RLConfig
 from ssp_jax.rl.losses import get_loss
@@ -134,20 +135,23 @@ class LearnerSteps:
         model = nnx.merge(self._model_graphdef, params, self._model_rest)
         return cast(jax.Array, token_logprobs(model, tokens, attention_mask, self.cfg.logprob_chunk))
 
-    def _micro_loss(self, params: nnx.State, micro: RLBatch, num_tokens: jax.Array):
+    def _micro_loss(self, params: nnx.State, micro: RLBatch, weights: jax.Array, scale: jax.Array):
+        """(`scale` x the loss, to differentiate; the metrics, unscaled). weights: [rows], the
+        mini-batch's loss aggregation (`rl/aggregation.py`); scale: the role's loss scale."""
         model = nnx.merge(self._model_graphdef, params, self._model_rest)
         logp, entropy = token_logprobs(model, micro.tokens, micro.attention_mask, self.cfg.logprob_chunk,
                                        with_entropy=True)
-        loss, metrics = self._loss(logp, micro, self.cfg, num_tokens=num_tokens)
-        # Reported, not trained on (SSP uses no entropy bonus); normalised like the loss metrics.
-        entropy = jnp.sum(jax.lax.stop_gradient(entropy) * micro.loss_mask) / num_tokens
-        return loss, {**metrics, "loss": loss, "entropy": entropy}
+        loss, metrics = self._loss(logp, micro, self.cfg, weights=weights)
+        # Reported, not trained on (SSP uses no entropy bonus); weighted like the loss metrics.
+        entropy = jnp.sum(jax.lax.stop_gradient(entropy) * micro.loss_mask * weights[:, None])
+        return scale * loss, {**metrics, "loss": loss, "entropy": entropy}
 
     def zero_carry(self, params: nnx.State, micro: RLBatch) -> tuple[nnx.State, dict[str, jax.Array]]:
         """(fp32 zero gradients laid out like the params, zero loss metrics): what `accumulate` starts
         each mini-batch from. `micro` (any micro-batch) names the loss's metrics, traced once."""
         if self._metric_names is None:
-            self._metric_names = tuple(jax.eval_shape(self._micro_loss, params, micro, jnp.float32(1))[1])
+            rows = jnp.ones(micro.advantages.shape, jnp.float32)
+            self._metric_names = tuple(jax.eval_shape(self._micro_loss, params, micro, rows, jnp.float32(1))[1])
         return self._zero_grads(params), {name: jnp.zeros((), jnp.float32) for name in self._metric_names}
 
     def _rollout_params_fn(self, params: nnx.State) -> nnx.State:
@@ -162,13 +166,13 @@ class LearnerSteps:
         return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
 
     def _accumulate_fn(self, params: nnx.State, carry: tuple[nnx.State, dict], micro: RLBatch,
-                       num_tokens: jax.Array) -> tuple[nnx.State, dict]:
-        """Add one micro-batch's gradient (fp32) and loss metrics to the carry. Every micro-batch
-        divides by its mini-batch's token count, so the sum is the mini-batch token-mean's gradient."""
+                       weights: jax.Array, scale: jax.Array) -> tuple[nnx.State, dict]:
+        """Add one micro-batch's gradient (fp32) and loss metrics to the carry. Its rows' `weights`
+        [rows] come from the whole mini-batch, so the sum is the mini-batch loss's gradient."""
         self._traced("accumulate", *micro.tokens.shape)
         grads, sums = carry
         (_, metrics), g = jax.value_and_grad(self._micro_loss, has_aux=True)(self._constrain_params(params),
-                                                                             micro, num_tokens)
+                                                                             micro, weights, scale)
         grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
         return self._constrain_params(grads), jax.tree.map(jnp.add, sums, metrics)
 
@@ -266,8 +270,10 @@ class Learner:
             out[m.rows, :m.width] = host_value(logp)
         return out
 
-    def update(self, batch: RLBatch, *, mini_batches: int = 1) -> dict[str, float]:
+    def update(self, batch: RLBatch, *, mini_batches: int = 1, loss_scale: float = 1.0) -> dict[str, float]:
         """`ppo_epochs` x `mini_batches` optimizer steps on `batch`; returns metrics averaged over steps.
+        Each mini-batch's loss is aggregated by `rl.loss_aggregation` and multiplied by `loss_scale`
+        (the role's, e.g. `rl.proposer_loss_scale`; the metrics are reported unscaled).
 
         Each mini-batch (a contiguous block of rows) runs as micro-batches of `micro_batch_size`
         rows, longest first, each padded to its own length bucket (`plan_micro_batches`); a
@@ -283,20 +289,24 @@ class Learner:
         lengths = host.attention_mask.sum(axis=1)  # [rows]
         plan = plan_micro_batches(lengths, mini_batches, self.cfg.micro_batch_size or rows // mini_batches,
                                   self.cfg.length_buckets, width)
+        aggregate = AGGREGATIONS.get(self.cfg.loss_aggregation)
+        weights = np.zeros(rows, np.float32)  # [rows]: each row's share of its mini-batch's loss
         minis, computed, real = [], 0, 0
         for block in plan:
+            members = np.concatenate([m.rows for m in block])
+            weights[members] = aggregate(host.loss_mask[members])
             kept = [m for m in block if host.loss_mask[m.rows].any()] or block[:1]
-            num_tokens = np.float32(max(sum(host.loss_mask[m.rows].sum() for m in block), 1.0))
-            minis.append((num_tokens, [self._place_batch(take_rows(host, m)) for m in kept]))
+            minis.append([(self._place_batch(take_rows(host, m)), self._place_batch(weights[m.rows]))
+                          for m in kept])
             computed += sum(len(m.rows) * m.width for m in kept)
             real += sum(int(lengths[m.rows].sum()) for m in kept)
         per_step = []
         for _ in range(self.cfg.ppo_epochs):
-            for num_tokens, micros in minis:
+            for micros in minis:
                 params = self.params
-                carry = self._steps.zero_carry(params, micros[0])
-                for micro in micros:
-                    carry = self._steps.accumulate(params, carry, micro, num_tokens)
+                carry = self._steps.zero_carry(params, micros[0][0])
+                for micro, micro_weights in micros:
+                    carry = self._steps.accumulate(params, carry, micro, micro_weights, np.float32(loss_scale))
                 new_state, metrics = self._steps.apply(nnx.state((self.model, self.optimizer)), *carry)
                 nnx.update((self.model, self.optimizer), new_state)
                 per_step.append(metrics)
