@@ -58,12 +58,13 @@ def get_config():
     # one slot per step, or the solver overfits it (a pool of 1 filling all 16 groups took held-out
     # EM from 0.19 to 0.09).
     # The proposer samples at 0.5 (the solver at 1.0): it copies names more reliably, so about twice
-    # as many of its questions pass.
+    # as many of its questions pass. Its PPO ratio and KL still use untempered log-probs
+    # (off_policy_sampling: known, and how the README's results were measured).
     # s as the mean solver reward (a spammed answer counts 0.25, not 1): how the README's results were
     # measured; the library default, "solved", is the reference's count.
     config.selfplay.update(batch_size=16, solver_samples=4, num_distractor_blocks=1, reader_max_tokens=12,
                            num_examples=2, pool_max_repeats=1, rag_reader="search", proposer_temperature=0.5,
-                           solve_rate="mean_reward")
+                           solve_rate="mean_reward", off_policy_sampling=True)
     config.rollout.update(topk=1, max_turns=4, max_prompt_tokens=384, max_response_tokens=384)
     config.engine.update(num_slots=64, max_cache_len=768, prefill_buckets=(128, 256, 384),
                          extend_buckets=(64, 128), extend_group=16, decode_steps=16)

@@ -78,9 +78,17 @@ def test_lists_become_tuples_and_ints_floats():
 
 def test_sampling_parameters_are_config_fields():
     selfplay = load_config({"selfplay": {"temperature": 0.9, "top_k": 40, "top_p": 0.95,
-                                         "proposer_temperature": 0.5}}).selfplay
+                                         "proposer_temperature": 0.5, "off_policy_sampling": True}}).selfplay
     assert selfplay.sampling("proposer") == SamplingParams(temperature=0.5, top_k=40, top_p=0.95)
     assert selfplay.sampling("solver") == SamplingParams(temperature=0.9, top_k=40, top_p=0.95)
+
+
+def test_off_policy_sampling_is_refused_unless_meant():
+    """Issue 23: a temperature other than 1 (or top-k / top-p) samples from another distribution
+    than the one the PPO ratio and the KL are computed under."""
+    with pytest.raises(ConfigError, match=r"selfplay\.proposer_temperature=0\.5, top_p=0\.9: .*off_policy_sampling"):
+        load_config({"selfplay": {"proposer_temperature": 0.5, "top_p": 0.9}})
+    assert load_config({"selfplay": {"proposer_temperature": 1.0}}).selfplay.proposer_temperature == 1.0
 
 
 def test_override_error_walks_the_config():

@@ -185,7 +185,8 @@ def test_proposer_temperature_applies_to_the_proposer_only(searcher):
         return [t.response_text for t in game.propose(params, params, answers, np.random.default_rng(0), seed)
                 .trajectories]
 
-    assert proposed(1, proposer_temperature=0.0) == proposed(2, proposer_temperature=0.0)
+    greedy = dict(proposer_temperature=0.0, off_policy_sampling=True)
+    assert proposed(1, **greedy) == proposed(2, **greedy)
     assert proposed(1) != proposed(2)
 
 

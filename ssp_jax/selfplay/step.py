@@ -56,6 +56,10 @@ class SelfPlayConfig:
     # The proposer's own temperature, when set. A weak proposer copies names more reliably closer to
     # greedy, so more of its questions are valid; the solver keeps `temperature` for exploration.
     proposer_temperature: float | None = None
+    # Sampling that is not the policy's own distribution (a temperature other than 1, top-k, top-p)
+    # makes the rollouts off-policy for the PPO ratio and the KL, which use the untempered,
+    # unfiltered log-probs, and nothing corrects for it. Refused unless this says it is meant.
+    off_policy_sampling: bool = False
     reader_path: str = ""  # frozen RAG reader HF checkpoint; empty = the current policy
     rag_check: bool = True
     # "read": SSP.md's tool-less reader answers from the documents in its prompt. "search": the
@@ -108,6 +112,14 @@ class SelfPlayConfig:
                 raise ValueError(f"selfplay.{name} must be >= 0, got {getattr(self, name)}")
         if self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"selfplay.top_k={self.top_k} must be >= 0 and top_p={self.top_p} in (0, 1]")
+        off_policy = [f"{name}={value}" for name, value, own in (
+            ("temperature", self.temperature, 1.0), ("proposer_temperature", self.proposer_temperature, 1.0),
+            ("top_k", self.top_k, 0), ("top_p", self.top_p, 1.0)) if value is not None and value != own]
+        if off_policy and not self.off_policy_sampling:
+            raise ValueError(f"selfplay.{', '.join(off_policy)}: rollouts would be sampled from a tempered or "
+                             "filtered distribution while the PPO ratio and the KL use the policy's own log-probs, "
+                             "with nothing to correct for it; set selfplay.off_policy_sampling=True to train on "
+                             "them knowingly")
         if not 0.0 <= self.finish_warning_share <= 1.0:
             raise ValueError(f"selfplay.finish_warning_share must be in [0, 1], got {self.finish_warning_share}")
         if self.fixed_set_size < 1:
