@@ -295,6 +295,18 @@ def test_nonfinite_gradients_are_skipped_and_counted():
     np.testing.assert_equal(clean.update(make_batch(clean), mini_batches=2)["skipped_nonfinite"], 0.0)
 
 
+@pytest.mark.slow  # over 2 s
+def test_micro_batches_without_trained_tokens_are_skipped_and_counted(full_batch_run):
+    """One row per micro-batch: the padding row's micro-batch holds no trained token, so it is not
+    run (its gradient is zero), and the metric says so; the update equals the full batch's."""
+    _, batch, _, expected, _ = full_batch_run
+    learner = new_learner(micro_batch_size=1)
+    metrics = learner.update(batch)
+    assert metrics["skipped_micro_batches"] == 1.0
+    for got, want in zip(host_params(learner), expected):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
 def test_reference_params_are_a_frozen_copy(full_batch_run):
     learner, batch, before, _, _ = full_batch_run
     for got, want in zip(jax.tree.leaves(learner.reference_params), before):

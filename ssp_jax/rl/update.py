@@ -281,7 +281,8 @@ class Learner:
         pg_loss, kl, clip_frac, dual_clip_frac, ratio, entropy (token-means), grad_norm (before
         clipping), lr (of the last step), tokens (trained tokens in the batch), pad_frac (the share
         of the positions the forward passes computed that were padding), skipped_nonfinite (the
-        share of optimizer steps whose gradients held a NaN or an infinity, and were not applied).
+        share of optimizer steps whose gradients held a NaN or an infinity, and were not applied),
+        skipped_micro_batches (micro-batches of one epoch not run for holding no trained token).
         """
         rows, width = batch.tokens.shape
         self._steps.check_update(rows, mini_batches)
@@ -291,11 +292,12 @@ class Learner:
                                   self.cfg.length_buckets, width)
         aggregate = AGGREGATIONS.get(self.cfg.loss_aggregation)
         weights = np.zeros(rows, np.float32)  # [rows]: each row's share of its mini-batch's loss
-        minis, computed, real = [], 0, 0
+        minis, computed, real, skipped = [], 0, 0, 0
         for block in plan:
             members = np.concatenate([m.rows for m in block])
             weights[members] = aggregate(host.loss_mask[members])
             kept = [m for m in block if host.loss_mask[m.rows].any()] or block[:1]
+            skipped += len(block) - len(kept)
             minis.append([(self._place_batch(take_rows(host, m)), self._place_batch(weights[m.rows]))
                           for m in kept])
             computed += sum(len(m.rows) * m.width for m in kept)
@@ -313,7 +315,7 @@ class Learner:
         per_step = jax.device_get(per_step)
         out = {k: float(np.mean([m[k] for m in per_step])) for k in per_step[0]}
         out.update(lr=float(per_step[-1]["lr"]), tokens=float(host.loss_mask.sum()),
-                   pad_frac=1.0 - real / computed)
+                   pad_frac=1.0 - real / computed, skipped_micro_batches=float(skipped))
         return out
 
     def state(self) -> dict[str, Any]:
