@@ -15,8 +15,8 @@ batch, four ways.
 
 These cover the cache-free passes (training, log-probs, scoring). Over the sampling engine's KV
 cache (`cached_attention`), a decode step under `splash` runs the ragged Pallas decode kernel
-(`decode_attention.py`: each slot's cache read only as far as it is filled); everything else,
-prefill and extend chunks included, is `attend`.
+(`decode_attention.py`: each slot's cache read only as far as it is filled), and an extend chunk
+`attend`; a prompt's prefill is a cache-free pass (`Decoder.prefill`), so it runs the kernel above.
 """
 
 from __future__ import annotations
@@ -88,9 +88,14 @@ def resolve_backend(name: str) -> str:
         raise ValueError(f"attention backend {name!r}; expected one of {ATTENTION_BACKENDS}")
     if name != "auto":
         return name
+    return {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}.get(_traced_platform(), "xla")
+
+
+def _traced_platform() -> str:
+    """The platform of the mesh the pass is traced for, else this process's default backend (so an
+    AOT compile for a TPU slice on a CPU host is a TPU pass)."""
     context = activation_context()
-    platform = context[0].devices.flat[0].platform if context else jax.default_backend()
-    return {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}.get(platform, "xla")
+    return context[0].devices.flat[0].platform if context else jax.default_backend()
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Array,
@@ -127,7 +132,7 @@ def _ragged_decode(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array)
     kv_heads = k.shape[1]
     grouped = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)  # [b, kv, group, d]
     context = activation_context()
-    interpret = (context[0].devices.flat[0].platform if context else jax.default_backend()) != "tpu"
+    interpret = _traced_platform() != "tpu"  # Pallas interpret mode off TPU
     kernel = functools.partial(ragged_decode_attention, interpret=interpret)
     if context is None:
         out = kernel(grouped, k, v, lengths)
@@ -144,7 +149,7 @@ def _ragged_decode(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array)
 def _splash(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Array) -> jax.Array:
     """Splash attention, over the mesh's shards when the pass is pinned to one."""
     context = activation_context()
-    interpret = (context[0].devices.flat[0].platform if context else jax.default_backend()) != "tpu"
+    interpret = _traced_platform() != "tpu"  # Pallas interpret mode off TPU
     kernel = functools.partial(_splash_local, interpret=interpret)
     if context is None:
         return kernel(q, k, v, attention_mask)
