@@ -2,7 +2,7 @@
 
 Why: SSP can only teach the solver from questions that pass the RAG check, so when held-out EM does
 not move, the question is which skill is missing. On the dev split (the tuning split) this
-measures, for the policy a workdir starts from (its warm start; the reader is `selfplay.reader_path`
+measures, for the policy a workdir starts from (its warm start; the reader is `reader.path`
 when that is set):
 1. Solver: greedy EM with the real retriever, and with one that returns an unrelated passage for
    every query. The gap is how much the solver's answers depend on what it reads.

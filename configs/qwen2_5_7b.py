@@ -1,7 +1,11 @@
 """The paper's main setting (SSP.md sections 3-5): Qwen2.5-7B-Instruct, Wikipedia-2018 with
 E5-base-v2, B = 256 answers x 5 solver rollouts, 10 turns, top-3, lr 1e-6 -- on a v5p-64 slice.
 
-Set the three paths (checkpoint, answer list, index or retrieval service) with --config.* flags.
+Set the paths (checkpoint, answer list, index or retrieval service, and the frozen reader and judge)
+with --config.* flags. The paper's RAG reader and LLM judge are one frozen Qwen2.5-32B-Instruct,
+loaded once on this slice beside the policy, in bf16 (about 1 GB per chip over 64 chips); without a
+32B checkpoint, `--config.reader.path= --config.judge.path=` makes the policy its own reader and
+scores by EM alone. configs/qwen2_5_7b_reference.py adds the reference's prompts and chat template.
 
 Mesh (64 chips, 95 GB HBM each), chosen as follows:
 - tensor=4: Qwen2.5-7B has 28 query and 4 KV heads, so tensor=4 splits both evenly (7 query heads
@@ -33,6 +37,14 @@ def get_config():
                              num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, head_dim=128,
                              rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
                              max_position_embeddings=32768, architectures=["Qwen2ForCausalLM"])
+    # The paper's reader and judge (SSP.md sections 2-3): one frozen Qwen2.5-32B-Instruct, in its own
+    # chat template. `shape` is its config.json, so `python -m ssp_jax.aot` counts it without the files.
+    qwen2_5_32b = dict(model_type="qwen2", vocab_size=152064, hidden_size=5120, intermediate_size=27648,
+                       num_hidden_layers=64, num_attention_heads=40, num_key_value_heads=8, head_dim=128,
+                       rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                       max_position_embeddings=32768, architectures=["Qwen2ForCausalLM"])
+    for role in (config.reader, config.judge):
+        role.update(path="/mnt/ckpt/Qwen2.5-32B-Instruct", chat_template="chatml", shape=qwen2_5_32b)
     config.model.dtype = "bfloat16"
     config.model.param_dtype = "float32"  # fp32 master weights; bf16 compute
     config.model.remat = True

@@ -25,7 +25,7 @@ from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.agent.rollout import RolloutConfig
 from ssp_jax.data.wiki_offline import WikiOfflineConfig
 from ssp_jax.engine.api import EngineConfig
-from ssp_jax.models.policy import ModelConfig
+from ssp_jax.models.policy import FrozenModelConfig, ModelConfig
 from ssp_jax.models.sharding import DEFAULT_RULES, MeshConfig
 from ssp_jax.projection import ProjectionConfig
 from ssp_jax.rl.config import RLConfig
@@ -125,13 +125,21 @@ def _reader_engine() -> EngineConfig:
                         extend_buckets=(128,), extend_group=16, decode_steps=16)
 
 
+def _judge_engine() -> EngineConfig:
+    # The judge's own engine: one greedy turn of judge.max_tokens over a short prompt (the question,
+    # the gold answers and one prediction), so a small cache per slot.
+    return EngineConfig(num_slots=256, max_cache_len=1024 + 64, prefill_buckets=(256, 512, 1024),
+                        extend_buckets=(128,), extend_group=16, decode_steps=8)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every section of a run, typed. Sections mirror the layers: `model` (what policy to load),
-    `mesh` and `sharding_rules` (how to lay it out), `engine`, `rollout` and `reader_engine`
-    (sampling), `retrieval`, `data` (the answer list), `selfplay` (the game), `prompts`, `judge`
-    (eval's optional LLM judge), `rl` (the update), `train` (the loop) and `projection` (the workload
-    the step-time projection assumes)."""
+    `mesh` and `sharding_rules` (how to lay it out), `engine`, `rollout`, `reader_engine` and
+    `judge_engine` (sampling), `retrieval`, `data` (the answer list), `selfplay` (the game),
+    `reader` (a frozen RAG reader), `prompts`, `judge` (the optional LLM judge of training and
+    eval), `rl` (the update), `train` (the loop) and `projection` (the workload the step-time
+    projection assumes)."""
 
     seed: int = 0
     # TPU slice to compile the update, reference log-probs and decode step for at start-up, e.g.
@@ -139,7 +147,7 @@ class Config:
     # its chips' HBM fails before any weight is loaded. Empty = skip the check.
     aot_topology: str = ""
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
-    chat_template: str = "chatml"  # chatml (Qwen) | llama3
+    chat_template: str = "chatml"  # chatml (Qwen) | llama3 | <path>.jinja (a Hugging Face Jinja template)
     mesh: MeshConfig = MeshConfig()  # fsdp=-1: the remaining devices
     sharding_rules: tuple[tuple[Any, ...], ...] = DEFAULT_RULES  # logical axis -> mesh axis (or axes, or None)
     engine: EngineConfig = dataclasses.field(default_factory=_rollout_engine)
@@ -148,8 +156,10 @@ class Config:
     retrieval: RetrievalConfig = RetrievalConfig()
     data: DataConfig = DataConfig()
     selfplay: SelfPlayConfig = SelfPlayConfig()
+    reader: FrozenModelConfig = FrozenModelConfig()  # the RAG check's frozen reader; no path = the current policy
     prompts: PromptTemplates = PromptTemplates()
     judge: JudgeConfig = JudgeConfig()
+    judge_engine: EngineConfig = dataclasses.field(default_factory=_judge_engine)
     rl: RLConfig = RLConfig()
     train: TrainConfig = TrainConfig()
     projection: ProjectionConfig = ProjectionConfig()  # the workload `python -m ssp_jax.aot --project` assumes

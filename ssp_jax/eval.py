@@ -34,28 +34,25 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from jax.sharding import Mesh
 
-from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner
+from ssp_jax.agent.rollout import RolloutRunner
 from ssp_jax.config import Config
 from ssp_jax.data.gold import QAItem
 from ssp_jax.data.qa_benchmarks import BENCHMARKS, load_benchmark
 from ssp_jax.distributed import is_leader, leader_value
-from ssp_jax.engine.engine import EngineConfig
-from ssp_jax.models.policy import load_frozen
-from ssp_jax.models.sharding import Rules
 from ssp_jax.retrieval.base import Retriever
 from ssp_jax.retrieval.sharded import ProcessShardedRetriever
 from ssp_jax.selfplay.evaluate import QAResult, evaluate, load_qa_jsonl, result_record, subsample, summarize
-from ssp_jax.selfplay.judge import Judge
 from ssp_jax.tokenizer import get_chat_template
 from ssp_jax.wiring import (
     CHECKPOINT,
-    check_hf_dir,
+    check_role_model,
     config_from_flags,
     join_cluster,
     load_eval_policy,
+    load_role_models,
     make_engine,
+    make_judge,
     make_retriever,
     mesh_and_rules,
     one_line_errors,
@@ -165,13 +162,12 @@ def run_eval(config: Config, checkpoint: str | Path, benchmarks: Sequence[str], 
     """Load questions and the policy, then `evaluate_benchmarks` under the config's rollout protocol.
     `retriever` replaces `config.retrieval` (tests inject a scripted one)."""
     out_dir = Path(out_dir)
-    judge_cfg = config.judge
-    if judge_cfg.path:  # before the questions, the policy and the engine are loaded
-        check_hf_dir("config.judge.path", judge_cfg.path, tokenizer=not judge_cfg.tokenizer_path)
+    if config.judge.path:  # before the questions, the policy and the engine are loaded
+        check_role_model("judge", config.judge)
     run = {"checkpoint": str(Path(checkpoint).resolve()), "limit": limit, "seed": config.seed,
            "shard_size": shard_size, "split": split, "chat_template": config.chat_template,
            "rollout": dataclasses.asdict(config.rollout), "solver_prompt": config.prompts.solver,
-           "judge": dataclasses.asdict(config.judge)}
+           "judge": {**dataclasses.asdict(config.judge), "prompt": config.prompts.judge} if config.judge.path else {}}
     leader_value(functools.partial(_check_run, out_dir, run))
     loaded = [load_questions(spec, data_dir, split) for spec in benchmarks]
     questions = dict(loaded)
@@ -185,27 +181,14 @@ def run_eval(config: Config, checkpoint: str | Path, benchmarks: Sequence[str], 
     retriever = ProcessShardedRetriever(retriever or make_retriever(config.retrieval, config.retrieval.index))
     runner = RolloutRunner(engine, policy.tokenizer, retriever, rollout_cfg)
     chat, params = get_chat_template(config.chat_template), nnx.state(policy.model, nnx.Param)
-    judge = make_judge(config, engine_cfg, rollout_cfg, mesh=mesh, rules=rules)
+    judges = load_role_models(config, ["judge"], mesh=mesh, rules=rules)
+    judge = make_judge(config, judges["judge"], mesh=mesh, rules=rules) if judges else None
 
     def solve(items: list[QAItem]) -> list[QAResult]:
         results = evaluate(runner, policy.tokenizer, chat, params, items, templates, progress=True)
         return judge(results) if judge else results
 
     return evaluate_benchmarks(questions, solve, out_dir, shard_size)
-
-
-def make_judge(config: Config, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig, *,
-               mesh: Mesh, rules: Rules) -> Judge | None:
-    """The LLM judge of `config.judge` (one tool-less greedy turn per miss), or None without a path."""
-    judge_cfg = config.judge
-    if not judge_cfg.path:
-        return None
-    policy = load_frozen(config.model, judge_cfg.path, mesh=mesh, rules=rules, tokenizer_path=judge_cfg.tokenizer_path)
-    template = judge_cfg.chat_template or config.chat_template
-    reply_cfg = dataclasses.replace(rollout_cfg, max_turns=1, max_response_tokens=judge_cfg.max_tokens)
-    engine = make_engine(policy, template, engine_cfg, reply_cfg, mesh=mesh, rules=rules)
-    return Judge(RolloutRunner(engine, policy.tokenizer, None, reply_cfg), policy.tokenizer,
-                 get_chat_template(template), nnx.state(policy.model, nnx.Param), judge_cfg.prompt)
 
 
 def _check_run(out_dir: Path, run: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """Tokenizer, chat templates and the SSP continuous-text trajectory format (SSP.md section 1).
 
-Runtime code depends only on the `tokenizers` library; chat templates are rendered in plain Python
-(tests check them against the published Jinja templates through `transformers`).
+Runtime code depends only on the `tokenizers` library, and on `jinja2` for a Hugging Face Jinja chat
+template read from a file; the named chat templates are rendered in plain Python (tests check them,
+and the Jinja renderer, against the published templates through `transformers`).
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ class ChatTemplate(ABC):
     """
 
     name: ClassVar[str]
-    end_of_turn: ClassVar[str]  # the token string that closes an assistant turn
+    end_of_turn: str  # the token string that closes an assistant turn
     roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "assistant"})
 
     def __init__(self, default_system: str | None = None) -> None:
@@ -213,14 +214,19 @@ class ChatTemplate(ABC):
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
         """The prompt text; with `add_generation_prompt` it ends with the open assistant header."""
+        return self._render(self._checked(messages), add_generation_prompt)
+
+    def _checked(self, messages: Sequence[Message]) -> Sequence[Message]:
+        """`messages` with the default system message, if any; an empty conversation or an unknown
+        role is refused."""
         if not messages:
             raise ValueError("cannot render an empty conversation")
         for message in messages:
             if message["role"] not in self.roles:
                 raise ValueError(f"{self.name}: unsupported role {message['role']!r}")
         if self.default_system is not None and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": self.default_system}, *messages]
-        return self._render(messages, add_generation_prompt)
+            return [{"role": "system", "content": self.default_system}, *messages]
+        return messages
 
     def render_ids(
         self, tokenizer: Tokenizer, messages: Sequence[Message], add_generation_prompt: bool = True
@@ -262,13 +268,75 @@ class Llama3Template(ChatTemplate):
         return "<|begin_of_text|>" + turns + header
 
 
+class JinjaChatTemplate(ChatTemplate):
+    """A Hugging Face chat template in Jinja (a `tokenizer_config.json`'s `chat_template`, saved as a
+    `.jinja` file), rendered as transformers' `apply_chat_template` renders it: sandboxed, with
+    `trim_blocks` and `lstrip_blocks`, given `messages`, `add_generation_prompt` and the tokenizer's
+    `bos_token` and `eos_token`. A reference's custom template thus drops in unchanged. Its
+    end-of-turn token is what the template writes right after an assistant message's content (none
+    when it writes nothing there, as the reference's template does: the tokenizer's EOS ends a turn)."""
+
+    name = "jinja"
+    _PROBE = "\x00ssp-end-of-turn-probe\x00"
+
+    def __init__(self, source: str, origin: str = "<string>", default_system: str | None = None) -> None:
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        super().__init__(default_system)
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
+
+        def raise_exception(message: str) -> None:
+            raise ValueError(f"chat template {origin}: {message}")
+
+        env.globals["raise_exception"] = raise_exception
+        env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+        try:
+            self._template = env.from_string(source)
+        except jinja2.TemplateSyntaxError as e:
+            raise ValueError(f"chat template {origin}: line {e.lineno}: {e.message}") from e
+        self.origin = origin
+        closed = self._jinja([{"role": "user", "content": "hi"}, {"role": "assistant", "content": self._PROBE}],
+                             False, {})
+        if self._PROBE not in closed:
+            raise ValueError(f"chat template {origin}: does not write an assistant message's content")
+        # Nothing after the content (the reference's template): the tokenizer's EOS alone ends a turn.
+        after = closed.split(self._PROBE, 1)[1].split()
+        self.end_of_turn = after[0] if after else ""
+
+    def _jinja(self, messages: Sequence[Message], add_generation_prompt: bool, special: Mapping[str, str]) -> str:
+        return self._template.render(messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
+                                     **{"bos_token": "", "eos_token": "", **special})
+
+    def _render(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+        return self._jinja(messages, add_generation_prompt, {})
+
+    def render_ids(
+        self, tokenizer: Tokenizer, messages: Sequence[Message], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """As `ChatTemplate.render_ids`, with `bos_token` and `eos_token` set to the tokenizer's
+        (`render` leaves them empty: it knows no tokenizer)."""
+        special = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token}
+        return tokenizer.encode(self._jinja(self._checked(messages), add_generation_prompt, special))
+
+
 CHAT_TEMPLATES: dict[str, type[ChatTemplate]] = {t.name: t for t in (ChatMLTemplate, Llama3Template)}
+JINJA_SUFFIX = ".jinja"
 
 
 def get_chat_template(name: str, default_system: str | None = None) -> ChatTemplate:
-    """Select a template by config name ("chatml" for Qwen, "llama3" for Llama-3)."""
+    """Select a template by config name ("chatml" for Qwen, "llama3" for Llama-3), or load a
+    Hugging Face Jinja template from a `.jinja` file."""
+    if name.endswith(JINJA_SUFFIX):
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"chat template {name!r} is not a file (a {JINJA_SUFFIX} name is read as a Jinja "
+                             f"chat template); or name one of {sorted(CHAT_TEMPLATES)}")
+        return JinjaChatTemplate(path.read_text(encoding="utf-8"), origin=name, default_system=default_system)
     if name not in CHAT_TEMPLATES:
-        raise ValueError(f"unknown chat template {name!r}; known: {sorted(CHAT_TEMPLATES)}")
+        raise ValueError(f"unknown chat template {name!r}; known: {sorted(CHAT_TEMPLATES)}, or a path to a "
+                         f"Hugging Face Jinja template ending in {JINJA_SUFFIX}")
     return CHAT_TEMPLATES[name](default_system=default_system)
 
 

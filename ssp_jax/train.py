@@ -37,22 +37,25 @@ from ssp_jax.data.gold import QAItem
 from ssp_jax.distributed import any_process, is_leader, leader_first
 from ssp_jax.engine.engine import EngineConfig
 from ssp_jax.metrics import MetricsWriter, read_jsonl, read_metrics
-from ssp_jax.models.policy import ModelConfig, Policy, load_frozen, load_policy
+from ssp_jax.models.policy import ModelConfig, Policy, load_policy
 from ssp_jax.report import summarize_run, write_summary
 from ssp_jax.retrieval.index import MANIFEST
 from ssp_jax.retrieval.sharded import ProcessShardedRetriever
 from ssp_jax.rl.game_batches import game_batches
 from ssp_jax.rl.update import Learner
-from ssp_jax.selfplay.evaluate import evaluate, load_qa_jsonl, result_record, subsample, summarize
+from ssp_jax.selfplay.evaluate import QAResult, evaluate, load_qa_jsonl, result_record, subsample, summarize
 from ssp_jax.selfplay.pool import QuestionPool
 from ssp_jax.selfplay.step import SelfPlayGame
 from ssp_jax.tokenizer import TOKENIZER_FILE, get_chat_template
 from ssp_jax.wiring import (
     check_hf_dir,
+    check_role_model,
     config_from_flags,
     config_name,
     join_cluster,
+    load_role_models,
     make_engine,
+    make_judge,
     make_retriever,
     mesh_and_rules,
     one_line_errors,
@@ -93,8 +96,9 @@ def check_inputs(config: Config) -> None:
                               f"file nor a directory holding one")
     if model.hf_path:
         check_hf_dir("config.model.hf_path", model.hf_path, tokenizer=not model.tokenizer_path)
-    if config.selfplay.reader_path:  # the reader takes model.tokenizer_path too, when set
-        check_hf_dir("config.selfplay.reader_path", config.selfplay.reader_path, tokenizer=not model.tokenizer_path)
+    for section in ("reader", "judge"):
+        if getattr(config, section).path:
+            check_role_model(section, getattr(config, section))
     if data.source == "files":
         if not data.answers or not Path(data.answers).is_file():
             raise ConfigError(f"config.data.answers={data.answers!r} is not a file; data.source='files' needs the "
@@ -134,17 +138,26 @@ class Trainer:
         tokenizer, chat = policy.tokenizer, get_chat_template(config.chat_template)
         self.engine = make_engine(policy, config.chat_template, engine_cfg, rollout_cfg, mesh=self.mesh,
                                   rules=self.rules)
-        self.reader_policy: Policy | None = None
-        if config.selfplay.reader_path:
-            self.reader_policy = load_frozen(config.model, config.selfplay.reader_path, mesh=self.mesh,
-                                             rules=self.rules)
+        frozen = load_role_models(config, ["reader", "judge"], mesh=self.mesh, rules=self.rules)
+        self.reader_policy: Policy | None = frozen.get("reader")
+        self.judge = (make_judge(config, frozen["judge"], mesh=self.mesh, rules=self.rules) if "judge" in frozen
+                      else None)
         # Split by process index; the warm start's demo search below runs on process 0 alone, unsplit.
         retriever = ProcessShardedRetriever(make_retriever(config.retrieval, self.index_dir))
         runner = RolloutRunner(self.engine, tokenizer, retriever, rollout_cfg)
         reader = self._reader(policy, engine_cfg, rollout_cfg)
-        self.game = SelfPlayGame(self.selfplay, tokenizer, chat, runner, reader, templates)
-        self._evaluate = lambda params, progress=False: evaluate(
-            runner, tokenizer, chat, self.learner.rollout_params(params), self.eval_items, templates, progress=progress)
+        reader_template = config.reader.chat_template if self.reader_policy and config.reader.chat_template else \
+            config.chat_template
+        self.game = SelfPlayGame(self.selfplay, tokenizer, chat, runner, reader, templates,
+                                 reader_chat=get_chat_template(reader_template),
+                                 judge=self.judge.verdicts if self.judge else None)
+
+        def evaluate_params(params: nnx.State, progress: bool = False) -> list[QAResult]:
+            results = evaluate(runner, tokenizer, chat, self.learner.rollout_params(params), self.eval_items,
+                               templates, progress=progress)
+            return self.judge(results) if self.judge else results
+
+        self._evaluate = evaluate_params
         self.eval_items = self._eval_items() if config.train.eval_every or config.train.eval_at_ends else []
         self.pool = QuestionPool(self.selfplay.pool_clear_every)
         self._oracle: OracleQuestions | None = None
@@ -154,19 +167,22 @@ class Trainer:
         self._stop_requested = False
 
     def _reader(self, policy: Policy, engine_cfg: EngineConfig, rollout_cfg: RolloutConfig) -> RolloutRunner:
-        """The RAG check's tool-less runner. The searching reader plays the solver (the rollout's
-        engine and budgets); the reading one has its own prompt budget and engine (`reader_engine`)."""
+        """The RAG check's tool-less runner, in the reader's own tokenizer and chat template. The
+        searching reader plays the solver (the rollout's engine and budgets); the reading one has its
+        own prompt budget and engine (`reader_engine`)."""
         reader_policy = self.reader_policy or policy
+        template = self.config.reader.chat_template if self.reader_policy else ""
+        template = template or self.config.chat_template
         if self.selfplay.rag_reader == "search":
             engine = self.engine if self.reader_policy is None else make_engine(
-                reader_policy, self.config.chat_template, engine_cfg, rollout_cfg, mesh=self.mesh, rules=self.rules)
-            return RolloutRunner(engine, policy.tokenizer, None, rollout_cfg)
+                reader_policy, template, engine_cfg, rollout_cfg, mesh=self.mesh, rules=self.rules)
+            return RolloutRunner(engine, reader_policy.tokenizer, None, rollout_cfg)
         reader_cfg = dataclasses.replace(rollout_cfg, max_turns=1, max_response_tokens=self.selfplay.reader_max_tokens,
                                          max_prompt_tokens=self.selfplay.reader_max_prompt_tokens)
         stops = self.engine.stops if self.reader_policy is None else None
-        engine = make_engine(reader_policy, self.config.chat_template, self.config.reader_engine, reader_cfg,
+        engine = make_engine(reader_policy, template, self.config.reader_engine, reader_cfg,
                              mesh=self.mesh, rules=self.rules, stops=stops)
-        return RolloutRunner(engine, policy.tokenizer, None, reader_cfg)
+        return RolloutRunner(engine, reader_policy.tokenizer, None, reader_cfg)
 
     def _data_paths(self) -> tuple[str, str]:
         """(answer list, index dir): from config, or the micro world generated into the workdir."""
@@ -357,7 +373,7 @@ class Trainer:
         return self._oracle
 
     def reader_params(self, policy_params: nnx.State) -> nnx.State:
-        """The RAG reader's weights: the frozen `selfplay.reader_path` model's, else `policy_params`."""
+        """The RAG reader's weights: the frozen `config.reader` model's, else `policy_params`."""
         return policy_params if self.reader_policy is None else nnx.state(self.reader_policy.model)
 
 

@@ -8,11 +8,12 @@ them imports another.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from absl import app, flags
@@ -20,17 +21,18 @@ from flax import nnx
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from ssp_jax.agent.rollout import RolloutConfig, text_stops
+from ssp_jax.agent.rollout import RolloutConfig, RolloutRunner, text_stops
 from ssp_jax.checkpoint import Checkpointer, CheckpointError, abstract_like
 from ssp_jax.config import Config, ConfigError, RetrievalConfig, load_config, override_error
 from ssp_jax.distributed import initialize
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.engine.stops import StopAutomaton
-from ssp_jax.models.policy import Policy, load_frozen, load_policy
+from ssp_jax.models.policy import FrozenModelConfig, Policy, load_frozen, load_policy, load_role_model
 from ssp_jax.models.sharding import Rules, make_mesh
 from ssp_jax.retrieval.base import Retriever
 from ssp_jax.retrieval.index import load_retriever
 from ssp_jax.retrieval.remote import RemoteRetriever
+from ssp_jax.selfplay.judge import Judge
 from ssp_jax.tokenizer import TOKENIZER_FILE, get_chat_template
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "path to a configs/*.py file", lock_config=True)
@@ -145,11 +147,54 @@ def make_engine(policy: Policy, chat_template: str, engine_cfg: EngineConfig, ro
     `stops`: another engine's automaton for the same policy and stop strings, reused (building one
     over a 152k vocabulary takes about a second)."""
     tokenizer = policy.tokenizer
-    end_of_turn = tokenizer.token_to_id(get_chat_template(chat_template).end_of_turn)
+    closing = get_chat_template(chat_template).end_of_turn
+    end_of_turn = tokenizer.token_to_id(closing) if closing else None
     eos = sorted({tokenizer.eos_id} | ({end_of_turn} if end_of_turn is not None else set()))
     if stops is None:
         stops = text_stops(tokenizer, rollout_cfg.stop_strings, policy.model.cfg.vocab_size)
     return Engine(policy.model, engine_cfg, stops=stops, eos_ids=eos, mesh=mesh, rules=rules)
+
+
+def check_role_model(section: str, role: FrozenModelConfig) -> None:
+    """A frozen reader's or judge's checkpoint (`config.<section>.path`) and tokenizer exist."""
+    check_hf_dir(f"config.{section}.path", role.path, tokenizer=not role.tokenizer_path)
+    if role.tokenizer_path:
+        tokenizer = Path(role.tokenizer_path)
+        if not tokenizer.is_file() and not (tokenizer / TOKENIZER_FILE).is_file():
+            raise ConfigError(f"config.{section}.tokenizer_path={role.tokenizer_path!r} is neither a "
+                              f"{TOKENIZER_FILE} file nor a directory holding one")
+    if role.chat_template:
+        try:
+            get_chat_template(role.chat_template)
+        except ValueError as e:
+            raise ConfigError(f"config.{section}.chat_template: {e}") from e
+
+
+def load_role_models(config: Config, roles: Sequence[str], *, mesh: Mesh, rules: Rules) -> dict[str, Policy]:
+    """The frozen models of `roles` ("reader", "judge") that the config names, each on the policy's
+    mesh; a checkpoint and tokenizer named by both (the paper's 32B reader and judge) load once."""
+    loaded: dict[tuple[str, str], Policy] = {}
+    models = {}
+    for name in roles:
+        role: FrozenModelConfig = getattr(config, name)
+        if role.path:
+            key = (role.path, role.tokenizer_path)
+            if key not in loaded:
+                loaded[key] = load_role_model(config.model, role, mesh=mesh, rules=rules)
+            models[name] = loaded[key]
+    return models
+
+
+def make_judge(config: Config, policy: Policy, *, mesh: Mesh, rules: Rules) -> Judge:
+    """The LLM judge of `config.judge` on its loaded model: one tool-less greedy turn per miss, on
+    `config.judge_engine`, in the judge's own tokenizer and chat template."""
+    template, engine_cfg = config.judge.chat_template or config.chat_template, config.judge_engine
+    prompt_budget = min(max(engine_cfg.prefill_buckets), engine_cfg.max_cache_len - config.judge.max_tokens)
+    reply_cfg = dataclasses.replace(config.rollout, max_turns=1, max_response_tokens=config.judge.max_tokens,
+                                    max_prompt_tokens=prompt_budget)
+    engine = make_engine(policy, template, engine_cfg, reply_cfg, mesh=mesh, rules=rules)
+    return Judge(RolloutRunner(engine, policy.tokenizer, None, reply_cfg), get_chat_template(template),
+                 nnx.state(policy.model, nnx.Param), config.prompts)
 
 
 def load_eval_policy(config: Config, checkpoint: Path, *, mesh: Mesh, rules: Rules) -> Policy:

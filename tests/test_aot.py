@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -r requirements-tpu.txt); "
                                      "TPU ahead-of-time compilation needs it")
 
-from ssp_jax.aot import GiB, check_fits, hbm_per_device, tpu_topology_devices  # noqa: E402
+from ssp_jax.aot import GiB, check_fits, frozen_model_configs, hbm_per_device, tpu_topology_devices  # noqa: E402
 from ssp_jax.config import load_config  # noqa: E402
 from ssp_jax.train import Trainer  # noqa: E402
 
@@ -172,3 +172,38 @@ def test_importing_ssp_jax_keeps_libtpu_quiet_without_a_tpu():
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["cpu"]
     assert "tpu" not in out.stderr.lower(), out.stderr
+
+
+READER_SHAPE = dict(model_type="qwen2", vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=False)
+
+
+def test_frozen_models_are_counted_once_per_checkpoint_or_noted():
+    config = short_config()
+    config.reader.update(path="/ckpt/reader", shape=READER_SHAPE)
+    config.judge.update(path="/ckpt/reader", shape=READER_SHAPE)
+    shapes, notes = frozen_model_configs(load_config(config))
+    assert list(shapes) == ["reader+judge"] and not notes  # one checkpoint named by both loads once
+    assert shapes["reader+judge"].hidden_size == 256 and shapes["reader+judge"].param_dtype == "float32"
+    config.judge.path, config.judge.shape = "/ckpt/judge", {}
+    shapes, notes = frozen_model_configs(load_config(config))
+    assert list(shapes) == ["reader"] and notes == [
+        "judge: not counted (/ckpt/judge/config.json is not readable here and config.judge.shape is empty)"]
+
+
+@pytest.mark.slow
+def test_a_frozen_reader_is_resident_in_every_step_and_its_decode_compiles():
+    """The reader's weights (fp32 here: the tiny config computes in fp32) sit beside the policy in
+    every step, and the reading RAG check's decode step compiles for the slice."""
+    config = short_config()
+    config.reader.update(path="/ckpt/reader", shape=READER_SHAPE)
+    report = check_fits(load_config(config), "v5e:2x2")
+    reader = report.resident["reader"]
+    embeddings = 2 * 512 * 256 * 4  # untied: embed + lm_head, fp32, of ~2.9M parameters in all
+    assert embeddings / 4 < reader < 4 * embeddings
+    accumulate, apply, logprobs, generate, reader_generate = report.steps
+    assert reader_generate.name == "reader_generate" and reader_generate.argument_bytes > reader
+    assert accumulate.resident_bytes == report.resident["optimizer"] + report.resident["reference"] + reader
+    assert apply.resident_bytes == report.resident["reference"] + reader
+    assert reader_generate.resident_bytes == sum(report.resident[k] for k in ("params", "optimizer", "reference"))
+    assert "reader_generate" in report.format() and "reader" in report.format()

@@ -22,7 +22,7 @@ def config_file(name: str):
     return module.get_config()
 
 
-@pytest.mark.parametrize("name", ["microworld", "tiny", "wiki_rehearsal", "qwen2_5_7b"])
+@pytest.mark.parametrize("name", ["microworld", "tiny", "wiki_rehearsal", "qwen2_5_7b", "qwen2_5_7b_reference"])
 def test_every_shipped_config_loads(name):
     config = load_config(config_file(name))
     assert isinstance(config, Config)

@@ -7,32 +7,56 @@ import pytest
 import search_world as world
 from test_eval_cli import LIMIT, SHARD, bare_template, tiny_config, write_benchmarks  # noqa: F401 - fixture
 
+from ssp_jax.agent.prompts import PromptTemplates
 from ssp_jax.config import load_config
 from ssp_jax.data.gold import QAItem
 from ssp_jax.eval import markdown_table, results_table, run_eval
 from ssp_jax.selfplay.evaluate import QAResult, summarize
-from ssp_jax.selfplay.judge import JudgeConfig, judge_prompt, parse_verdict, with_judge
+from ssp_jax.selfplay.judge import JudgeConfig, judge_messages, judge_misses, parse_verdict, with_judge
 
 
 @pytest.mark.parametrize("reply, verdict", [
     ("Yes.", True), ("  yes, it is the same city", True), ("CORRECT", True), ("True", True),
-    ("No", False), ("no - the gold is Paris", False), ("Incorrect.", False),
+    ("No", False), ("no - the gold is Paris", False), ("Incorrect.", False), ("Wrong", False),
     ("", None), ("maybe", None), ("The answer is yes", None), ("<think>yes</think>", None)])
 def test_parse_verdict_reads_the_first_word(reply, verdict):
     assert parse_verdict(reply) is verdict
 
 
 def test_judge_prompt_lists_every_gold():
-    template = "Q={question} G={golden_answers} P={prediction}"
-    assert judge_prompt(template, "who?", ["Ada", "A. Lovelace"], "Lovelace") == "Q=who? G=Ada; A. Lovelace P=Lovelace"
-    assert judge_prompt(template, "who?", "Ada", "x") == "Q=who? G=Ada P=x"
+    templates = PromptTemplates(judge="Q={question} G={golden_answers} P={prediction}")
+    assert judge_messages(templates, "who?", ["Ada", "A. Lovelace"], "Lovelace") == [
+        {"role": "user", "content": "Q=who? G=Ada; A. Lovelace P=Lovelace"}]
+    with_system = PromptTemplates(judge_system="You judge.", judge="Q={question} G={golden_answers} P={prediction}")
+    assert judge_messages(with_system, "who?", "Ada", "x") == [
+        {"role": "system", "content": "You judge."}, {"role": "user", "content": "Q=who? G=Ada P=x"}]
 
 
 def test_judge_config_names_a_bad_field():
-    with pytest.raises(ValueError, match=r"judge.prompt must contain \['\{prediction\}'\]"):
-        JudgeConfig(prompt="{question} {golden_answers}")
+    with pytest.raises(ValueError, match=r"'judge' and 'judge_system' must use the fields"):
+        PromptTemplates(judge="{question} {golden_answers}")
     with pytest.raises(ValueError, match="judge.max_tokens"):
         JudgeConfig(max_tokens=0)
+
+
+def test_judge_misses_asks_once_per_miss_and_counts_calls_and_flips():
+    """EM hits are never asked and never lowered; misses without a prediction are never asked."""
+    cases = [("q0", "Paris", "Paris"), ("q1", "Paris", "the French capital"), ("q2", "Paris", "Rome"),
+             ("q3", "Paris", None), ("q4", "Paris", "garbled"), ("q5", "Paris", "")]
+    em = [True, False, False, False, False, False]
+    asked = []
+
+    def verdicts(batch):
+        asked.append(batch)
+        return [True, False, None]
+
+    judged = judge_misses(cases, em, verdicts)
+    assert asked == [[("q1", "Paris", "the French capital"), ("q2", "Paris", "Rome"), ("q4", "Paris", "garbled")]]
+    assert judged.correct == [True, True, False, False, False, False]
+    assert (judged.calls, judged.flips, judged.unparsed) == (3, 1, 1)
+    assert judged.metrics("rag") == {"judge/rag_calls": 3.0, "judge/rag_flips": 1.0, "judge/rag_unparsed": 1.0}
+    assert judge_misses(cases, em, None).correct == em  # no judge: EM
+    assert judge_misses(cases[:1], em[:1], verdicts).calls == 0 and len(asked) == 1  # nothing to ask: no call
 
 
 def result(question, prediction, em):
@@ -74,7 +98,10 @@ def test_eval_with_a_judge_model_writes_and_resumes_the_judged_column(tmp_path, 
     or no, so the judged score equals EM, and every record carries it."""
     config, specs = tiny_config(), write_benchmarks(tmp_path)
     with config.unlocked():  # a prompt that fits the tiny engine's 32-token prefill bucket
-        config.judge.update(path=str(world.ASSET), prompt="{question} {golden_answers} {prediction}")
+        config.judge.path = str(world.ASSET)
+        config.prompts.judge = "{question} {golden_answers} {prediction}"
+        config.judge_engine.update(num_slots=4, max_cache_len=320, prefill_buckets=(32,), extend_buckets=(64,),
+                                   extend_group=2, decode_steps=8)
     out = tmp_path / "out"
     table = run_eval(load_config(config), world.ASSET, list(specs.values()), out, limit=LIMIT, shard_size=SHARD,
                      retriever=world.ScriptedRetriever())

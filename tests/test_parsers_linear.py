@@ -30,7 +30,14 @@ from ssp_jax.agent.tags import (
 )
 from ssp_jax.selfplay.filters import check_proposal
 from ssp_jax.selfplay.judge import parse_verdict
-from ssp_jax.selfplay.rewards import exact_match, f1_score, generated_text, is_correct, normalize_answer, solver_reward
+from ssp_jax.selfplay.rewards import (
+    exact_match,
+    f1_score,
+    final_answer,
+    generated_text,
+    normalize_answer,
+    solver_reward,
+)
 from ssp_jax.selfplay.step import reader_answer
 
 TAGS = ("think", "search", "information", "answer", "question")
@@ -110,7 +117,7 @@ def test_fuzz_random_tag_soups_match_references():
         correct = exact_match(prediction, GOLD)
         spammed = max(count_tags(generated, "answer")) > 10
         assert solver_reward(text, GOLD) == (0.0 if not correct else 0.25 if spammed else 1.0), text
-        assert is_correct(prediction, GOLD) == correct
+        assert final_answer(text) == prediction
         assert 0.0 <= f1_score(prediction, GOLD) <= 1.0
         assert isinstance(normalize_answer(text), str)
         check = check_proposal(text, QUERIES, GOLD, min_words=2)

@@ -1,6 +1,8 @@
 """Role prompts: every field lands in the text, the reader ends with `Answer:`, swaps are checked."""
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -9,12 +11,19 @@ from ssp_jax.agent.prompts import (
     NO_EXAMPLES,
     PromptTemplates,
     canonical_answer,
+    proposer_messages,
     proposer_prompt,
+    reader_messages,
     reader_prompt,
+    solver_messages,
     solver_prompt,
     template_fields,
 )
+from ssp_jax.config import load_config
 from ssp_jax.tokenizer import get_chat_template
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
+import qwen2_5_7b_reference  # noqa: E402
 
 EXAMPLES = ["Which river flows through the capital of Eldoria?", "Who designed the tower in Vantor?"]
 
@@ -100,10 +109,57 @@ def test_swapped_templates_are_used():
     (dict(solver="Q: {}"), "solver"),
 ])
 def test_templates_with_wrong_fields_fail_naming_the_role(overrides, role):
-    with pytest.raises(ValueError, match=f"prompt template '{role}'"):
+    with pytest.raises(ValueError, match=f"prompt templates '{role}'"):
         PromptTemplates(**overrides)
 
 
 def test_templates_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEFAULT_TEMPLATES.solver = "Q: {question}"
+
+
+def test_a_template_can_be_read_from_a_file(tmp_path):
+    (tmp_path / "solver.txt").write_text("Solve: {question}\n", encoding="utf-8")
+    templates = PromptTemplates(solver=f"file:{tmp_path / 'solver.txt'}")
+    assert templates.solver == "Solve: {question}\n" and solver_prompt("Who?", templates) == "Solve: Who?\n"
+    with pytest.raises(ValueError, match=r"prompts.reader='file:.*missing.txt': .*missing.txt is not a file"):
+        PromptTemplates(reader=f"file:{tmp_path / 'missing.txt'}")
+    (tmp_path / "bad.txt").write_text("{documents}", encoding="utf-8")  # the question is missing
+    with pytest.raises(ValueError, match=r"'reader' and 'reader_system' must use the fields \['documents', "
+                                         r"'question'\] between them, found \['documents'\] and \[\]"):
+        PromptTemplates(reader=f"file:{tmp_path / 'bad.txt'}")
+
+
+def test_a_role_may_split_its_fields_between_system_and_user_messages():
+    templates = PromptTemplates(proposer_system="Examples:\n{examples}", proposer="Answer {answer} in {num_searches}.")
+    assert proposer_messages("Paris", 2, EXAMPLES[:1], templates) == [
+        {"role": "system", "content": f"Examples:\n- {EXAMPLES[0]}"},
+        {"role": "user", "content": "Answer Paris in 2."}]
+    assert solver_messages("Who?") == [{"role": "user", "content": solver_prompt("Who?")}]  # no system message
+    with pytest.raises(ValueError, match="'solver' and 'solver_system'"):
+        PromptTemplates(solver_system="{question} {extra}")
+    with pytest.raises(ValueError, match="'proposer' and 'proposer_system'"):  # {examples} is in neither
+        PromptTemplates(proposer="Answer {answer} in {num_searches}.")
+
+
+def test_the_reference_prompt_files_drop_in():
+    """configs/qwen2_5_7b_reference.py reads every role's two messages from configs/prompts/reference,
+    and each lands where the reference puts it."""
+    config = load_config(qwen2_5_7b_reference.get_config())
+    templates = config.prompts
+    proposer = proposer_messages("Marie Curie", 3, EXAMPLES, templates)
+    assert [m["role"] for m in proposer] == ["system", "user"]
+    system = proposer[0]["content"]
+    assert system.startswith("You are an expert question creator.") and f"- {EXAMPLES[1]}" in system
+    assert proposer[1]["content"].startswith("The answer I provided is: Marie Curie\nYou need to create a question "
+                                             "that requires 3 searches.")
+    solver = solver_messages("Who?", templates)
+    assert solver[0] == {"role": "system", "content": "You are a helpful and harmless assistant."}
+    assert solver[1]["content"].startswith("Answer the given question.") and solver[1]["content"].endswith(
+        "Question: Who?")
+    reader = reader_messages("Doc 1 (Title: X)\ntext", "Who?", templates)
+    assert reader[0]["content"] == "You are a helpful assistant."
+    assert "Materials: Doc 1 (Title: X)\ntext\n Question: Who?" in reader[1]["content"]
+    assert 'respond only with "Correct" or "Wrong"' in templates.judge
+    assert config.chat_template.endswith("prompts/reference/chat_template.jinja")
+    assert (config.reader.chat_template, config.judge.chat_template) == ("chatml", "chatml")

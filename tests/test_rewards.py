@@ -13,8 +13,8 @@ from ssp_jax.selfplay.rewards import (
     SOLVE_RATES,
     exact_match,
     f1_score,
+    final_answer,
     generated_text,
-    is_correct,
     normalize_answer,
     proposer_reward,
     solver_reward,
@@ -137,21 +137,13 @@ def test_retrieved_answer_tags_are_neither_parsed_nor_counted():
     assert solver_reward(INFO * 3 + answers(10), "Paris") == 1.0  # 13 tags in all, 10 generated
 
 
-def test_judge_is_a_fallback_only():
-    calls = []
-
-    def judge(question, prediction, golds):
-        calls.append((question, prediction, golds))
-        return prediction == "the French capital"
-
-    assert solver_reward("<answer>Paris</answer>", "Paris", judge=judge) == 1.0 and calls == []
+def test_a_judged_answer_earns_what_a_matching_one_would():
+    assert final_answer("<answer>Rome</answer> <answer> the French capital </answer>") == "the French capital"
+    assert final_answer(INFO) is None and final_answer("no answer") is None
     response = "<answer>the French capital</answer>"
-    assert solver_reward(response, ["Paris", "Lutetia"], question="Q?", judge=judge) == 1.0
-    assert calls == [("Q?", "the French capital", ["Paris", "Lutetia"])]
-    assert solver_reward("<answer>Rome</answer>", "Paris", judge=judge) == 0.0
-    assert solver_reward("no answer", "Paris", judge=judge) == 0.0 and len(calls) == 2  # never judged
-    assert solver_reward(answers(11, final="the French capital"), "Paris", judge=judge) == 0.25
-    assert is_correct("Rome", "Paris") is False and is_correct("the French capital", "Paris", judge=judge)
+    assert solver_reward(response, "Paris") == 0.0 and solver_reward(response, "Paris", judged=True) == 1.0
+    assert solver_reward("<answer>Paris</answer>", "Paris", judged=False) == 1.0  # EM needs no verdict
+    assert solver_reward(answers(11, final="the French capital"), "Paris", judged=True) == 0.25  # still spam
 
 
 @pytest.mark.parametrize("shape, solve_rate, reward", [
@@ -194,6 +186,10 @@ def test_proposer_reward_is_in_unit_interval(valid, solve_rate, shape):
     ("<think>The capital of Gilvel is Rokgru.</think><answer>Rokgru</answer>", "Rokgru"),  # thoughts, then the answer
     ("<answer>Xanbur</answer> <answer> Rokgru </answer>", "Rokgru"),  # the last answer span
     ("<think>The capital of Gilvel is", "<think>The capital of Gilvel is"),  # cut off: no span, so the raw line
+    # The reference's reader reasons first, then labels its answer (full-width colon too).
+    ("Gilvel's capital is named in Doc 2.\nAnswer: Rokgru\n", "Rokgru"),
+    ("Doc 1 says Answer: Xanbur, Doc 2 corrects it.\nAnswer：Rokgru", "Rokgru"),
+    ("Answer:\n", "Answer:"),  # an empty label: the raw line
     ("", ""),
 ])
 def test_reader_answer(response, answer):

@@ -15,6 +15,8 @@ from ssp_jax.engine.sampling import GREEDY, SamplingParams
 from ssp_jax.models.decoder import positions_from_mask
 from ssp_jax.retrieval.document_set import DocumentSet
 from ssp_jax.selfplay.filters import ProposalCheck
+from ssp_jax.selfplay.pool import PoolQuestion, QuestionPool
+from ssp_jax.selfplay.rewards import exact_match, final_answer
 from ssp_jax.selfplay.step import SelfPlayConfig, SelfPlayGame
 from ssp_jax.tokenizer import ChatTemplate, information_block
 
@@ -247,3 +249,63 @@ def assert_masks_mark_exactly_the_information_blocks(tokenizer, traj: tj.Traject
     expected = [information_block([(p.title, p.text) for p in passages]) for passages in traj.passages]
     assert [tokenizer.decode(run) for run in runs] == expected
     assert sum(traj.loss_mask) == len(traj.response_ids) - sum(map(len, runs)) > 0
+
+
+class Judge:
+    """Scripted verdicts that record what they were asked: yes to every answer."""
+
+    def __init__(self):
+        self.asked = []
+
+    def __call__(self, cases):
+        self.asked.extend(cases)
+        return [True] * len(cases)
+
+
+def test_the_judge_passes_rag_checks_that_exact_match_fails(searcher):
+    """The reader follows the chain to its true end, but the gold is wrong for the second question:
+    EM fails it, the judge is asked about that reply alone (never about the EM pass) and passes it."""
+    model, tokenizer, _ = searcher
+    keys = [k for k in world.KEYS if len(list(iter_chain(k))) == 1][:2]
+    proposals = [tj.Trajectory(i, 0, [], passages=[[world._passage(k)] for k in [key, *iter_chain(key)]])
+                 for i, key in enumerate(keys)]
+    checks = [ProposalCheck(key, ()) for key in keys]
+    answers = [AnswerRecord(world.successor(chain_end(keys[0]))[1], 2), AnswerRecord("a wrong gold", 2)]
+    judge = Judge()
+
+    def rag(verdicts):
+        game = SelfPlayGame(SelfPlayConfig(rag_reader="search", num_distractor_blocks=0), tokenizer, RawChat(),
+                            runner(searcher, retriever=None), runner(searcher, retriever=None),
+                            PromptTemplates(solver="find {question}"), judge=verdicts)
+        return game._rag_check(nnx.state(model), proposals, answers, checks, np.random.default_rng(0))
+
+    assert rag(None)[0] == [True, False]
+    passed, metrics = rag(judge)
+    assert passed == [True, True]
+    assert judge.asked == [(keys[1], "a wrong gold", world.successor(chain_end(keys[1]))[1])]
+    assert (metrics["judge/rag_calls"], metrics["judge/rag_flips"], metrics["judge/rag_unparsed"]) == (1, 1, 0)
+
+
+def test_the_judge_raises_solver_rewards_only_where_exact_match_failed(searcher):
+    """The same solver rollouts scored by EM and by EM-then-judge: the judge is asked only about
+    final answers EM rejected (half the golds are wrong), and only raises rewards."""
+    model, tokenizer, _ = searcher
+    keys = world.KEYS[:4]
+    pool = [PoolQuestion(k, world.successor(chain_end(k))[1] if i % 2 else "a wrong gold") for i, k in enumerate(keys)]
+
+    def play(verdicts):
+        game = SelfPlayGame(SelfPlayConfig(rag_check=False, batch_size=4, solver_samples=2), tokenizer, RawChat(),
+                            runner(searcher), runner(searcher, retriever=None),
+                            PromptTemplates(solver="find {question}"), judge=verdicts)
+        return game.play(nnx.state(model), nnx.state(model), [AnswerRecord("x", 2)] * 4, QuestionPool(10, pool),
+                         np.random.default_rng(0), seed=0, fixed=True)
+
+    judge = Judge()
+    plain, judged = play(None), play(judge)
+    assert [t.response_text for t in plain.solver] == [t.response_text for t in judged.solver]
+    finals = [final_answer(t.response_text) for t in judged.solver]
+    misses = [f is not None and not exact_match(f, t.meta.gold) for t, f in zip(judged.solver, finals)]
+    assert sum(misses) >= 2 and judged.metrics["judge/solver_calls"] == len(judge.asked) == sum(misses)
+    assert judged.metrics["judge/solver_flips"] == sum(misses) and "judge/solver_calls" not in plain.metrics
+    np.testing.assert_array_equal(judged.solver_rewards.ravel(),
+                                  np.where(misses, 1.0, plain.solver_rewards.ravel()))

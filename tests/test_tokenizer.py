@@ -16,6 +16,7 @@ from ssp_jax.tokenizer import (
     QWEN25_DEFAULT_SYSTEM,
     ChatMLTemplate,
     ChatTemplate,
+    JinjaChatTemplate,
     Llama3Template,
     Tokenizer,
     format_passages,
@@ -269,3 +270,64 @@ def test_information_block_two_passages() -> None:
     )
     assert format_passages(passages[:1]) == "Doc 1 (Title: France)\nFrance is a country in Europe."
     assert format_passages([]) == ""
+
+
+# --- Hugging Face Jinja chat templates ------------------------------------------------------------
+
+REFERENCE_TEMPLATE = Path(__file__).resolve().parents[1] / "configs" / "prompts" / "reference" / "chat_template.jinja"
+
+
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+@pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
+@pytest.mark.parametrize("jinja", [QWEN25_JINJA, LLAMA3_JINJA], ids=["qwen2.5", "llama3"])
+def test_jinja_template_renders_what_transformers_renders(
+    raw_tokenizer: tokenizers.Tokenizer, jinja: str, conversation: str, add_generation_prompt: bool
+) -> None:
+    """Ids through the tokenizer's own bos/eos tokens, as `apply_chat_template` passes them."""
+    messages = CONVERSATIONS[conversation]
+    tok = Tokenizer(_copy(raw_tokenizer), eos_token="<|im_end|>", bos_token="<|begin_of_text|>")
+    expected = _hf(raw_tokenizer, jinja).apply_chat_template(messages, tokenize=True,
+                                                             add_generation_prompt=add_generation_prompt)
+    assert JinjaChatTemplate(jinja).render_ids(tok, messages, add_generation_prompt) == expected["input_ids"]
+
+
+def test_jinja_template_from_a_file_finds_its_end_of_turn(tmp_path: Path, qwen_tokenizer: Tokenizer) -> None:
+    """Qwen2.5's published template, as a file: the same prompt ids as the built-in chatml on the
+    real Qwen2.5 vocabulary, and `<|im_end|>` (one special token) closes an assistant turn."""
+    path = tmp_path / "qwen2.5.jinja"
+    path.write_text(QWEN25_JINJA, encoding="utf-8")
+    template = get_chat_template(str(path))
+    assert template.end_of_turn == "<|im_end|>" and qwen_tokenizer.token_to_id("<|im_end|>") == 151645
+    for messages in CONVERSATIONS.values():
+        assert template.render_ids(qwen_tokenizer, messages) == ChatMLTemplate(
+            default_system=QWEN25_DEFAULT_SYSTEM).render_ids(qwen_tokenizer, messages)
+
+
+def test_reference_template_boundaries_on_the_real_qwen_vocabulary(qwen_tokenizer: Tokenizer) -> None:
+    """The reference's template opens every turn with `<|im_start|>` (one special token) and closes
+    none: a prompt ends with the assistant header's ids, no `<|im_end|>` appears, and only the
+    tokenizer's EOS ends a turn."""
+    template = get_chat_template(str(REFERENCE_TEMPLATE))
+    messages = [{"role": "system", "content": "You are a helpful and harmless assistant."},
+                {"role": "user", "content": "Answer the given question. Question: Who wrote Hamlet?"}]
+    ids = template.render_ids(qwen_tokenizer, messages)
+    start, end = qwen_tokenizer.token_to_id("<|im_start|>"), qwen_tokenizer.token_to_id("<|im_end|>")
+    assert ids.count(start) == 3 and end not in ids
+    assert ids[-3:] == qwen_tokenizer.encode("<|im_start|>assistant\n") == [start, 77091, 198]
+    assert qwen_tokenizer.decode(ids) == ("<|im_start|>system\nYou are a helpful and harmless assistant."
+                                          "<|im_start|>user\nAnswer the given question. Question: Who wrote Hamlet?"
+                                          "<|im_start|>assistant\n")
+    assert template.end_of_turn == ""
+    with pytest.raises(ValueError, match="unsupported role 'tool_result'"):
+        template.render([{"role": "tool_result", "content": "x"}], add_generation_prompt=False)
+
+
+def test_bad_jinja_templates_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"chat template '.*missing.jinja' is not a file"):
+        get_chat_template(str(tmp_path / "missing.jinja"))
+    with pytest.raises(ValueError, match=r"chat template broken.jinja: line 1: "):
+        JinjaChatTemplate("{% for m in messages %}{{ m['content'] }}", origin="broken.jinja")
+    with pytest.raises(ValueError, match="does not write an assistant message's content"):
+        JinjaChatTemplate("{{ messages[0]['content'] }}")
+    with pytest.raises(ValueError, match="chat template strict.jinja: users only"):  # the template's own refusal
+        JinjaChatTemplate("{{ raise_exception('users only') }}", origin="strict.jinja")

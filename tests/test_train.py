@@ -25,6 +25,7 @@ from ssp_jax.rl.game_batches import game_batches
 from ssp_jax.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
+ASSET = REPO / "tests" / "assets" / "tiny_searcher"  # an HF checkpoint with its tokenizer
 sys.path.insert(0, str(REPO / "configs"))
 import tiny  # noqa: E402
 
@@ -156,7 +157,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 @pytest.mark.slow
 def test_frozen_reader_checkpoint(uninterrupted, tmp_path):
     reader = uninterrupted[0] / "random_init"  # any HF checkpoint directory
-    trainer = Trainer(small_config(**{"selfplay.reader_path": str(reader), "train.steps": 1}), tmp_path)
+    trainer = Trainer(small_config(**{"reader.path": str(reader), "train.steps": 1}), tmp_path)
     assert trainer.reader_policy is not None and trainer.reader_policy.checkpoint_dir == reader
     metrics = trainer.run()
     assert math.isfinite(metrics["selfplay/rag_pass_rate"])
@@ -287,8 +288,8 @@ def test_damaged_latest_checkpoint_falls_back_and_explicit_steps_fail_in_one_lin
                                                                                abs=1e-6)
 
 
-EXPENSIVE = ("check_fits", "prepare_microworld", "prepare_wiki_offline", "load_answers", "load_policy", "load_frozen",
-             "warm_start_checkpoint", "wiki_warm_start_checkpoint")
+EXPENSIVE = ("check_fits", "prepare_microworld", "prepare_wiki_offline", "load_answers", "load_policy",
+             "load_role_models", "warm_start_checkpoint", "wiki_warm_start_checkpoint")
 
 
 @pytest.fixture
@@ -315,8 +316,13 @@ HF_EXPECTED = ("expected a Hugging Face model directory holding config.json, mod
      "model.safetensors.index.json), tokenizer.json (or set config.model.tokenizer_path); " + HF_EXPECTED),
     ({"model.tokenizer_path": "{tmp}/missing"},
      "config.model.tokenizer_path='{tmp}/missing' is neither a tokenizer.json file nor a directory holding one"),
-    ({"selfplay.reader_path": "{tmp}/missing"}, "config.selfplay.reader_path='{tmp}/missing' is not a directory; "
-     + HF_EXPECTED),
+    ({"reader.path": "{tmp}/missing"}, "config.reader.path='{tmp}/missing' is not a directory; " + HF_EXPECTED),
+    ({"judge.path": "{tmp}", "judge.tokenizer_path": "{tmp}/missing"}, "config.judge.path='{tmp}' lacks config.json, "
+     "model.safetensors (or model.safetensors.index.json); expected a Hugging Face model directory holding "
+     "config.json, model.safetensors (or model.safetensors.index.json and its shards)"),
+    ({"reader.path": "{asset}", "reader.chat_template": "{tmp}/missing.jinja"},
+     "config.reader.chat_template: chat template '{tmp}/missing.jinja' is not a file (a .jinja name is read as a "
+     "Jinja chat template); or name one of ['chatml', 'llama3']"),
     ({"data.source": "files", "data.answers": "{tmp}/missing.jsonl", "retrieval.index": "{tmp}", "train.eval_every": 0},
      "config.data.answers='{tmp}/missing.jsonl' is not a file; data.source='files' needs the answer-list jsonl"),
     ({"data.source": "files", "data.answers": "{tmp}/answers.jsonl", "retrieval.index": "{tmp}", "train.eval_every": 0},
@@ -325,14 +331,14 @@ HF_EXPECTED = ("expected a Hugging Face model directory holding config.json, mod
     ({"data.eval_questions": "{tmp}/missing.jsonl"},
      "config.data.eval_questions='{tmp}/missing.jsonl' is not a file; expected a QA jsonl (question, golden_answers "
      "per line)"),
-], ids=["hf_path_missing", "hf_path_incomplete", "tokenizer_path", "reader_path", "answers", "retrieval_index",
-        "eval_questions"])
+], ids=["hf_path_missing", "hf_path_incomplete", "tokenizer_path", "reader_path", "judge_path", "reader_template",
+        "answers", "retrieval_index", "eval_questions"])
 def test_bad_paths_fail_before_any_data_is_built_or_weight_loaded(tmp_path, no_expensive_work, overrides, message):
     (tmp_path / "answers.jsonl").write_text("")
     config = raw_config()
     for key, value in overrides.items():
         section, field = key.split(".")
-        config[section][field] = value.format(tmp=tmp_path) if isinstance(value, str) else value
+        config[section][field] = value.format(tmp=tmp_path, asset=ASSET) if isinstance(value, str) else value
     with pytest.raises(ConfigError) as error:
         Trainer(load_config(config), tmp_path / "run")
     assert str(error.value) == message.format(tmp=tmp_path)

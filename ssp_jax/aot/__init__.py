@@ -27,6 +27,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -40,7 +41,7 @@ from ssp_jax.engine.engine import Engine
 from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.models.decoder import Decoder, DecoderConfig
 from ssp_jax.models.hf_import import decoder_config_from_hf, read_hf_config
-from ssp_jax.models.sharding import Rules, batch_sharding, make_mesh
+from ssp_jax.models.sharding import Rules, batch_sharding, make_mesh, state_shardings
 from ssp_jax.rl.batch import RLBatch
 from ssp_jax.rl.update import LearnerSteps, make_optimizer
 
@@ -96,6 +97,31 @@ def model_config(config: Config) -> DecoderConfig:
     return decoder_config_from_hf(hf, dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat,
                                   attention=model.attention,
                                   source=f"{model.hf_path}/config.json" if model.hf_path else "config.model.init")
+
+
+def frozen_model_configs(config: Config) -> tuple[dict[str, DecoderConfig], list[str]]:
+    """The shapes of the frozen reader and judge that live on the policy's slice beside it, stored in
+    the compute dtype (`load_role_model`), keyed "reader", "judge" or "reader+judge" (one checkpoint
+    named by both loads once); and a note per named role whose shape is unknown here (its
+    config.json unreadable on this host and its `shape` empty), which the report then says it
+    does not count."""
+    model, found, notes = config.model, {}, []
+    for role in ("reader", "judge"):
+        frozen = getattr(config, role)
+        if not frozen.path:
+            continue
+        readable = (Path(frozen.path) / "config.json").is_file()
+        if not readable and not frozen.shape:
+            notes.append(f"{role}: not counted ({frozen.path}/config.json is not readable here and "
+                         f"config.{role}.shape is empty)")
+            continue
+        hf = read_hf_config(frozen.path) if readable else frozen.shape
+        source = f"{frozen.path}/config.json" if readable else f"config.{role}.shape"
+        found[role] = ((frozen.path, frozen.tokenizer_path), decoder_config_from_hf(
+            hf, dtype=model.dtype, param_dtype=model.dtype, attention=model.attention, source=source))
+    shared = len(found) == 2 and found["reader"][0] == found["judge"][0]
+    configs = {"reader+judge": found["reader"][1]} if shared else {role: cfg for role, (_, cfg) in found.items()}
+    return configs, notes
 
 
 def _per_device_bytes(tree: Any) -> int:
@@ -155,10 +181,11 @@ class FitReport:
     mesh: dict[str, int]
     hbm_bytes: int  # per device
     num_params: int
-    resident: dict[str, int]  # per device: policy params, optimizer state, reference params
+    resident: dict[str, int]  # per device: policy params, optimizer state, reference params, frozen models
     steps: tuple[StepReport, ...]
     update_tokens: int  # tokens one update processes (epochs x rows x length, padding included)
     update_flops: float | None = None  # all devices, from the loop-free compile; None if not counted
+    notes: tuple[str, ...] = ()  # what the report does not count, and why
 
     @property
     def analytic_update_flops(self) -> float:
@@ -192,6 +219,7 @@ class FitReport:
             lines.append(f"update FLOPs: {self.update_flops:.3e} (XLA, all devices) vs 6*N*tokens = "
                          f"{self.analytic_update_flops:.3e} (N={self.num_params:.3e}, tokens={self.update_tokens}): "
                          f"ratio {self.update_flops / self.analytic_update_flops:.2f}")
+        lines += [f"note: {note}" for note in self.notes]
         lines += [f"DOES NOT FIT: {self.shortfall(s)}" for s in self.over_budget()]
         return "\n".join(lines)
 
@@ -256,6 +284,14 @@ class Plan:
         params_bytes = _per_device_bytes(self.params)
         self.resident = {"params": params_bytes, "optimizer": _per_device_bytes(self.state) - params_bytes,
                          "reference": params_bytes}
+        # The frozen reader and judge stay loaded beside the policy for the whole run.
+        frozen, self.notes = frozen_model_configs(config)
+        self.frozen_models = {role: nnx.eval_shape(lambda cfg=cfg: Decoder(cfg, rngs=nnx.Rngs(0)))
+                              for role, cfg in frozen.items()}
+        self.frozen_params = {role: _with_shardings(nnx.state(model, nnx.Param), state_shardings(
+            nnx.state(model, nnx.Param), self.mesh, self.rules)) for role, model in self.frozen_models.items()}
+        self.resident |= {role: _per_device_bytes(params) for role, params in self.frozen_params.items()}
+        self.frozen_bytes = sum(self.resident[role] for role in frozen)
         self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.params))
         # The solver batch, the larger of the two updates.
         selfplay = config.selfplay
@@ -270,22 +306,25 @@ class Plan:
         multiple = mini_batches * math.lcm(self.rl.micro_batch_size or 1, self.steps.batch_shards())
         return -(-trajectories // multiple) * multiple
 
-    def engine(self, cfg: EngineConfig) -> Engine:
-        """An engine of `cfg` over the abstract model. Its stop strings run over a vocabulary of
-        empty tokens: the tables' [vocab] shape is real and their [states, classes] part is a few
-        hundred bytes either way, so no tokenizer is loaded."""
-        stops = StopAutomaton.for_strings(self.config.rollout.stop_strings, [], self.model.cfg.vocab_size)
-        return Engine(self.model, cfg, stops=stops, eos_ids=[0], mesh=self.mesh, rules=self.rules)
+    def engine(self, cfg: EngineConfig, model: Decoder | None = None) -> Engine:
+        """An engine of `cfg` over the abstract `model` (default: the policy). Its stop strings run
+        over a vocabulary of empty tokens: the tables' [vocab] shape is real and their [states,
+        classes] part is a few hundred bytes either way, so no tokenizer is loaded."""
+        model = model or self.model
+        stops = StopAutomaton.for_strings(self.config.rollout.stop_strings, [], model.cfg.vocab_size)
+        return Engine(model, cfg, stops=stops, eos_ids=[0], mesh=self.mesh, rules=self.rules)
 
     def memory_precheck(self) -> None:
-        """Weights, AdamW moments and the reference copy alone: no compile needed to refuse these."""
+        """Weights, AdamW moments, the reference copy and the frozen models alone: no compile needed
+        to refuse these."""
         resident = sum(self.resident.values())
         if resident > self.hbm_bytes:
             parts = ", ".join(f"{k} {v}" for k, v in self.resident.items())
-            raise ValueError(f"resident state (policy params + AdamW state + reference params) needs {resident} "
-                             f"bytes ({_size(resident)}) per device but {self.hbm_bytes} bytes "
-                             f"({_size(self.hbm_bytes)}) are available ({parts}); add devices, shard more "
-                             "(config.mesh) or use bf16 params")
+            held = " + ".join(["policy params", "AdamW state", "reference params",
+                               *(f"frozen {role}" for role in self.frozen_models)])
+            raise ValueError(f"resident state ({held}) needs {resident} bytes ({_size(resident)}) per device but "
+                             f"{self.hbm_bytes} bytes ({_size(self.hbm_bytes)}) are available ({parts}); add devices, "
+                             "shard more (config.mesh) or use bf16 params")
 
     def accumulate(self) -> StepReport:
         """One micro-batch's forward and backward at the longest length bucket: the update's peak."""
@@ -295,13 +334,14 @@ class Plan:
         lowered = self.steps.accumulate.lower(self.params, self.carry(micro), micro, micro.advantages,
                                               jnp.float32(1))
         return _compile("accumulate", f"{self.micro_rows}x{self.length}", lowered,
-                        self.resident["optimizer"] + self.resident["reference"], start)
+                        self.resident["optimizer"] + self.resident["reference"] + self.frozen_bytes, start)
 
     def apply(self) -> StepReport:
         start = time.perf_counter()
         micro = abstract_batch(self.micro_rows, self.length, self.mesh, self.rules)
         lowered = self.steps.apply.lower(self.state, *self.carry(micro))
-        return _compile("apply", f"{self.mini_batches} per update", lowered, self.resident["reference"], start)
+        return _compile("apply", f"{self.mini_batches} per update", lowered,
+                        self.resident["reference"] + self.frozen_bytes, start)
 
     def carry(self, micro: RLBatch) -> Any:
         """The abstract (fp32 gradients, loss metrics) that `accumulate` adds a micro-batch to."""
@@ -313,7 +353,7 @@ class Plan:
         micro = abstract_batch(self.micro_rows, self.length, self.mesh, self.rules)
         lowered = self.steps.logprobs.lower(self.params, micro.tokens, micro.attention_mask)
         return _compile("reference_logprobs", f"{self.micro_rows}x{self.length}", lowered,
-                        self.resident["params"] + self.resident["optimizer"], start)
+                        self.resident["params"] + self.resident["optimizer"] + self.frozen_bytes, start)
 
     def generate(self) -> StepReport:
         """A decode call on the rollout weights; master weights of another dtype stay resident beside them."""
@@ -323,8 +363,24 @@ class Plan:
         cfg = self.engine_cfg
         cast = any(a.dtype != b.dtype
                    for a, b in zip(jax.tree.leaves(self.rollout_params), jax.tree.leaves(self.params)))
-        resident = self.resident["optimizer"] + self.resident["reference"] + (self.resident["params"] if cast else 0)
+        resident = (self.resident["optimizer"] + self.resident["reference"] + (self.resident["params"] if cast else 0)
+                    + self.frozen_bytes)
         return _compile("generate", f"{cfg.num_slots} slots x {cfg.max_cache_len}, {cfg.decode_steps} steps",
+                        lowered, resident, start)
+
+    def reader_generate(self) -> StepReport | None:
+        """The frozen reader's decode call on `reader_engine` (the reading RAG check), beside the
+        policy's whole training state and any other frozen model; None without a counted reader."""
+        role = next((r for r in self.frozen_models if r.startswith("reader")), None)
+        if role is None or self.config.selfplay.rag_reader != "read":
+            return None
+        start = time.perf_counter()
+        cfg = self.config.reader_engine
+        engine = self.engine(cfg, self.frozen_models[role])
+        lowered = engine.lower_generate(self.frozen_params[role], engine.abstract_decode_state())
+        resident = sum(self.resident[k] for k in ("params", "optimizer", "reference")) + self.frozen_bytes \
+            - self.resident[role]
+        return _compile("reader_generate", f"{cfg.num_slots} slots x {cfg.max_cache_len}, {cfg.decode_steps} steps",
                         lowered, resident, start)
 
     def update_flops(self) -> float:
@@ -344,12 +400,14 @@ class Plan:
         return per_step * self.rl.ppo_epochs * self.rows / rows
 
     def report(self, count_flops: bool) -> FitReport:
+        reader = self.reader_generate()
         return FitReport(topology=self.topology, device_kind=self.device_kind, num_devices=self.mesh.devices.size,
                          mesh=dict(self.mesh.shape), hbm_bytes=self.hbm_bytes, num_params=self.num_params,
                          resident=self.resident,
-                         steps=(self.accumulate(), self.apply(), self.reference_logprobs(), self.generate()),
+                         steps=(self.accumulate(), self.apply(), self.reference_logprobs(), self.generate())
+                         + ((reader,) if reader else ()),
                          update_tokens=self.rl.ppo_epochs * self.rows * self.length,
-                         update_flops=self.update_flops() if count_flops else None)
+                         update_flops=self.update_flops() if count_flops else None, notes=tuple(self.notes))
 
 
 def fit_report(config: Config, topology: str, *, hbm_bytes: int | None = None,

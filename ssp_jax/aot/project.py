@@ -174,6 +174,10 @@ def project(config: Config, topology: str) -> Projection:
         ("RAG check: the reader prefills the question with the proposer's documents and decodes "
          f"{selfplay.reader_max_tokens} tokens" if selfplay.rag_reader == "read" else
          f"RAG check: selfplay.rag_reader={selfplay.rag_reader!r} runs no reader program"),
+        *(["the reader's programs are priced with the policy's shape: config.reader.path's own shape is not "
+           "priced (the fit check counts its weights and compiles its decode step)"] if config.reader.path else []),
+        *(["the judge's calls (config.judge) are not priced: one short greedy turn per answer exact match "
+           "rejects"] if config.judge.path else []),
         f"training rows of the mean length: every micro-batch pads to the {batches[0][3]}-token bucket; "
         "log-prob passes over every row: " + ("behaviour and reference" if passes == 2 else
                                               "reference only (behaviour log-probs from the engine)"),

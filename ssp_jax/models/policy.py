@@ -45,6 +45,20 @@ class ModelConfig:
     init: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(TINY_QWEN2))
 
 
+@dataclasses.dataclass(frozen=True)
+class FrozenModelConfig:
+    """A frozen model beside the policy (the RAG reader, the judge), with its own tokenizer and chat
+    template: it sees text, never the policy's token ids, so it may come from another family (the
+    paper's is Qwen2.5-32B-Instruct). Held in the policy's compute dtype, on the policy's mesh."""
+
+    path: str = ""  # HF checkpoint dir; empty = none
+    tokenizer_path: str = ""  # tokenizer.json or its dir; empty = the checkpoint's own
+    chat_template: str = ""  # a named template or a .jinja file (ssp_jax.tokenizer); empty = the policy's
+    # The checkpoint's config.json fields, for `python -m ssp_jax.aot` when the checkpoint is not at
+    # hand (with `path` readable, its config.json wins); {} = not counted there.
+    shape: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass
 class Policy:
     """A loaded policy: the model, its tokenizer, and where it came from: the HF `config.json` and the
@@ -95,8 +109,15 @@ def load_policy(model_cfg: ModelConfig, *, mesh: Mesh, rules: Rules, workdir: Pa
 
 def load_frozen(model_cfg: ModelConfig, hf_path: str | Path, *, mesh: Mesh, rules: Rules,
                 tokenizer_path: str | None = None) -> Policy:
-    """An HF checkpoint with `model_cfg`'s dtypes and remat, for a frozen RAG reader, an LLM judge or
-    an eval target. `tokenizer_path` None keeps `model_cfg.tokenizer_path`; "" is the checkpoint's own."""
+    """An HF checkpoint with `model_cfg`'s dtypes and remat, for an eval or export target.
+    `tokenizer_path` None keeps `model_cfg.tokenizer_path`; "" is the checkpoint's own."""
     frozen = dataclasses.replace(model_cfg, hf_path=str(hf_path),
                                  tokenizer_path=model_cfg.tokenizer_path if tokenizer_path is None else tokenizer_path)
     return load_policy(frozen, mesh=mesh, rules=rules, workdir=Path(hf_path))
+
+
+def load_role_model(model_cfg: ModelConfig, role: FrozenModelConfig, *, mesh: Mesh, rules: Rules) -> Policy:
+    """A frozen reader or judge: its checkpoint and own tokenizer, weights stored in `model_cfg`'s
+    compute dtype (never updated, so fp32 master copies would only take memory)."""
+    stored = dataclasses.replace(model_cfg, param_dtype=model_cfg.dtype)
+    return load_frozen(stored, role.path, mesh=mesh, rules=rules, tokenizer_path=role.tokenizer_path)

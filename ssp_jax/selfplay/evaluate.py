@@ -69,7 +69,7 @@ def evaluate(runner: RolloutRunner, tokenizer: Tokenizer, chat: ChatTemplate, pa
              *, progress: bool = False) -> list[QAResult]:
     """One greedy solver trajectory per question, scored by EM and F1 of its last `<answer>`."""
     requests = [RolloutRequest(
-        chat.render_ids(tokenizer, [{"role": "user", "content": prompts.solver_prompt(item.question, templates)}]),
+        chat.render_ids(tokenizer, prompts.solver_messages(item.question, templates)),
         sampling=GREEDY) for item in items]
     results = []
     for item, traj in zip(items, runner.run(params, requests, progress=progress)):

@@ -12,17 +12,13 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
 from ssp_jax.agent.tags import count_tags, last_tag
 from ssp_jax.data.gold import Gold, as_answer_list
 from ssp_jax.registry import Registry
-
-# An optional fallback grader (question, prediction, golds) -> correct?, consulted only when exact
-# match fails, e.g. an LLM judge. Off (None) by default.
-Judge = Callable[[str, str, Sequence[str]], bool]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
@@ -83,23 +79,22 @@ def f1_score(prediction: str | None, gold: Gold) -> float:
     return max(_token_f1(tokens, normalize_answer(answer).split()) for answer in as_answer_list(gold))
 
 
-def is_correct(prediction: str | None, gold: Gold, *, question: str = "", judge: Judge | None = None) -> bool:
-    """Exact match, with `judge` as a fallback only when exact match fails."""
-    if exact_match(prediction, gold):
-        return True
-    return judge is not None and prediction is not None and bool(judge(question, prediction, as_answer_list(gold)))
+def final_answer(response_text: str) -> str | None:
+    """The solver's answer: the last complete `<answer>` span of what it generated, or None."""
+    return last_tag(generated_text(response_text), "answer").content
 
 
 def solver_reward(response_text: str, gold: Gold, *, max_answer_tags: int = 10, spam_reward: float = 0.25,
-                  question: str = "", judge: Judge | None = None) -> float:
-    """1 if the last complete `<answer>` is correct, else 0; no format reward.
+                  judged: bool = False) -> float:
+    """1 if the final answer is correct, else 0; no format reward. Correct: an exact match with a
+    gold, or `judged` (an LLM judge accepted the answer that exact match rejected).
 
     A correct answer in a response with more than `max_answer_tags` opening or more than
     `max_answer_tags` closing `<answer>` tags earns only `spam_reward`, so enumerating guesses does
     not pay (the reference's rule; its count also covers retrieved text, ours the generated text only).
     """
     text = generated_text(response_text)
-    if not is_correct(last_tag(text, "answer").content, gold, question=question, judge=judge):
+    if not (judged or exact_match(last_tag(text, "answer").content, gold)):
         return 0.0
     return spam_reward if max(count_tags(text, "answer")) > max_answer_tags else 1.0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -28,11 +29,13 @@ from ssp_jax.retrieval.document_set import DocumentSet
 from ssp_jax.selfplay.documents import Fitted, fit_passages, passages_text, proposer_blocks, rag_passages
 from ssp_jax.selfplay.filters import FAILURES, check_proposal
 from ssp_jax.selfplay.finish import finish_shares, finish_warnings
+from ssp_jax.selfplay.judge import Verdicts, judge_misses
 from ssp_jax.selfplay.pool import PoolQuestion, QuestionPool, is_dummy
 from ssp_jax.selfplay.rewards import (
     PROPOSER_REWARD_SHAPES,
     SOLVE_RATES,
     exact_match,
+    final_answer,
     proposer_reward,
     solver_reward,
 )
@@ -60,7 +63,6 @@ class SelfPlayConfig:
     # makes the rollouts off-policy for the PPO ratio and the KL, which use the untempered,
     # unfiltered log-probs, and nothing corrects for it. Refused unless this says it is meant.
     off_policy_sampling: bool = False
-    reader_path: str = ""  # frozen RAG reader HF checkpoint; empty = the current policy
     rag_check: bool = True
     # "read": SSP.md's tool-less reader answers from the documents in its prompt. "search": the
     # reader plays the solver, but its searches see only those documents (a `DocumentSet`), so a
@@ -164,13 +166,18 @@ class SelfPlayGame:
     rewarded against each other. It plays; the learner in `rl/` trains."""
 
     def __init__(self, config: SelfPlayConfig, tokenizer: Tokenizer, chat: ChatTemplate, runner: RolloutRunner,
-                 reader: RolloutRunner, templates: prompts.PromptTemplates = prompts.DEFAULT_TEMPLATES):
-        """`runner` rolls out both roles with search; `reader` is tool-less (RAG check)."""
+                 reader: RolloutRunner, templates: prompts.PromptTemplates = prompts.DEFAULT_TEMPLATES, *,
+                 reader_chat: ChatTemplate | None = None, judge: Verdicts | None = None):
+        """`runner` rolls out both roles with search; `reader` runs the RAG check, with its own
+        tokenizer (the runner's) and `reader_chat` (default: the policy's `chat`). `judge`: verdicts on
+        the answers exact match rejects, for the solver's reward and the RAG check (None: EM only)."""
         self.config, self.tokenizer, self.chat = config, tokenizer, chat
         self.runner, self.reader, self.templates = runner, reader, templates
+        self.reader_chat, self.judge = reader_chat or chat, judge
 
-    def _prompt_ids(self, text: str) -> list[int]:
-        return self.chat.render_ids(self.tokenizer, [{"role": "user", "content": text}])
+    def _reader_prompt_ids(self, messages: prompts.Conversation) -> list[int]:
+        """The reader's prompt in its own tokenizer and template: only text crosses the role boundary."""
+        return self.reader_chat.render_ids(self.reader.tokenizer, messages)
 
     def propose(self, params: nnx.State, reader_params: nnx.State, answers: Sequence[AnswerRecord],
                 rng: np.random.Generator, seed: int) -> Proposals:
@@ -179,8 +186,8 @@ class SelfPlayGame:
         sampling = cfg.sampling("proposer")
         start = time.perf_counter()
         trajectories = self.runner.run(params, [
-            RolloutRequest(self._prompt_ids(prompts.proposer_prompt(a.gold, a.search_turns,
-                                                                    a.examples[:cfg.num_examples], self.templates)),
+            RolloutRequest(self.chat.render_ids(self.tokenizer, prompts.proposer_messages(
+                a.gold, a.search_turns, a.examples[:cfg.num_examples], self.templates)),
                            seed=seed * 1_000_003 + i, sampling=sampling, meta=a)
             for i, a in enumerate(answers)])
         rollout_s = time.perf_counter() - start
@@ -230,14 +237,20 @@ class SelfPlayGame:
 
         start = time.perf_counter()
         solver = self.runner.run(params, [
-            RolloutRequest(self._prompt_ids(prompts.solver_prompt(q.question, self.templates)),
+            RolloutRequest(self.chat.render_ids(self.tokenizer, prompts.solver_messages(q.question, self.templates)),
                            num_samples=cfg.solver_samples, seed=seed * 1_000_003 + len(answers) + i,
                            sampling=cfg.sampling("solver"), meta=q)
             for i, q in enumerate(questions)])
         solver_s = time.perf_counter() - start
 
+        finals = [final_answer(t.response_text) for t in solver]
+        graded = [not is_dummy(t.meta) for t in solver]  # a dummy group is never trained: no judge call
+        judged = judge_misses([(t.meta.question, t.meta.gold, f) for t, f in zip(solver, finals)],
+                              [not g or exact_match(f, t.meta.gold) for t, f, g in zip(solver, finals, graded)],
+                              self.judge)
         solver_rewards = np.array([solver_reward(t.response_text, t.meta.gold, max_answer_tags=cfg.max_answer_tags,
-                                                 spam_reward=cfg.spam_reward) for t in solver],
+                                                 spam_reward=cfg.spam_reward, judged=c and g)
+                                   for t, c, g in zip(solver, judged.correct, graded)],
                                   np.float32).reshape(len(questions), cfg.solver_samples)
         solve_rate = SOLVE_RATES.get(cfg.solve_rate)(solver_rewards)  # [batch]
         proposer_rewards = np.array([proposer_reward(q is not None, float(s), cfg.proposer_reward)
@@ -252,6 +265,7 @@ class SelfPlayGame:
             "solver/reward": float(solver_rewards.mean()),
             **({"proposer/reward": float(proposer_rewards.mean())} if len(proposer_rewards) else {}),
             **_trajectory_stats("solver", solver, self.tokenizer),
+            **(judged.metrics("solver") if self.judge else {}),
         }
         for message in finish_warnings(metrics, cfg.finish_warning_share, reader_reads=cfg.rag_reader == "read"):
             logging.warning("%s", message)
@@ -262,13 +276,13 @@ class SelfPlayGame:
         reader prompt showing them (shortened to the reader's prompt budget), or the solver prompt
         searching only them; with what was cut to fit."""
         if self.config.rag_reader == "search":
-            return (RolloutRequest(self._prompt_ids(prompts.solver_prompt(question, self.templates)), sampling=GREEDY,
-                                   retriever=DocumentSet(passages)), Fitted(list(passages), 0, 0))
+            return (RolloutRequest(self._reader_prompt_ids(prompts.solver_messages(question, self.templates)),
+                                   sampling=GREEDY, retriever=DocumentSet(passages)), Fitted(list(passages), 0, 0))
 
         def prompt_ids(shown: Sequence[Passage]) -> list[int]:
-            return self._prompt_ids(prompts.reader_prompt(passages_text(shown), question, self.templates))
+            return self._reader_prompt_ids(prompts.reader_messages(passages_text(shown), question, self.templates))
 
-        fitted = fit_passages(passages, prompt_ids, self.reader.config.max_prompt_tokens, self.tokenizer)
+        fitted = fit_passages(passages, prompt_ids, self.reader.config.max_prompt_tokens, self.reader.tokenizer)
         return RolloutRequest(prompt_ids(fitted.passages), sampling=GREEDY), fitted
 
     def _rag_check(self, reader_params: nnx.State, proposer: list[Trajectory], answers: Sequence[AnswerRecord],
@@ -281,8 +295,11 @@ class SelfPlayGame:
             blocks[i], blocks[:i] + blocks[i + 1:], self.config.num_distractor_blocks, rng)) for i in todo]
         passed = [False] * len(proposer)
         readers = self.reader.run(reader_params, [request for request, _ in built])
-        for i, traj in zip(todo, readers):
-            passed[i] = exact_match(reader_answer(traj.response_text), answers[i].gold)
+        replies = [reader_answer(traj.response_text) for traj in readers]
+        judged = judge_misses([(checks[i].question, answers[i].gold, reply) for i, reply in zip(todo, replies)],
+                              [exact_match(reply, answers[i].gold) for i, reply in zip(todo, replies)], self.judge)
+        for i, ok in zip(todo, judged.correct):
+            passed[i] = ok
         lengths = [len(request.prompt_ids) for request, _ in built]
         metrics = {
             **finish_shares("reader", readers),
@@ -292,21 +309,28 @@ class SelfPlayGame:
             "reader/cut_prompts": float(sum(f.cut_passages > 0 for _, f in built)),
             "reader/cut_passages": float(sum(f.cut_passages for _, f in built)),
             "reader/cut_tokens": float(sum(f.cut_tokens for _, f in built)),
+            **(judged.metrics("rag") if self.judge else {}),
         }
         return passed, metrics
 
 
+_ANSWER_LABEL = re.compile(r"Answer[:：]\s*(.*)")
+
+
 def reader_answer(response_text: str) -> str:
-    """The reader's short answer: the last `<answer>` span if it wrote one (after thinking aloud),
-    else its first non-empty line, without a repeated `Answer:` label."""
+    """The reader's short answer: the last `<answer>` span if it wrote one; else what follows the
+    last `Answer:` label (the reference's reader reasons first, then labels its answer); else its
+    first non-empty line."""
     tagged = last_tag(response_text, "answer")
     if tagged.ok:
         assert tagged.content is not None  # `ok` means it has content
         return tagged.content
+    labelled = [m.group(1).strip() for m in _ANSWER_LABEL.finditer(response_text)]
+    if any(labelled):
+        return [answer for answer in labelled if answer][-1]
     for line in response_text.splitlines():
-        line = line.strip().removeprefix("Answer:").strip()
-        if line:
-            return line
+        if line.strip():
+            return line.strip()
     return ""
 
 

@@ -18,11 +18,17 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 
-from ssp_jax.agent.prompts import DEFAULT_TEMPLATES, PromptTemplates, proposer_prompt, reader_prompt, solver_prompt
+from ssp_jax.agent.prompts import (
+    DEFAULT_TEMPLATES,
+    PromptTemplates,
+    proposer_messages,
+    reader_messages,
+    solver_messages,
+)
 from ssp_jax.agent.rollout import RolloutConfig
 from ssp_jax.retrieval.base import Passage, Retriever
 from ssp_jax.selfplay.step import SelfPlayConfig
-from ssp_jax.tokenizer import ChatTemplate, Tokenizer, format_passages, information_block
+from ssp_jax.tokenizer import ChatTemplate, Message, Tokenizer, format_passages, information_block
 from ssp_jax.worlds.microworld import Hop, Question, World
 from ssp_jax.worlds.microworld_text import ASK, BACKREF_TEMPLATES, FACT_TEMPLATES
 
@@ -86,8 +92,10 @@ class TrajectoryBuilder:
         self.end_id = tokenizer.token_to_id(fmt.chat.end_of_turn) or tokenizer.eos_id
         self.spans: list[Span] = []
 
-    def prompt(self, text: str) -> list[int]:
-        return self.fmt.chat.render_ids(self.tokenizer, [{"role": "user", "content": text}])
+    def prompt(self, conversation: str | Sequence[Message]) -> list[int]:
+        """The prompt ids of a user message, or of a whole conversation (a system message first)."""
+        messages = [{"role": "user", "content": conversation}] if isinstance(conversation, str) else conversation
+        return self.fmt.chat.render_ids(self.tokenizer, messages)
 
     def search(self, think: str, query: str) -> list[Passage]:
         """A generated `fmt.search_span` turn and the untrained information block."""
@@ -160,7 +168,7 @@ def solver_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retriever:
             b.search(f"{note}{find_thought(chain, k, thoughts)}", hop.query)
             note = f"The {GOAL[hop.relation]} of {hop.query} is {hop.answer}. "
         text = f"<think>{note.strip()}</think><answer>{answer}</answer>"
-        demos.append(Demo(b.prompt(solver_prompt(question.question, fmt.templates)), b.finish(text), "solver", flaw))
+        demos.append(Demo(b.prompt(solver_messages(question.question, fmt.templates)), b.finish(text), "solver", flaw))
     return demos
 
 
@@ -249,7 +257,7 @@ def proposer_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, retrieve
             text = min(ASK[question.style][chain[-1].relation], key=lambda t: len(t.split())).format(x=chain[-1].query)
         elif flaw == "leaks_answer":
             text = f"{text[:-1]}, {answer} or another?"
-        prompt = proposer_prompt(record["ground_truth"], hops, examples, fmt.templates)  # type: ignore[arg-type]
+        prompt = proposer_messages(record["ground_truth"], hops, examples, fmt.templates)  # type: ignore[arg-type]
         demos.append(Demo(b.prompt(prompt), b.finish(f"<think>{think}</think><question>{text}</question>"),
                           "proposer", flaw))
     return demos
@@ -270,7 +278,7 @@ def reader_demos(world: World, tokenizer: Tokenizer, fmt: DemoFormat, questions:
         docs = [passages[pid] for pid in gold + rng.sample(others, num_distractors)]
         rng.shuffle(docs)
         b = TrajectoryBuilder(tokenizer, fmt)
-        prompt = reader_prompt(format_passages([(p.title, p.text) for p in docs]), question.question, fmt.templates)
+        prompt = reader_messages(format_passages([(p.title, p.text) for p in docs]), question.question, fmt.templates)
         demos.append(Demo(b.prompt(prompt), b.finish(question.golden_answers[0]), "reader"))
     return demos
 

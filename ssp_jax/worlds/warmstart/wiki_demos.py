@@ -19,7 +19,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ssp_jax.agent.prompts import proposer_prompt, reader_prompt, solver_prompt
+from ssp_jax.agent.prompts import proposer_messages, reader_messages, solver_messages
 from ssp_jax.data.wiki_offline import Article, Mention
 from ssp_jax.retrieval.base import Passage, Retriever
 from ssp_jax.tokenizer import Tokenizer, format_passages
@@ -39,7 +39,7 @@ def solver_demos(articles: Sequence[Article], tokenizer: Tokenizer, fmt: DemoFor
         if rng.random() < 0.5:
             b.search("I check the name I found.", target)
         spans = b.finish(f"<think>I have the answer.</think>\n<answer> {target} </answer>")
-        demos.append(Demo(b.prompt(solver_prompt(question, fmt.templates)), spans, "solver"))
+        demos.append(Demo(b.prompt(solver_messages(question, fmt.templates)), spans, "solver"))
     return demos
 
 
@@ -65,7 +65,7 @@ def proposer_demos(articles: Sequence[Article], tokenizer: Tokenizer, fmt: DemoF
             b.search("I follow an article that names it.", articles[article].title)
         spans = b.finish(f"<think>I write the question.</think>\n<question> {question} </question>")
         examples = [line.split(": ", 1)[-1] for line in str(record["sys_question_example"]).splitlines()]
-        prompt = proposer_prompt(record["ground_truth"], turns, examples, fmt.templates)
+        prompt = proposer_messages(record["ground_truth"], turns, examples, fmt.templates)
         demos.append(Demo(b.prompt(prompt), spans, "proposer"))
     return demos
 
@@ -85,7 +85,7 @@ def reader_demos(articles: Sequence[Article], tokenizer: Tokenizer, fmt: DemoFor
         docs = gold + rng.sample(list(corpus), num_distractors)
         rng.shuffle(docs)
         b = TrajectoryBuilder(tokenizer, fmt)
-        prompt = reader_prompt(format_passages([(p.title, p.text) for p in docs]), question, fmt.templates)
+        prompt = reader_messages(format_passages([(p.title, p.text) for p in docs]), question, fmt.templates)
         demos.append(Demo(b.prompt(prompt), b.finish(articles[mention.target].title), "reader"))
     return demos
 
