@@ -18,11 +18,12 @@ Mesh (64 chips, 95 GB HBM each), chosen as follows:
   ~2.8 GB per chip with slots over data x fsdp and KV heads over tensor).
 
 Checked without a TPU (`python -m ssp_jax.aot --config configs/qwen2_5_7b.py --topology v5p:4x4x4`,
-XLA's per-chip figures, 2026-12-05): one 64 x 12288-token update micro-batch needs 17.0 GiB of 95 GiB
-(85.1 GiB with TPU's latency-hiding scheduler on; see rl.xla_options below); the optimizer step
-2.3 GiB; a behaviour/reference log-prob micro-batch 5.9 GiB; the decode step 4.7 GiB. `--project`
-projects one SSP step from the same compiled programs. docs/training-at-scale.md, "Will it fit?" and
-"How fast?", has the tables.
+XLA's per-chip figures, 2026-12-05): one 64 x 12288-token update micro-batch needs 18.0 GiB of 95 GiB
+(the 32B reader and judge's 0.98 GiB included; 85.1 GiB with TPU's latency-hiding scheduler on, see
+rl.xla_options below); the optimizer step 3.6 GiB; a behaviour/reference log-prob micro-batch 6.8
+GiB; the decode step 5.7 GiB; the 32B reader's decode step 15.2 GiB. `--project` projects one SSP
+step from the same compiled programs. docs/training-at-scale.md, "Will it fit?" and "How fast?",
+has the tables.
 """
 
 from ssp_jax.config import base_config

@@ -46,10 +46,11 @@ from ssp_jax.rl.update import Learner
 from ssp_jax.selfplay.evaluate import QAResult, evaluate, load_qa_jsonl, result_record, subsample, summarize
 from ssp_jax.selfplay.pool import QuestionPool
 from ssp_jax.selfplay.step import SelfPlayGame
-from ssp_jax.tokenizer import TOKENIZER_FILE, get_chat_template
+from ssp_jax.tokenizer import get_chat_template
 from ssp_jax.wiring import (
     check_hf_dir,
     check_role_model,
+    check_tokenizer_path,
     config_from_flags,
     config_name,
     join_cluster,
@@ -90,10 +91,7 @@ def check_inputs(config: Config) -> None:
     if evaluates and not data.eval_questions and data.source != "microworld":
         raise ConfigError(EVAL_QUESTIONS)
     if model.tokenizer_path:
-        tokenizer = Path(model.tokenizer_path)
-        if not tokenizer.is_file() and not (tokenizer / TOKENIZER_FILE).is_file():
-            raise ConfigError(f"config.model.tokenizer_path={model.tokenizer_path!r} is neither a {TOKENIZER_FILE} "
-                              f"file nor a directory holding one")
+        check_tokenizer_path("config.model.tokenizer_path", model.tokenizer_path)
     if model.hf_path:
         check_hf_dir("config.model.hf_path", model.hf_path, tokenizer=not model.tokenizer_path)
     for section in ("reader", "judge"):
@@ -140,16 +138,16 @@ class Trainer:
                                   rules=self.rules)
         frozen = load_role_models(config, ["reader", "judge"], mesh=self.mesh, rules=self.rules)
         self.reader_policy: Policy | None = frozen.get("reader")
+        # A frozen reader speaks its own chat template (default: the policy's); the policy-as-reader the policy's.
+        self.reader_template = (self.reader_policy and config.reader.chat_template) or config.chat_template
         self.judge = (make_judge(config, frozen["judge"], mesh=self.mesh, rules=self.rules) if "judge" in frozen
                       else None)
         # Split by process index; the warm start's demo search below runs on process 0 alone, unsplit.
         retriever = ProcessShardedRetriever(make_retriever(config.retrieval, self.index_dir))
         runner = RolloutRunner(self.engine, tokenizer, retriever, rollout_cfg)
         reader = self._reader(policy, engine_cfg, rollout_cfg)
-        reader_template = config.reader.chat_template if self.reader_policy and config.reader.chat_template else \
-            config.chat_template
         self.game = SelfPlayGame(self.selfplay, tokenizer, chat, runner, reader, templates,
-                                 reader_chat=get_chat_template(reader_template),
+                                 reader_chat=get_chat_template(self.reader_template),
                                  judge=self.judge.verdicts if self.judge else None)
 
         def evaluate_params(params: nnx.State, progress: bool = False) -> list[QAResult]:
@@ -170,9 +168,7 @@ class Trainer:
         """The RAG check's tool-less runner, in the reader's own tokenizer and chat template. The
         searching reader plays the solver (the rollout's engine and budgets); the reading one has its
         own prompt budget and engine (`reader_engine`)."""
-        reader_policy = self.reader_policy or policy
-        template = self.config.reader.chat_template if self.reader_policy else ""
-        template = template or self.config.chat_template
+        reader_policy, template = self.reader_policy or policy, self.reader_template
         if self.selfplay.rag_reader == "search":
             engine = self.engine if self.reader_policy is None else make_engine(
                 reader_policy, template, engine_cfg, rollout_cfg, mesh=self.mesh, rules=self.rules)

@@ -155,14 +155,18 @@ def make_engine(policy: Policy, chat_template: str, engine_cfg: EngineConfig, ro
     return Engine(policy.model, engine_cfg, stops=stops, eos_ids=eos, mesh=mesh, rules=rules)
 
 
+def check_tokenizer_path(field: str, path: str) -> None:
+    """`path` (the value of config `field`) is a tokenizer.json or a directory holding one."""
+    if not Path(path).is_file() and not (Path(path) / TOKENIZER_FILE).is_file():
+        raise ConfigError(f"{field}={path!r} is neither a {TOKENIZER_FILE} file nor a directory holding one")
+
+
 def check_role_model(section: str, role: FrozenModelConfig) -> None:
-    """A frozen reader's or judge's checkpoint (`config.<section>.path`) and tokenizer exist."""
+    """A frozen reader's or judge's checkpoint (`config.<section>.path`), tokenizer and chat
+    template exist."""
     check_hf_dir(f"config.{section}.path", role.path, tokenizer=not role.tokenizer_path)
     if role.tokenizer_path:
-        tokenizer = Path(role.tokenizer_path)
-        if not tokenizer.is_file() and not (tokenizer / TOKENIZER_FILE).is_file():
-            raise ConfigError(f"config.{section}.tokenizer_path={role.tokenizer_path!r} is neither a "
-                              f"{TOKENIZER_FILE} file nor a directory holding one")
+        check_tokenizer_path(f"config.{section}.tokenizer_path", role.tokenizer_path)
     if role.chat_template:
         try:
             get_chat_template(role.chat_template)

@@ -320,6 +320,8 @@ HF_EXPECTED = ("expected a Hugging Face model directory holding config.json, mod
     ({"judge.path": "{tmp}", "judge.tokenizer_path": "{tmp}/missing"}, "config.judge.path='{tmp}' lacks config.json, "
      "model.safetensors (or model.safetensors.index.json); expected a Hugging Face model directory holding "
      "config.json, model.safetensors (or model.safetensors.index.json and its shards)"),
+    ({"judge.path": "{asset}", "judge.tokenizer_path": "{tmp}/missing"},
+     "config.judge.tokenizer_path='{tmp}/missing' is neither a tokenizer.json file nor a directory holding one"),
     ({"reader.path": "{asset}", "reader.chat_template": "{tmp}/missing.jinja"},
      "config.reader.chat_template: chat template '{tmp}/missing.jinja' is not a file (a .jinja name is read as a "
      "Jinja chat template); or name one of ['chatml', 'llama3']"),
@@ -331,7 +333,8 @@ HF_EXPECTED = ("expected a Hugging Face model directory holding config.json, mod
     ({"data.eval_questions": "{tmp}/missing.jsonl"},
      "config.data.eval_questions='{tmp}/missing.jsonl' is not a file; expected a QA jsonl (question, golden_answers "
      "per line)"),
-], ids=["hf_path_missing", "hf_path_incomplete", "tokenizer_path", "reader_path", "judge_path", "reader_template",
+], ids=["hf_path_missing", "hf_path_incomplete", "tokenizer_path", "reader_path", "judge_path", "judge_tokenizer",
+        "reader_template",
         "answers", "retrieval_index", "eval_questions"])
 def test_bad_paths_fail_before_any_data_is_built_or_weight_loaded(tmp_path, no_expensive_work, overrides, message):
     (tmp_path / "answers.jsonl").write_text("")
