@@ -75,8 +75,8 @@ def classify(gold_ids: Sequence[str], got_ids: Sequence[str | None], correct: bo
 def failure_modes(trainer: Trainer, questions: Sequence[Question]) -> dict[str, dict[str, int]]:
     """Counts of `classify` per hop count, over greedy solver trajectories with the real retriever."""
     game = trainer.game
-    requests = [RolloutRequest(game._prompt_ids(prompts.solver_prompt(q.question, game.templates)), sampling=GREEDY)
-                for q in questions]
+    conversations = [prompts.solver_messages(q.question, game.templates) for q in questions]
+    requests = [RolloutRequest(game.chat.render_ids(game.tokenizer, c), sampling=GREEDY) for c in conversations]
     counts: dict[str, dict[str, int]] = {}
     for question, traj in zip(questions, game.runner.run(trainer.learner.params, requests)):
         answer = last_tag(generated_text(traj.response_text), "answer").content
