@@ -139,7 +139,8 @@ class Trainer:
         frozen = load_role_models(config, ["reader", "judge"], mesh=self.mesh, rules=self.rules)
         self.reader_policy: Policy | None = frozen.get("reader")
         # A frozen reader speaks its own chat template (default: the policy's); the policy-as-reader the policy's.
-        self.reader_template = (self.reader_policy and config.reader.chat_template) or config.chat_template
+        own_template = config.reader.chat_template if self.reader_policy else ""
+        self.reader_template = own_template or config.chat_template
         self.judge = (make_judge(config, frozen["judge"], mesh=self.mesh, rules=self.rules) if "judge" in frozen
                       else None)
         # Split by process index; the warm start's demo search below runs on process 0 alone, unsplit.

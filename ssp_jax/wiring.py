@@ -27,7 +27,14 @@ from ssp_jax.config import Config, ConfigError, RetrievalConfig, load_config, ov
 from ssp_jax.distributed import initialize
 from ssp_jax.engine.engine import Engine, EngineConfig
 from ssp_jax.engine.stops import StopAutomaton
-from ssp_jax.models.policy import FrozenModelConfig, Policy, load_frozen, load_policy, load_role_model
+from ssp_jax.models.policy import (
+    FrozenModelConfig,
+    Policy,
+    frozen_checkpoints,
+    load_frozen,
+    load_policy,
+    load_role_model,
+)
 from ssp_jax.models.sharding import Rules, make_mesh
 from ssp_jax.retrieval.base import Retriever
 from ssp_jax.retrieval.index import load_retriever
@@ -177,15 +184,9 @@ def check_role_model(section: str, role: FrozenModelConfig) -> None:
 def load_role_models(config: Config, roles: Sequence[str], *, mesh: Mesh, rules: Rules) -> dict[str, Policy]:
     """The frozen models of `roles` ("reader", "judge") that the config names, each on the policy's
     mesh; a checkpoint and tokenizer named by both (the paper's 32B reader and judge) load once."""
-    loaded: dict[tuple[str, str], Policy] = {}
-    models = {}
-    for name in roles:
-        role: FrozenModelConfig = getattr(config, name)
-        if role.path:
-            key = (role.path, role.tokenizer_path)
-            if key not in loaded:
-                loaded[key] = load_role_model(config.model, role, mesh=mesh, rules=rules)
-            models[name] = loaded[key]
+    models: dict[str, Policy] = {}
+    for names, role in frozen_checkpoints({name: getattr(config, name) for name in roles}).items():
+        models |= dict.fromkeys(names.split("+"), load_role_model(config.model, role, mesh=mesh, rules=rules))
     return models
 
 

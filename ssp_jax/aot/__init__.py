@@ -41,6 +41,7 @@ from ssp_jax.engine.engine import Engine
 from ssp_jax.engine.stops import StopAutomaton
 from ssp_jax.models.decoder import Decoder, DecoderConfig
 from ssp_jax.models.hf_import import decoder_config_from_hf, read_hf_config
+from ssp_jax.models.policy import frozen_checkpoints
 from ssp_jax.models.sharding import Rules, batch_sharding, make_mesh, state_shardings
 from ssp_jax.rl.batch import RLBatch
 from ssp_jax.rl.update import LearnerSteps, make_optimizer
@@ -105,22 +106,17 @@ def frozen_model_configs(config: Config) -> tuple[dict[str, DecoderConfig], list
     named by both loads once); and a note per named role whose shape is unknown here (its
     config.json unreadable on this host and its `shape` empty), which the report then says it
     does not count."""
-    model, found, notes = config.model, {}, []
-    for role in ("reader", "judge"):
-        frozen = getattr(config, role)
-        if not frozen.path:
-            continue
+    model, configs, notes = config.model, {}, []
+    for roles, frozen in frozen_checkpoints({"reader": config.reader, "judge": config.judge}).items():
         readable = (Path(frozen.path) / "config.json").is_file()
         if not readable and not frozen.shape:
-            notes.append(f"{role}: not counted ({frozen.path}/config.json is not readable here and "
-                         f"config.{role}.shape is empty)")
+            notes.append(f"{roles}: not counted ({frozen.path}/config.json is not readable here and "
+                         f"config.{roles.split('+')[0]}.shape is empty)")
             continue
         hf = read_hf_config(frozen.path) if readable else frozen.shape
-        source = f"{frozen.path}/config.json" if readable else f"config.{role}.shape"
-        found[role] = ((frozen.path, frozen.tokenizer_path), decoder_config_from_hf(
-            hf, dtype=model.dtype, param_dtype=model.dtype, attention=model.attention, source=source))
-    shared = len(found) == 2 and found["reader"][0] == found["judge"][0]
-    configs = {"reader+judge": found["reader"][1]} if shared else {role: cfg for role, (_, cfg) in found.items()}
+        source = f"{frozen.path}/config.json" if readable else f"config.{roles.split('+')[0]}.shape"
+        configs[roles] = decoder_config_from_hf(hf, dtype=model.dtype, param_dtype=model.dtype,
+                                                attention=model.attention, source=source)
     return configs, notes
 
 
@@ -288,8 +284,8 @@ class Plan:
         frozen, self.notes = frozen_model_configs(config)
         self.frozen_models = {role: nnx.eval_shape(lambda cfg=cfg: Decoder(cfg, rngs=nnx.Rngs(0)))
                               for role, cfg in frozen.items()}
-        self.frozen_params = {role: _with_shardings(nnx.state(model, nnx.Param), state_shardings(
-            nnx.state(model, nnx.Param), self.mesh, self.rules)) for role, model in self.frozen_models.items()}
+        self.frozen_params = {role: _with_shardings(params, state_shardings(params, self.mesh, self.rules))
+                              for role, params in ((r, nnx.state(m, nnx.Param)) for r, m in self.frozen_models.items())}
         self.resident |= {role: _per_device_bytes(params) for role, params in self.frozen_params.items()}
         self.frozen_bytes = sum(self.resident[role] for role in frozen)
         self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.params))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,17 @@ def load_frozen(model_cfg: ModelConfig, hf_path: str | Path, *, mesh: Mesh, rule
     frozen = dataclasses.replace(model_cfg, hf_path=str(hf_path),
                                  tokenizer_path=model_cfg.tokenizer_path if tokenizer_path is None else tokenizer_path)
     return load_policy(frozen, mesh=mesh, rules=rules, workdir=Path(hf_path))
+
+
+def frozen_checkpoints(roles: Mapping[str, FrozenModelConfig]) -> dict[str, FrozenModelConfig]:
+    """The frozen models a run holds, one per distinct (checkpoint, tokenizer), keyed by the roles it
+    plays joined by "+" ("reader", "judge", or "reader+judge": the paper's one 32B plays both, and
+    loads once); roles without a path are left out."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, role in roles.items():
+        if role.path:
+            groups.setdefault((role.path, role.tokenizer_path), []).append(name)
+    return {"+".join(names): roles[names[0]] for names in groups.values()}
 
 
 def load_role_model(model_cfg: ModelConfig, role: FrozenModelConfig, *, mesh: Mesh, rules: Rules) -> Policy:

@@ -244,13 +244,12 @@ class SelfPlayGame:
         solver_s = time.perf_counter() - start
 
         finals = [final_answer(t.response_text) for t in solver]
-        graded = [not is_dummy(t.meta) for t in solver]  # a dummy group is never trained: no judge call
-        judged = judge_misses([(t.meta.question, t.meta.gold, f) for t, f in zip(solver, finals)],
-                              [not g or exact_match(f, t.meta.gold) for t, f, g in zip(solver, finals, graded)],
-                              self.judge)
+        judged = judge_misses(  # a dummy group is never trained: its answers go unjudged
+            [(t.meta.question, t.meta.gold, None if is_dummy(t.meta) else f) for t, f in zip(solver, finals)],
+            [exact_match(f, t.meta.gold) for t, f in zip(solver, finals)], self.judge)
         solver_rewards = np.array([solver_reward(t.response_text, t.meta.gold, max_answer_tags=cfg.max_answer_tags,
-                                                 spam_reward=cfg.spam_reward, judged=c and g)
-                                   for t, c, g in zip(solver, judged.correct, graded)],
+                                                 spam_reward=cfg.spam_reward, judged=correct)
+                                   for t, correct in zip(solver, judged.correct)],
                                   np.float32).reshape(len(questions), cfg.solver_samples)
         solve_rate = SOLVE_RATES.get(cfg.solve_rate)(solver_rewards)  # [batch]
         proposer_rewards = np.array([proposer_reward(q is not None, float(s), cfg.proposer_reward)
@@ -325,9 +324,9 @@ def reader_answer(response_text: str) -> str:
     if tagged.ok:
         assert tagged.content is not None  # `ok` means it has content
         return tagged.content
-    labelled = [m.group(1).strip() for m in _ANSWER_LABEL.finditer(response_text)]
-    if any(labelled):
-        return [answer for answer in labelled if answer][-1]
+    labelled = [answer for m in _ANSWER_LABEL.finditer(response_text) if (answer := m.group(1).strip())]
+    if labelled:
+        return labelled[-1]
     for line in response_text.splitlines():
         if line.strip():
             return line.strip()
